@@ -1,0 +1,1 @@
+"""The tiny "shapes" unCLIP: procedural data, training, export and quality checks."""
