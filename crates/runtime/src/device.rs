@@ -1,0 +1,126 @@
+//! Where graphs run ([`Device`]) and how sessions are configured ([`SessionConfig`]).
+//!
+//! `cuda` registers ONNX Runtime's CUDA execution provider with `error_on_failure`, so a
+//! session that cannot use the GPU fails to build instead of silently running on the CPU (ort's
+//! default). The CPU provider is not listed as a fall-back for the same reason; ONNX Runtime
+//! still places the few operators CUDA lacks on the CPU, which is normal.
+
+use std::fmt;
+use std::str::FromStr;
+
+use ort::ep::{self, ExecutionProvider};
+
+use crate::error::{Result, RuntimeError};
+
+/// A device to run graphs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Device {
+    /// ONNX Runtime's CPU provider.
+    #[default]
+    Cpu,
+    /// CUDA device N.
+    Cuda(u32),
+}
+
+impl FromStr for Device {
+    type Err = RuntimeError;
+
+    /// `cpu`, `cuda` (device 0) or `cuda:N`.
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || {
+            RuntimeError::Device(format!(
+                "'{s}' is not a device: expected cpu, cuda or cuda:N (N a GPU index)"
+            ))
+        };
+        match s.trim().to_ascii_lowercase().as_str() {
+            "cpu" => Ok(Device::Cpu),
+            "cuda" => Ok(Device::Cuda(0)),
+            other => match other.strip_prefix("cuda:") {
+                Some(n) => n.parse().map(Device::Cuda).map_err(|_| bad()),
+                None => Err(bad()),
+            },
+        }
+    }
+}
+
+impl fmt::Display for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Device::Cpu => f.write_str("cpu"),
+            Device::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+impl Device {
+    /// The execution providers to register, in order. Fails early, with a message saying what
+    /// to install, when the loaded ONNX Runtime was built without CUDA.
+    pub fn execution_providers(self) -> Result<Vec<ep::ExecutionProviderDispatch>> {
+        match self {
+            Device::Cpu => Ok(vec![ep::CPU::default().build()]),
+            Device::Cuda(n) => {
+                let available = ep::CUDA::is_available()
+                    .map_err(|e| RuntimeError::Device(format!("cannot query providers: {e}")))?;
+                if !available {
+                    return Err(RuntimeError::Device(format!(
+                        "{self} requested, but the loaded ONNX Runtime library has no CUDA \
+                         execution provider (the PyPI `onnxruntime` wheel is CPU-only; point \
+                         --ort-library at the library of `onnxruntime-gpu`, with CUDA 12/13 and \
+                         cuDNN 9 installed)"
+                    )));
+                }
+                let id = i32::try_from(n)
+                    .map_err(|_| RuntimeError::Device(format!("GPU index {n} is too large")))?;
+                Ok(vec![
+                    ep::CUDA::default()
+                        .with_device_id(id)
+                        .build()
+                        .error_on_failure(),
+                ])
+            }
+        }
+    }
+}
+
+/// How sessions are built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionConfig {
+    /// Where the graphs run.
+    pub device: Device,
+    /// Threads inside one operator (ONNX Runtime's intra-op pool), per session; 0 lets ONNX
+    /// Runtime choose (one per physical core).
+    pub intra_threads: usize,
+    /// Threads running independent branches of a graph; 0 or 1 runs operators sequentially.
+    pub inter_threads: usize,
+    /// Requests that may wait for one executor before new ones are refused.
+    pub queue_capacity: usize,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            device: Device::Cpu,
+            intra_threads: 0,
+            inter_threads: 0,
+            queue_capacity: 64,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Device strings parse to the documented forms and bad ones name the accepted ones.
+    #[test]
+    fn parses_devices() {
+        assert_eq!("cpu".parse::<Device>().unwrap(), Device::Cpu);
+        assert_eq!("CUDA".parse::<Device>().unwrap(), Device::Cuda(0));
+        assert_eq!("cuda:3".parse::<Device>().unwrap(), Device::Cuda(3));
+        assert_eq!(Device::Cuda(3).to_string(), "cuda:3");
+        for bad in ["gpu", "cuda:", "cuda:-1", "cuda:x", ""] {
+            let e = bad.parse::<Device>().unwrap_err().to_string();
+            assert!(e.contains("expected cpu, cuda or cuda:N"), "{bad}: {e}");
+        }
+    }
+}

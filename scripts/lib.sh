@@ -1,0 +1,28 @@
+# Shared set-up for the project's scripts: a light Python environment (no torch) with the
+# ONNX Runtime library from the PyPI `onnxruntime` wheel. Sourced, not run.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${UNCLIP_VENV:-$ROOT/.venv}"
+PY="$VENV/bin/python"
+
+setup_python() {
+  if [ ! -x "$PY" ]; then
+    echo "setting up $VENV (numpy, onnxruntime, pillow, tokenizers, safetensors, pytest)" >&2
+    python3 -m venv "$VENV"
+  fi
+  # Re-install only when the requirements changed since the last install.
+  local stamp="$VENV/.requirements-light.sha256"
+  local want
+  want="$(sha256sum "$ROOT/tools/requirements-light.txt" | cut -d' ' -f1)"
+  if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    "$PY" -m pip install --quiet --disable-pip-version-check -r "$ROOT/tools/requirements-light.txt"
+    echo "$want" > "$stamp"
+  fi
+  export PYTHONPATH="$ROOT/tools${PYTHONPATH:+:$PYTHONPATH}"
+  # The ONNX Runtime shared library shipped inside the wheel, for the Rust services.
+  local lib
+  lib="$(ls "$VENV"/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* 2>/dev/null | head -n1 || true)"
+  if [ -n "$lib" ]; then
+    export UNCLIP_ORT_LIBRARY="${UNCLIP_ORT_LIBRARY:-$lib}"
+  fi
+}
