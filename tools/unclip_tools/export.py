@@ -570,7 +570,7 @@ def _check_pooling(pipeline: Any) -> None:
         raise UserError(f"the text encoder pools at eos_token_id {eos_config}, the tokenizer's EOS is {eos}")
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     """Silence the libraries' progress bars, deprecation notes and tracer warnings; errors still show."""
     import warnings
 
@@ -597,7 +597,7 @@ def export_repository(
 ) -> dict[str, Any]:
     """Export the pipeline(s) into `out_dir` (absent or empty), write and verify the manifest."""
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 4)))
-    _quiet_libraries()
+    quiet_libraries()
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise UserError(f"--out {out_dir} exists and is not an empty folder")

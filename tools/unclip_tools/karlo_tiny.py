@@ -811,7 +811,7 @@ def _disk_usage(folder: Path) -> int:
 
 def build_karlo_tiny(out: Path) -> dict[str, Any]:
     """Build, save, export and record; `out` is replaced only once everything has succeeded."""
-    from .export import _quiet_libraries, export_repository
+    from .export import export_repository, quiet_libraries
     from .repository import MANIFEST, load_manifest, write_manifest
 
     out = Path(out)
@@ -821,7 +821,7 @@ def build_karlo_tiny(out: Path) -> dict[str, Any]:
     if staging.exists():
         shutil.rmtree(staging)
     torch.set_num_threads(1)
-    _quiet_libraries()
+    quiet_libraries()
     with tempfile.TemporaryDirectory(prefix="karlo-tiny-") as tmp:
         pipeline_dir, variation_dir = Path(tmp) / "pipeline", Path(tmp) / "variation-pipeline"
         build_text_to_image_pipeline().save_pretrained(pipeline_dir)

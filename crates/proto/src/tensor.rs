@@ -212,16 +212,19 @@ impl Tensor {
             let d = usize::try_from(d).map_err(|_| TensorError::NegativeDim {
                 shape: self.shape.clone(),
             })?;
-            elements = elements.checked_mul(d).ok_or_else(|| TensorError::TooLarge {
-                shape: self.shape.clone(),
-            })?;
+            elements = elements
+                .checked_mul(d)
+                .ok_or_else(|| TensorError::TooLarge {
+                    shape: self.shape.clone(),
+                })?;
             dims.push(d);
         }
-        let expected = elements
-            .checked_mul(dtype_size(dtype))
-            .ok_or_else(|| TensorError::TooLarge {
-                shape: self.shape.clone(),
-            })?;
+        let expected =
+            elements
+                .checked_mul(dtype_size(dtype))
+                .ok_or_else(|| TensorError::TooLarge {
+                    shape: self.shape.clone(),
+                })?;
         if self.data.len() != expected {
             return Err(TensorError::DataLength {
                 shape: self.shape.clone(),
@@ -353,17 +356,29 @@ mod tests {
     #[test]
     fn round_trips() {
         let a = array![[1.5f32, -2.0, 3.25], [0.0, 1e-8, f32::MAX]];
-        assert_eq!(Tensor::from_array(&a).to_array::<f32>().unwrap(), a.clone().into_dyn());
+        assert_eq!(
+            Tensor::from_array(&a).to_array::<f32>().unwrap(),
+            a.clone().into_dyn()
+        );
         let t = a.t();
         let back = Tensor::from_array(&t).to_array::<f32>().unwrap();
         assert_eq!(back, t.to_owned().into_dyn());
 
         let ids = array![49406i64, -1, i64::MAX];
-        assert_eq!(Tensor::from_array(&ids).to_array::<i64>().unwrap(), ids.into_dyn());
+        assert_eq!(
+            Tensor::from_array(&ids).to_array::<i64>().unwrap(),
+            ids.into_dyn()
+        );
         let mask = array![[true, false], [false, true]];
-        assert_eq!(Tensor::from_array(&mask).to_array::<bool>().unwrap(), mask.into_dyn());
+        assert_eq!(
+            Tensor::from_array(&mask).to_array::<bool>().unwrap(),
+            mask.into_dyn()
+        );
         let px = array![0u8, 128, 255];
-        assert_eq!(Tensor::from_array(&px).to_array::<u8>().unwrap(), px.into_dyn());
+        assert_eq!(
+            Tensor::from_array(&px).to_array::<u8>().unwrap(),
+            px.into_dyn()
+        );
         let h = array![f16::from_f32(0.5), f16::from_f32(-3.0)];
         assert_eq!(
             Tensor::from_array(&h).to_f32_array().unwrap(),
@@ -377,7 +392,10 @@ mod tests {
         let t = Tensor::from_array(&array![[1i64, 2]]);
         assert_eq!(t.shape, vec![1, 2]);
         assert_eq!(t.dtype, DType::Int64 as i32);
-        assert_eq!(&t.data[..], &[1, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(
+            &t.data[..],
+            &[1, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0]
+        );
         let scalar = Tensor::from_array(&ArrayD::from_elem(IxDyn(&[]), 1.0f32));
         assert!(scalar.shape.is_empty());
         assert_eq!(scalar.to_f32_array().unwrap().len(), 1);
@@ -393,13 +411,19 @@ mod tests {
             ..good.clone()
         };
         let e = wrong_len.to_f32_array().unwrap_err();
-        assert_eq!(e.to_string(), "shape [2, 3] of FLOAT32 needs 24 bytes of data, got 20");
+        assert_eq!(
+            e.to_string(),
+            "shape [2, 3] of FLOAT32 needs 24 bytes of data, got 20"
+        );
 
         let negative = Tensor {
             shape: vec![-2, -3],
             ..good.clone()
         };
-        assert!(matches!(negative.dims(), Err(TensorError::NegativeDim { .. })));
+        assert!(matches!(
+            negative.dims(),
+            Err(TensorError::NegativeDim { .. })
+        ));
 
         let huge = Tensor {
             shape: vec![i64::MAX, i64::MAX],
@@ -411,12 +435,18 @@ mod tests {
             dtype: 99,
             ..good.clone()
         };
-        assert_eq!(unknown.to_f32_array().unwrap_err(), TensorError::UnknownDtype(99));
+        assert_eq!(
+            unknown.to_f32_array().unwrap_err(),
+            TensorError::UnknownDtype(99)
+        );
         let unspecified = Tensor {
             dtype: 0,
             ..good.clone()
         };
-        assert_eq!(unspecified.dims().unwrap_err(), TensorError::UnknownDtype(0));
+        assert_eq!(
+            unspecified.dims().unwrap_err(),
+            TensorError::UnknownDtype(0)
+        );
 
         let e = good.to_array::<i64>().unwrap_err();
         assert_eq!(e.to_string(), "dtype must be INT64, got FLOAT32");
@@ -436,7 +466,10 @@ mod tests {
             TensorError::InvalidBool { index: 2, value: 2 }
         );
         let u8_mask = Tensor::from_array(&array![1u8, 0, 1]);
-        assert_eq!(u8_mask.to_bool_array().unwrap(), array![true, false, true].into_dyn());
+        assert_eq!(
+            u8_mask.to_bool_array().unwrap(),
+            array![true, false, true].into_dyn()
+        );
         let u8_bad = Tensor::from_array(&array![1u8, 5]);
         assert!(u8_bad.to_bool_array().is_err());
     }
@@ -457,7 +490,10 @@ mod tests {
         let want = [Dim::Any("batch"), Dim::Fixed(77), Dim::Fixed(32)];
         assert!(check_shape(&[4, 77, 32], &want).is_ok());
         let e = check_shape(&[4, 76, 32], &want).unwrap_err();
-        assert_eq!(e.to_string(), "must have shape [batch, 77, 32], got [4, 76, 32]");
+        assert_eq!(
+            e.to_string(),
+            "must have shape [batch, 77, 32], got [4, 76, 32]"
+        );
         assert!(check_shape(&[4, 77], &want).is_err());
     }
 }

@@ -51,10 +51,12 @@ pub struct Outputs {
 impl Outputs {
     /// Removes and returns an output.
     pub fn take(&mut self, name: &str) -> Result<TensorData> {
-        self.values.remove(name).ok_or_else(|| RuntimeError::Outputs {
-            component: self.component.clone(),
-            message: format!("no output '{name}'"),
-        })
+        self.values
+            .remove(name)
+            .ok_or_else(|| RuntimeError::Outputs {
+                component: self.component.clone(),
+                message: format!("no output '{name}'"),
+            })
     }
 
     /// Removes an output and returns it as float32 (float16 is widened).
@@ -123,7 +125,12 @@ impl SessionExecutor {
     }
 
     /// Starts a thread owning `session` (already checked against `spec`).
-    pub fn spawn(label: &str, session: Session, spec: &ComponentSpec, capacity: usize) -> Result<Self> {
+    pub fn spawn(
+        label: &str,
+        session: Session,
+        spec: &ComponentSpec,
+        capacity: usize,
+    ) -> Result<Self> {
         let capacity = capacity.max(1);
         let (sender, receiver) = mpsc::sync_channel(capacity);
         let thread_label = label.to_string();
@@ -154,10 +161,12 @@ impl SessionExecutor {
         &self.spec
     }
 
-    /// Checks `inputs`, queues them and awaits the outputs. Never blocks the calling thread.
-    pub async fn run(&self, inputs: Inputs) -> Result<Outputs> {
-        let receiver = self.submit(inputs)?;
-        receiver.await.map_err(|_| self.stopped())?
+    /// Checks and queues `inputs` at once (so an overloaded queue is reported at the call),
+    /// and returns a future of the outputs. Never blocks the calling thread.
+    pub fn run(&self, inputs: Inputs) -> impl Future<Output = Result<Outputs>> + Send + 'static {
+        let submitted = self.submit(inputs);
+        let stopped = self.stopped();
+        async move { submitted?.await.map_err(|_| stopped)? }
     }
 
     /// Like [`run`](Self::run), for synchronous callers outside an async runtime.
@@ -195,15 +204,22 @@ impl SessionExecutor {
             .collect();
         let outputs = self.run(inputs).await?;
         for spec in &self.spec.outputs {
-            let value = outputs.values.get(&spec.name).ok_or_else(|| RuntimeError::Outputs {
-                component: self.label.clone(),
-                message: format!("warm-up produced no output '{}'", spec.name),
-            })?;
+            let value = outputs
+                .values
+                .get(&spec.name)
+                .ok_or_else(|| RuntimeError::Outputs {
+                    component: self.label.clone(),
+                    message: format!("warm-up produced no output '{}'", spec.name),
+                })?;
             let fits = value.shape().len() == spec.shape.len()
-                && value.shape().iter().zip(&spec.shape).all(|(have, want)| match want {
-                    Dim::Fixed(n) => *have as u64 == *n,
-                    Dim::Symbolic(_) => *have == 1,
-                });
+                && value
+                    .shape()
+                    .iter()
+                    .zip(&spec.shape)
+                    .all(|(have, want)| match want {
+                        Dim::Fixed(n) => *have as u64 == *n,
+                        Dim::Symbolic(_) => *have == 1,
+                    });
             if !fits {
                 let declared: Vec<String> = spec.shape.iter().map(ToString::to_string).collect();
                 return Err(RuntimeError::Outputs {
@@ -351,18 +367,20 @@ fn worker(label: String, spec: ComponentSpec, mut session: Session, receiver: Re
         }
         let waited = job.queued.elapsed();
         let started = Instant::now();
-        let result = catch_unwind(AssertUnwindSafe(|| run_session(&label, &spec, &mut session, job.inputs)))
-            .unwrap_or_else(|panic| {
-                let message = panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_else(|| "unknown panic".into());
-                Err(RuntimeError::Outputs {
-                    component: label.clone(),
-                    message: format!("the run panicked: {message}"),
-                })
-            });
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            run_session(&label, &spec, &mut session, job.inputs)
+        }))
+        .unwrap_or_else(|panic| {
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(RuntimeError::Outputs {
+                component: label.clone(),
+                message: format!("the run panicked: {message}"),
+            })
+        });
         tracing::debug!(
             component = %label,
             queue_ms = waited.as_secs_f64() * 1e3,
@@ -376,16 +394,31 @@ fn worker(label: String, spec: ComponentSpec, mut session: Session, receiver: Re
 }
 
 /// One `Session::run`, copying every declared output into owned arrays.
-fn run_session(label: &str, spec: &ComponentSpec, session: &mut Session, inputs: Inputs) -> Result<Outputs> {
+fn run_session(
+    label: &str,
+    spec: &ComponentSpec,
+    session: &mut Session,
+    inputs: Inputs,
+) -> Result<Outputs> {
     let context = |what: &str| format!("{label}: {what}");
     let mut values: Vec<(String, SessionInputValue<'static>)> = Vec::with_capacity(inputs.len());
     for (name, data) in inputs {
         let value: SessionInputValue<'static> = match data {
-            TensorData::F32(a) => Tensor::from_array(a).map_err(|e| RuntimeError::ort(context("input"), e))?.into(),
-            TensorData::F16(a) => Tensor::from_array(a).map_err(|e| RuntimeError::ort(context("input"), e))?.into(),
-            TensorData::I64(a) => Tensor::from_array(a).map_err(|e| RuntimeError::ort(context("input"), e))?.into(),
-            TensorData::Bool(a) => Tensor::from_array(a).map_err(|e| RuntimeError::ort(context("input"), e))?.into(),
-            TensorData::U8(a) => Tensor::from_array(a).map_err(|e| RuntimeError::ort(context("input"), e))?.into(),
+            TensorData::F32(a) => Tensor::from_array(a)
+                .map_err(|e| RuntimeError::ort(context("input"), e))?
+                .into(),
+            TensorData::F16(a) => Tensor::from_array(a)
+                .map_err(|e| RuntimeError::ort(context("input"), e))?
+                .into(),
+            TensorData::I64(a) => Tensor::from_array(a)
+                .map_err(|e| RuntimeError::ort(context("input"), e))?
+                .into(),
+            TensorData::Bool(a) => Tensor::from_array(a)
+                .map_err(|e| RuntimeError::ort(context("input"), e))?
+                .into(),
+            TensorData::U8(a) => Tensor::from_array(a)
+                .map_err(|e| RuntimeError::ort(context("input"), e))?
+                .into(),
         };
         values.push((name, value));
     }
@@ -394,16 +427,38 @@ fn run_session(label: &str, spec: &ComponentSpec, session: &mut Session, inputs:
         .map_err(|e| RuntimeError::ort(context("run"), e))?;
     let mut result = BTreeMap::new();
     for out in &spec.outputs {
-        let value = outputs.get(&out.name).ok_or_else(|| RuntimeError::Outputs {
-            component: label.to_string(),
-            message: format!("the graph produced no output '{}'", out.name),
-        })?;
+        let value = outputs
+            .get(&out.name)
+            .ok_or_else(|| RuntimeError::Outputs {
+                component: label.to_string(),
+                message: format!("the graph produced no output '{}'", out.name),
+            })?;
         let extract = |e| RuntimeError::ort(context(&format!("reading output '{}'", out.name)), e);
         let data = match out.dtype {
-            DataType::Float32 => TensorData::F32(value.try_extract_array::<f32>().map_err(extract)?.to_owned()),
-            DataType::Float16 => TensorData::F16(value.try_extract_array::<f16>().map_err(extract)?.to_owned()),
-            DataType::Int64 => TensorData::I64(value.try_extract_array::<i64>().map_err(extract)?.to_owned()),
-            DataType::Bool => TensorData::Bool(value.try_extract_array::<bool>().map_err(extract)?.to_owned()),
+            DataType::Float32 => TensorData::F32(
+                value
+                    .try_extract_array::<f32>()
+                    .map_err(extract)?
+                    .to_owned(),
+            ),
+            DataType::Float16 => TensorData::F16(
+                value
+                    .try_extract_array::<f16>()
+                    .map_err(extract)?
+                    .to_owned(),
+            ),
+            DataType::Int64 => TensorData::I64(
+                value
+                    .try_extract_array::<i64>()
+                    .map_err(extract)?
+                    .to_owned(),
+            ),
+            DataType::Bool => TensorData::Bool(
+                value
+                    .try_extract_array::<bool>()
+                    .map_err(extract)?
+                    .to_owned(),
+            ),
         };
         result.insert(out.name.clone(), data);
     }

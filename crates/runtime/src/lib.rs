@@ -34,12 +34,15 @@ pub use repository::ModelRepository;
 pub use tensors::{ModelTensors, UncondText};
 pub use value::TensorData;
 
+/// The ONNX Runtime environment type returned by [`init_environment`].
+pub use ort::environment::Environment;
+
 impl ModelRepository {
     /// Loads one graph of this repository into an executor (`label` names it in logs and
     /// errors, e.g. `text_encoder`).
     pub fn load_executor(
         &self,
-        env: &ort::environment::Environment,
+        env: &Environment,
         label: &str,
         spec: &ComponentSpec,
         config: &SessionConfig,

@@ -355,11 +355,7 @@ fn contract(name: &str) -> (&'static [ContractTensor], &'static [ContractTensor]
                 ),
             ],
             &[
-                (
-                    "encoder_hidden_states",
-                    F,
-                    &[Batch, Size('N'), Size('C')],
-                ),
+                ("encoder_hidden_states", F, &[Batch, Size('N'), Size('C')]),
                 ("additive_clip_time_embeddings", F, &[Batch, Size('T')]),
             ],
         ),
@@ -367,11 +363,7 @@ fn contract(name: &str) -> (&'static [ContractTensor], &'static [ContractTensor]
             &[
                 ("sample", F, &[Batch, Is(3), Size('H'), Size('H')]),
                 ("timestep", I64, &[Batch]),
-                (
-                    "encoder_hidden_states",
-                    F,
-                    &[Batch, Size('N'), Size('C')],
-                ),
+                ("encoder_hidden_states", F, &[Batch, Size('N'), Size('C')]),
                 ("class_labels", F, &[Batch, Size('T')]),
                 ("attention_mask", BOOL, &[Batch, Size('N')]),
             ],
@@ -525,9 +517,7 @@ impl ContractState {
 /// manifest itself.
 pub(crate) fn check_relative_path(path: &str) -> Result<()> {
     let p = Path::new(path);
-    let escapes = p
-        .components()
-        .any(|c| !matches!(c, Component::Normal(_)));
+    let escapes = p.components().any(|c| !matches!(c, Component::Normal(_)));
     if path.is_empty() || path.contains('\\') || escapes || path == MANIFEST {
         return fail(format!(
             "files: '{path}' is not a relative POSIX path inside the repository"
@@ -546,7 +536,8 @@ impl Manifest {
     /// stage whose `last` names the same file as `first` is listed once.
     pub fn graphs(&self) -> Vec<(String, &ComponentSpec)> {
         let c = &self.components;
-        let mut graphs: Vec<(String, &ComponentSpec)> = vec![("text_encoder".into(), &c.text_encoder)];
+        let mut graphs: Vec<(String, &ComponentSpec)> =
+            vec![("text_encoder".into(), &c.text_encoder)];
         if let Some(image) = &c.image_encoder {
             graphs.push(("image_encoder".into(), image));
         }
@@ -659,7 +650,10 @@ impl Manifest {
         }
         for (key, scale) in [
             ("prior_guidance_scale", self.defaults.prior_guidance_scale),
-            ("decoder_guidance_scale", self.defaults.decoder_guidance_scale),
+            (
+                "decoder_guidance_scale",
+                self.defaults.decoder_guidance_scale,
+            ),
         ] {
             if !scale.is_finite() {
                 return fail(format!("defaults.{key} must be a finite number"));

@@ -48,7 +48,11 @@ fn asset_error(file: &str, message: impl Into<String>) -> RuntimeError {
     }
 }
 
-fn decode_view(file: &str, name: &str, view: &safetensors::tensor::TensorView<'_>) -> Result<TensorData> {
+fn decode_view(
+    file: &str,
+    name: &str,
+    view: &safetensors::tensor::TensorView<'_>,
+) -> Result<TensorData> {
     let shape = IxDyn(view.shape());
     let data = view.data();
     let bad = |e: ndarray::ShapeError| asset_error(file, format!("tensor '{name}': {e}"));
@@ -107,7 +111,12 @@ fn st_name(data: &TensorData) -> &'static str {
 impl ModelTensors {
     /// Decodes the file's bytes and checks the required entries against D, L and the special
     /// ids. `file` is the name used in messages.
-    pub fn from_bytes(file: &str, bytes: &[u8], embedding_dim: usize, text: &TextConfig) -> Result<Self> {
+    pub fn from_bytes(
+        file: &str,
+        bytes: &[u8],
+        embedding_dim: usize,
+        text: &TextConfig,
+    ) -> Result<Self> {
         let st = SafeTensors::deserialize(bytes)
             .map_err(|e| asset_error(file, format!("cannot read: {e}")))?;
         let mut all = BTreeMap::new();
@@ -134,7 +143,10 @@ impl ModelTensors {
             if t.shape() != shape.as_slice() {
                 return Err(asset_error(
                     file,
-                    format!("tensor '{name}' has shape {:?}, expected {shape:?}", t.shape()),
+                    format!(
+                        "tensor '{name}' has shape {:?}, expected {shape:?}",
+                        t.shape()
+                    ),
                 ));
             }
             if st_name(t) != *dtype {

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +29,8 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 
 from .. import UserError
-from .render import BACKGROUNDS, COLORS, POSITIONS, RELATIONS, SHAPES, SIZES, held_out_combos, parse_caption, random_scene, render, scene_from_caption, single_caption
+from .checker import check_two, read_image
+from .render import SHAPES, held_out_combos, parse_caption, random_scene, render, scene_from_caption, single_caption
 
 
 class ShapeClassifier(nn.Module):
@@ -63,72 +63,6 @@ def load_classifier(work: Path) -> ShapeClassifier:
     net = ShapeClassifier()
     net.load_state_dict(torch.load(path, weights_only=False, map_location="cpu")["modules"]["classifier"])
     return net.eval()
-
-
-# ---------------------------------------------------------------------------------------------
-# The model-free checker
-
-
-def _nearest(rgb: np.ndarray, palette: dict[str, tuple[int, int, int]]) -> str:
-    names = list(palette)
-    d = [np.linalg.norm(rgb - np.array(palette[n], np.float32)) for n in names]
-    return names[int(np.argmin(d))]
-
-
-@dataclass
-class Reading:
-    """What the checker sees in one image."""
-
-    background: str
-    color: str | None
-    position: str | None
-    size: str | None
-    components: list[tuple[str, float, float, int]]  # (colour, cx, cy, pixels), largest first
-
-
-def read_image(img: np.ndarray, threshold: float = 60.0) -> Reading:
-    """Background, object colour, position and size of a uint8 [H,W,3] image."""
-    from scipy import ndimage
-
-    h, w, _ = img.shape
-    px = img.astype(np.float32)
-    border = np.concatenate([px[:3].reshape(-1, 3), px[-3:].reshape(-1, 3), px[:, :3].reshape(-1, 3), px[:, -3:].reshape(-1, 3)])
-    bg_rgb = np.median(border, axis=0)
-    background = _nearest(bg_rgb, BACKGROUNDS)
-    mask = np.linalg.norm(px - bg_rgb, axis=-1) > threshold
-    mask = ndimage.binary_opening(mask, iterations=1)
-    if mask.sum() < 4:
-        return Reading(background, None, None, None, [])
-    core = ndimage.binary_erosion(mask, iterations=1)
-    use = core if core.sum() >= 4 else mask
-    color = _nearest(np.median(px[use], axis=0), COLORS)
-    ys, xs = np.nonzero(mask)
-    cx, cy = (xs.min() + xs.max() + 1) / 2 / w, (ys.min() + ys.max() + 1) / 2 / h
-    position = min(POSITIONS, key=lambda p: (POSITIONS[p][0] - cx) ** 2 + (POSITIONS[p][1] - cy) ** 2)
-    extent = max(xs.max() - xs.min() + 1, ys.max() - ys.min() + 1) / w
-    size = "large" if extent > 0.33 else "small"
-    labels, n = ndimage.label(mask)
-    comps = []
-    for k in range(1, n + 1):
-        m = labels == k
-        cu = ndimage.binary_erosion(m, iterations=1)
-        cu = cu if cu.sum() >= 4 else m
-        yy, xx = np.nonzero(m)
-        comps.append((_nearest(np.median(px[cu], axis=0), COLORS), float(xx.mean() / w), float(yy.mean() / h), int(m.sum())))
-    comps.sort(key=lambda c: -c[3])
-    return Reading(background, color, position, size, comps)
-
-
-def check_two(reading: Reading, attrs: dict[str, str]) -> bool:
-    """Both colours present as separate objects, in the stated relation."""
-    comps = [c for c in reading.components[:4] if c[3] >= 12]
-    a = next((c for c in comps if c[0] == attrs["color"]), None)
-    b = next((c for c in comps if c[0] == attrs["color_b"]), None)
-    if a is None or b is None or a is b:
-        return False
-    dx, dy = a[1] - b[1], a[2] - b[2]
-    rel = attrs["relation"]
-    return {"above": dy < -0.15, "below": dy > 0.15, "left of": dx < -0.15, "right of": dx > 0.15}[rel]
 
 
 # ---------------------------------------------------------------------------------------------

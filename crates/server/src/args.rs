@@ -1,0 +1,60 @@
+//! Command-line flags shared by every service, flattened into each service's `Config`.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use unclip_runtime::{Device, SessionConfig};
+
+/// How ONNX Runtime is loaded and runs the graphs.
+#[derive(Debug, Clone, Args)]
+pub struct RuntimeArgs {
+    /// Path of the ONNX Runtime shared library, libonnxruntime.so.1.N with N >= 31 (e.g. the
+    /// PyPI `onnxruntime` wheel's onnxruntime/capi/libonnxruntime.so.1.32.0). Falls back to
+    /// ORT_DYLIB_PATH.
+    #[arg(long, env = "UNCLIP_ORT_LIBRARY")]
+    pub ort_library: Option<PathBuf>,
+
+    /// Where the graphs run: cpu, cuda (GPU 0) or cuda:N. CUDA that cannot be used is a
+    /// start-up error, never a silent fall-back to the CPU.
+    #[arg(long, env = "UNCLIP_DEVICE", default_value = "cpu")]
+    pub device: Device,
+
+    /// ONNX Runtime intra-op threads per graph session; 0 lets ONNX Runtime choose (one per
+    /// physical core).
+    #[arg(long, env = "UNCLIP_INTRA_THREADS", default_value_t = 0)]
+    pub intra_threads: usize,
+
+    /// ONNX Runtime inter-op threads per graph session (parallel branches); 0 or 1 runs
+    /// operators one after another.
+    #[arg(long, env = "UNCLIP_INTER_THREADS", default_value_t = 0)]
+    pub inter_threads: usize,
+
+    /// Model calls that may wait per graph before new requests are refused with
+    /// RESOURCE_EXHAUSTED.
+    #[arg(long, env = "UNCLIP_QUEUE_DEPTH", default_value_t = 64)]
+    pub queue_depth: usize,
+}
+
+impl RuntimeArgs {
+    /// The session settings these flags describe.
+    pub fn session_config(&self) -> SessionConfig {
+        SessionConfig {
+            device: self.device,
+            intra_threads: self.intra_threads,
+            inter_threads: self.inter_threads,
+            queue_capacity: self.queue_depth,
+        }
+    }
+}
+
+impl Default for RuntimeArgs {
+    fn default() -> Self {
+        Self {
+            ort_library: None,
+            device: Device::Cpu,
+            intra_threads: 0,
+            inter_threads: 0,
+            queue_depth: 64,
+        }
+    }
+}

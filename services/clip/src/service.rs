@@ -1,0 +1,132 @@
+//! The `unclip.v1.ClipService` handlers: request validation, then the model's work.
+
+use std::sync::{Arc, OnceLock};
+
+use tonic::{Request, Response, Status};
+use unclip_proto::v1::clip_service_server::ClipService;
+use unclip_proto::v1::{
+    EncodeImageRequest, EncodeImageResponse, EncodeTextRequest, EncodeTextResponse, GetInfoRequest,
+    ModelInfo, RequestLimits,
+};
+use unclip_server::ServiceError;
+use unclip_server::info::model_info;
+use unclip_server::validate::batch_size;
+
+use crate::model::ClipModel;
+use crate::preprocess::ImageLimits;
+
+/// The fully qualified gRPC service name.
+pub const SERVICE_NAME: &str = "unclip.v1.ClipService";
+
+/// Request limits, from the configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Most prompts or images per request.
+    pub max_batch: usize,
+    /// Longest prompt, in bytes.
+    pub max_prompt_bytes: usize,
+    /// Limits on each image.
+    pub image: ImageLimits,
+}
+
+/// The handlers' shared state: the model once loaded, and the limits.
+#[derive(Debug)]
+pub struct ClipApi {
+    /// Set once loading and warm-up have succeeded; until then calls get UNAVAILABLE.
+    model: Arc<OnceLock<Arc<ClipModel>>>,
+    /// Request limits.
+    limits: Limits,
+}
+
+impl ClipApi {
+    /// Handlers over a model slot that the loader fills.
+    pub fn new(model: Arc<OnceLock<Arc<ClipModel>>>, limits: Limits) -> Self {
+        Self { model, limits }
+    }
+
+    fn model(&self) -> Result<Arc<ClipModel>, ServiceError> {
+        self.model
+            .get()
+            .cloned()
+            .ok_or_else(|| ServiceError::Unavailable("the model is still loading".into()))
+    }
+
+    fn request_limits(&self) -> RequestLimits {
+        RequestLimits {
+            max_batch: self.limits.max_batch as u32,
+            max_image_bytes: self.limits.image.max_bytes as u64,
+            max_image_side: self.limits.image.max_side,
+            ..Default::default()
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl ClipService for ClipApi {
+    #[tracing::instrument(skip_all, fields(prompts))]
+    async fn encode_text(
+        &self,
+        request: Request<EncodeTextRequest>,
+    ) -> Result<Response<EncodeTextResponse>, Status> {
+        let prompts = request.into_inner().prompts;
+        tracing::Span::current().record("prompts", prompts.len());
+        batch_size("prompts", "prompts", prompts.len(), self.limits.max_batch)?;
+        if let Some((i, p)) = prompts
+            .iter()
+            .enumerate()
+            .find(|(_, p)| p.len() > self.limits.max_prompt_bytes)
+        {
+            return Err(ServiceError::invalid(
+                format!("prompts[{i}]"),
+                format!(
+                    "is {} bytes long, the limit is {}",
+                    p.len(),
+                    self.limits.max_prompt_bytes
+                ),
+            )
+            .into());
+        }
+        let model = self.model()?;
+        let encoding = model.encode_text(prompts).await?;
+        Ok(Response::new(EncodeTextResponse {
+            encoding: Some(encoding),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(images))]
+    async fn encode_image(
+        &self,
+        request: Request<EncodeImageRequest>,
+    ) -> Result<Response<EncodeImageResponse>, Status> {
+        let images = request.into_inner().images;
+        tracing::Span::current().record("images", images.len());
+        let model = self.model()?;
+        if !model.has_image_encoder() {
+            // Checked before the batch so clients learn the real problem first.
+            return Err(ServiceError::FailedPrecondition(format!(
+                "model {} is served without an image encoder, so EncodeImage is unavailable",
+                model.repo().manifest().model_id
+            ))
+            .into());
+        }
+        batch_size("images", "images", images.len(), self.limits.max_batch)?;
+        let embeds = model.encode_image(images, self.limits.image).await?;
+        Ok(Response::new(EncodeImageResponse {
+            image_embeds: Some(embeds),
+        }))
+    }
+
+    async fn get_info(
+        &self,
+        _request: Request<GetInfoRequest>,
+    ) -> Result<Response<ModelInfo>, Status> {
+        let model = self.model()?;
+        Ok(Response::new(model_info(
+            model.repo(),
+            SERVICE_NAME,
+            model.device(),
+            &model.components(),
+            self.request_limits(),
+        )))
+    }
+}

@@ -1,0 +1,54 @@
+"""The shipped shapes model: a valid repository, Karlo's tokenisation, and it draws what it is asked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tokenizers import Tokenizer
+
+from unclip_tools.repository import load_manifest
+from unclip_tools.shapes.render import parse_caption
+from unclip_tools.shapes.tokenizer import build_tokenizer
+
+MODEL = Path(__file__).resolve().parents[2] / "models" / "shapes"
+pytestmark = pytest.mark.skipif(not (MODEL / "manifest.json").exists(), reason="models/shapes not exported yet")
+
+
+def test_repository_is_valid() -> None:
+    manifest = load_manifest(MODEL, check_graphs=True)
+    assert manifest["model_id"] == "shapes"
+    assert [u["output_size"] for u in manifest["components"]["upsamplers"]] == [64, 128]
+
+
+def test_tokenizer_is_clip_bpe_with_karlo_padding() -> None:
+    """The shipped tokenizer.json tokenises like OpenAI's CLIP BPE, padded with "!" = 0 to 77."""
+    tok = Tokenizer.from_file(str(MODEL / "tokenizer.json"))
+    enc = tok.encode("a photo of a cat")
+    assert enc.ids[:8] == [49406, 320, 1125, 539, 320, 2368, 49407, 0]
+    assert len(enc.ids) == 77 and sum(enc.attention_mask) == 7
+    long = tok.encode(" ".join(["word"] * 100))
+    assert len(long.ids) == 77 and long.ids[-1] == 49407 and long.overflowing
+    assert tok.to_str() == build_tokenizer().to_str()
+
+
+@pytest.mark.parametrize(
+    "caption, seed",
+    [
+        ("a large red circle in the center on a white background", 1),
+        ("a large blue square in the top left on a black background", 2),
+        ("a large yellow star in the bottom right on a gray background", 3),
+    ],
+)
+def test_draws_what_it_is_asked(caption: str, seed: int) -> None:
+    """Colour, background and position of the generated object, read by the model-free checker."""
+    from unclip_tools.sampler import UnclipSampler
+    from unclip_tools.shapes.checker import read_image
+
+    sampler = UnclipSampler(MODEL, scheduler_backend="numpy", check_graphs=False)
+    img = np.asarray(sampler.text_to_image(caption, seed=seed)[0].convert("RGB"))
+    assert img.shape == (128, 128, 3)
+    want = parse_caption(caption)
+    got = read_image(img)
+    assert (got.color, got.background, got.position) == (want["color"], want["background"], want["position"])
