@@ -120,12 +120,17 @@ def test_write_manifest_reproduces_the_committed_manifest(copy: Path) -> None:
     assert written["version"] == body["version"]
 
 
-def test_batch_of_three_with_per_sample_timesteps_runs_every_graph(manifest: dict) -> None:
-    """Every graph takes a batch of 3 with 3 timesteps; each row equals that row run alone."""
+SHIPPED = [KARLO_TINY] + [p for p in [TOOLS.parent / "models" / "shapes"] if (p / "manifest.json").exists()]
+
+
+@pytest.mark.parametrize("folder", SHIPPED, ids=lambda p: p.name)
+def test_batch_of_three_with_per_sample_timesteps_runs_every_graph(folder: Path) -> None:
+    """Every graph of every shipped model takes a batch of 3 with 3 timesteps; each row equals that row run alone."""
+    manifest = load_manifest(folder)
     rng = np.random.default_rng(7)
     timesteps = [999, 500, 0]
     for label, spec in iter_graphs(manifest):
-        session = _session(KARLO_TINY / spec["file"])
+        session = _session(folder / spec["file"])
         feed = _inputs(spec, 3, timesteps, rng)
         outputs = session.run([t["name"] for t in spec["outputs"]], feed)
         for tensor, out in zip(spec["outputs"], outputs):

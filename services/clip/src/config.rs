@@ -45,6 +45,10 @@ pub struct Config {
     #[arg(long, env = "UNCLIP_MAX_MESSAGE_BYTES", default_value_t = DEFAULT_MAX_MESSAGE_BYTES)]
     pub max_message_bytes: usize,
 
+    /// Seconds to let calls in flight finish after SIGTERM/Ctrl-C before stopping anyway.
+    #[arg(long, env = "UNCLIP_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
+    pub shutdown_grace_secs: u64,
+
     /// Do not load the image encoder even if the model has one (EncodeImage then answers
     /// FAILED_PRECONDITION); saves memory for text-only deployments.
     #[arg(long, env = "UNCLIP_TEXT_ONLY")]

@@ -23,6 +23,7 @@ mod tokenize;
 
 use std::future::Future;
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -100,25 +101,34 @@ pub async fn run(
     let clip = ClipServiceServer::new(api)
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
+    // The server stops accepting on `shutdown` (or a failed load) and then waits for the calls
+    // in flight, for at most the grace period.
+    let stopping = Arc::new(Notify::new());
     let stop = {
-        let health = health.clone();
+        let (health, stopping) = (health.clone(), Arc::clone(&stopping));
         async move {
             tokio::select! {
                 _ = shutdown => tracing::info!("shutting down: finishing calls in flight"),
                 _ = failed.notified() => {}
             }
-            health.set(false).await;
+            stopping.notify_one();
+            health.stop().await;
         }
     };
+    let grace = Duration::from_secs(config.shutdown_grace_secs);
     tracing::info!(%address, model = %config.model.display(), "listening");
-    Server::builder()
+    let server = Server::builder()
         .add_service(health_service)
         .add_service(grpc::reflection_v1())
         .add_service(grpc::reflection_v1alpha())
         .add_service(clip)
-        .serve_with_incoming_shutdown(grpc::incoming(listener), stop)
-        .await
-        .context("serving gRPC")?;
+        .serve_with_incoming_shutdown(grpc::incoming(listener), stop);
+    tokio::select! {
+        served = server => served.context("serving gRPC")?,
+        _ = async { stopping.notified().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!(grace_secs = grace.as_secs(), "calls still in flight after the grace period; stopping anyway");
+        }
+    }
     loader.abort();
 
     if let Some(e) = failure.lock().unwrap_or_else(|p| p.into_inner()).take() {

@@ -371,7 +371,9 @@ def image_embeddings(work: Path, ds: Dataset, clip) -> np.ndarray:
         for s in range(0, len(ds), 500):
             out.append(clip.image(clip_pixels(ds.img64[s : s + 500])).numpy())
     emb = np.concatenate(out).astype(np.float32)
-    np.save(path, emb)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
+    np.save(tmp, emb)
+    os.replace(tmp, path)  # the prior and the decoder may compute it at the same time
     return emb
 
 
