@@ -199,5 +199,63 @@ def run(args: argparse.Namespace, name: str) -> int:
         "seconds_per_image": gen_seconds / len(gen),
     }
     (args.out / "shapes-quality.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out / "shapes-quality.md").write_text(markdown(result, args, sheet.name))
     print(json.dumps(result, indent=2))
     return 0
+
+
+TARGETS = {"color": 0.95, "background": 0.95, "position": 0.85, "shape": 0.85}
+
+
+def markdown(r: dict, args: argparse.Namespace, sheet: str) -> str:
+    """The human-readable report (docs/shapes-quality.md)."""
+    g, t = r["generated"], r["checker_on_ground_truth"]
+    rows = []
+    for k, label in (("color", "object colour"), ("background", "background colour"), ("position", "position"), ("shape", "shape (classifier)"), ("size", "size"), ("all", "all of the above")):
+        target = TARGETS.get(k)
+        verdict = "" if target is None else ("met" if g[k] >= target else "**missed**")
+        rows.append(f"| {label} | {g[k]:.1%} | {'' if target is None else f'≥ {target:.0%}'} | {verdict} | {t[k]:.1%} |")
+    cmd = f"python -m unclip_tools quality-report --model {args.model} --work {args.work} --out {args.out}"
+    return f"""# Shapes model: quality report
+
+Model `shapes` {r['model_version']}; {r['captions']} held-out captions (fully specified single-object
+combinations never shown in training), one image each, seeds {args.seed}…{args.seed + r['captions'] - 1};
+steps prior/decoder/upsamplers {r['steps']['prior_steps']}/{r['steps']['decoder_steps']}/{r['steps']['upsampler_steps']},
+guidance prior {r['guidance']['prior']}, decoder {r['guidance']['decoder']}; reference sampler (Python over the ONNX graphs).
+
+| attribute | generated | target | | checker on true renders |
+|---|---|---|---|---|
+{chr(10).join(rows)}
+
+The last column runs the same checks on the renderer's own pictures of the same captions: it
+measures the checker (and the shape classifier), not the model.
+
+Two-object captions ({r['two_object_captions']}, "a red square above a blue circle on a gray background"): both
+colours found as separate objects in the stated relation in {r['two_object_relation']['generated']:.1%} of generated
+images ({r['two_object_relation']['ground_truth']:.1%} on true renders).
+
+CLIP zero-shot retrieval among the {r['captions']} held-out captions, on true renders: image → caption top-1
+{r['clip_zero_shot']['image_to_text_top1']:.1%}, caption → image top-1 {r['clip_zero_shot']['text_to_image_top1']:.1%}
+(chance {r['clip_zero_shot']['chance']:.1%}).
+
+Prior: mean cosine between a prior sample for a caption and the CLIP image embedding of a true render
+of that caption {r['prior_cosine']['with_true_render']:.3f}; with the render of another caption
+{r['prior_cosine']['with_other_caption_render']:.3f}.
+
+Generation took {r['seconds_per_image']:.2f} s per image (reference sampler, Python + ONNX Runtime on this
+machine's CPU).
+
+![contact sheet]({sheet})
+
+Reproduce (needs the training folder for the shape classifier; about 10 minutes):
+
+```sh
+PYTHONPATH=tools .venv-tools/bin/python -m unclip_tools train-shapes --work runs/shapes --phase classifier
+PYTHONPATH=tools .venv-tools/bin/{cmd}
+```
+
+How the checks work: `tools/unclip_tools/shapes/checker.py` (background = median border colour,
+object = pixels far from it, colour = nearest palette entry to the median of the eroded object,
+position = named position nearest the bounding-box centre); the shape classifier is a small CNN
+trained only on renderer ground truth (`train-shapes --phase classifier`).
+"""

@@ -1,0 +1,132 @@
+//! EncodeText over real gRPC: parity with the CLIP encodings diffusers recorded, truncation
+//! flags, and refusal of bad requests.
+
+mod common;
+
+use common::{Fixture, TestServer, assert_status, max_abs_diff};
+use ndarray::{ArrayD, Axis};
+use tonic::Code;
+use unclip_proto::v1::{EncodeTextRequest, TextEncoding};
+
+async fn encode(server: &TestServer, prompts: &[&str]) -> Result<TextEncoding, tonic::Status> {
+    let response = server
+        .clip()
+        .await
+        .encode_text(EncodeTextRequest {
+            prompts: prompts.iter().map(|p| p.to_string()).collect(),
+        })
+        .await?;
+    Ok(response.into_inner().encoding.expect("an encoding"))
+}
+
+/// Every text-to-image fixture's prompts encode to the recorded ids, mask, text_embeds and
+/// last_hidden_state (within 1e-5), and "" to the recorded unconditional encoding.
+#[tokio::test]
+async fn matches_recorded_encodings() {
+    let server = TestServer::serving(&[]).await;
+    let cases = Fixture::cases("text_to_image");
+    assert!(
+        cases.len() >= 2,
+        "expected text-to-image fixtures, found {cases:?}"
+    );
+    for case in cases {
+        let mut fixture = Fixture::open(&case);
+        let prompts: Vec<String> =
+            serde_json::from_value(fixture.json["settings"]["prompt"].clone()).unwrap();
+        let prompts: Vec<&str> = prompts.iter().map(String::as_str).collect();
+        let got = encode(&server, &prompts).await.unwrap();
+
+        let ids = got.input_ids.unwrap().to_array::<i64>().unwrap();
+        assert_eq!(ids, fixture.i64("prompt_input_ids"), "{case}: input_ids");
+        let mask = got.attention_mask.unwrap().to_array::<bool>().unwrap();
+        assert_eq!(
+            mask,
+            fixture.bool("prompt_attention_mask"),
+            "{case}: attention_mask"
+        );
+        let embeds = got.text_embeds.unwrap().to_f32_array().unwrap();
+        let d = max_abs_diff(&embeds, &fixture.f32("prompt_text_embeds"));
+        assert!(d <= 1e-5, "{case}: text_embeds differ by {d}");
+        let hidden = got.last_hidden_state.unwrap().to_f32_array().unwrap();
+        let d = max_abs_diff(&hidden, &fixture.f32("prompt_last_hidden_state"));
+        assert!(d <= 1e-5, "{case}: last_hidden_state differ by {d}");
+        assert_eq!(got.truncated, vec![false; prompts.len()], "{case}");
+        let counts: Vec<u32> = mask
+            .axis_iter(Axis(0))
+            .map(|row| row.iter().filter(|m| **m).count() as u32)
+            .collect();
+        assert_eq!(got.token_counts, counts, "{case}");
+
+        // The unconditional branch: "" for every row of the batch.
+        let empty = vec![""; prompts.len()];
+        let got = encode(&server, &empty).await.unwrap();
+        let embeds = got.text_embeds.unwrap().to_f32_array().unwrap();
+        let d = max_abs_diff(&embeds, &fixture.f32("uncond_text_embeds"));
+        assert!(d <= 1e-5, "{case}: uncond text_embeds differ by {d}");
+        let hidden = got.last_hidden_state.unwrap().to_f32_array().unwrap();
+        let d = max_abs_diff(&hidden, &fixture.f32("uncond_last_hidden_state"));
+        assert!(d <= 1e-5, "{case}: uncond last_hidden_state differ by {d}");
+    }
+    server.stop().await.unwrap();
+}
+
+/// A prompt of exactly 75 tokens fits (77 with start and end); one more is truncated, keeps its
+/// end token, and is flagged; other prompts of the batch are unaffected.
+#[tokio::test]
+async fn flags_truncated_prompts() {
+    let server = TestServer::serving(&[]).await;
+    // karlo-tiny's tokenizer has no merges: every byte of a word is one token.
+    let fits = "a".repeat(75);
+    let cut = "a".repeat(76);
+    let long = "horse ".repeat(100);
+    let got = encode(&server, &[&fits, "horse", &cut, &long])
+        .await
+        .unwrap();
+    assert_eq!(got.truncated, vec![false, false, true, true]);
+    assert_eq!(got.token_counts, vec![77, 7, 77, 77]);
+    let ids = got.input_ids.unwrap().to_array::<i64>().unwrap();
+    for row in [0, 2, 3] {
+        assert_eq!(ids[[row, 0]], 512, "row {row} starts with the start token");
+        assert_eq!(ids[[row, 76]], 513, "row {row} ends with the end token");
+    }
+    assert_eq!(ids[[1, 6]], 513);
+    assert!(
+        ids.index_axis(Axis(0), 1).iter().skip(7).all(|id| *id == 0),
+        "padding with id 0"
+    );
+    let mask = got.attention_mask.unwrap().to_array::<bool>().unwrap();
+    assert!(mask.index_axis(Axis(0), 3).iter().all(|m| *m));
+    let embeds: ArrayD<f32> = got.text_embeds.unwrap().to_f32_array().unwrap();
+    assert_eq!(embeds.shape(), &[4, 32]);
+    server.stop().await.unwrap();
+}
+
+/// Empty and oversized batches and over-long prompts get INVALID_ARGUMENT naming the field and
+/// the limit; the service stays SERVING and keeps answering.
+#[tokio::test]
+async fn refuses_bad_requests() {
+    let server = TestServer::serving(&["--max-batch", "4", "--max-prompt-bytes", "100"]).await;
+    assert_status(
+        encode(&server, &[]).await,
+        Code::InvalidArgument,
+        "prompts: must hold 1..=4 prompts, got 0",
+    );
+    assert_status(
+        encode(&server, &["a"; 5]).await,
+        Code::InvalidArgument,
+        "prompts: must hold 1..=4 prompts, got 5",
+    );
+    let huge = "x".repeat(101);
+    assert_status(
+        encode(&server, &["ok", &huge]).await,
+        Code::InvalidArgument,
+        "prompts[1]: is 101 bytes long, the limit is 100",
+    );
+    assert_eq!(
+        server.status().await,
+        tonic_health::pb::health_check_response::ServingStatus::Serving
+    );
+    let got = encode(&server, &["horse"; 4]).await.unwrap();
+    assert_eq!(got.truncated.len(), 4);
+    server.stop().await.unwrap();
+}
