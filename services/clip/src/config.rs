@@ -4,8 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::Parser;
-use unclip_server::RuntimeArgs;
-use unclip_server::grpc::DEFAULT_MAX_MESSAGE_BYTES;
+use unclip_server::{RuntimeArgs, ServeArgs};
 
 /// unclip-clip: CLIP text and image encodings for unCLIP over gRPC (unclip.v1.ClipService).
 #[derive(Debug, Clone, Parser)]
@@ -41,13 +40,9 @@ pub struct Config {
     #[arg(long, env = "UNCLIP_MAX_IMAGE_SIDE", default_value_t = 4096)]
     pub max_image_side: u32,
 
-    /// Largest gRPC message accepted or sent, in bytes (sized for a batch of 1024×1024 images).
-    #[arg(long, env = "UNCLIP_MAX_MESSAGE_BYTES", default_value_t = DEFAULT_MAX_MESSAGE_BYTES)]
-    pub max_message_bytes: usize,
-
-    /// Seconds to let calls in flight finish after SIGTERM/Ctrl-C before stopping anyway.
-    #[arg(long, env = "UNCLIP_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
-    pub shutdown_grace_secs: u64,
+    /// Message limits and graceful shutdown.
+    #[command(flatten)]
+    pub serve: ServeArgs,
 
     /// Do not load the image encoder even if the model has one (EncodeImage then answers
     /// FAILED_PRECONDITION); saves memory for text-only deployments.

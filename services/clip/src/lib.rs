@@ -22,15 +22,11 @@ mod service;
 mod tokenize;
 
 use std::future::Future;
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
 
-use anyhow::Context;
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
-use tonic::transport::Server;
+use tonic::service::Routes;
 use unclip_proto::v1::clip_service_server::ClipServiceServer;
-use unclip_server::grpc::{self, Health};
+use unclip_server::ModelSlot;
 
 pub use config::Config;
 pub use service::SERVICE_NAME;
@@ -46,14 +42,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let address = listener
-        .local_addr()
-        .context("reading the listener's address")?;
-    let (reporter, health_service) = tonic_health::server::health_reporter();
-    let health = Health::new(reporter, SERVICE_NAME);
-    health.set(false).await;
-
-    let slot: Arc<OnceLock<Arc<ClipModel>>> = Arc::new(OnceLock::new());
+    let slot: ModelSlot<ClipModel> = ModelSlot::new();
     let limits = Limits {
         max_batch: config.max_batch.max(1),
         max_prompt_bytes: config.max_prompt_bytes,
@@ -62,78 +51,27 @@ pub async fn run(
             max_side: config.max_image_side,
         },
     };
-    let api = ClipApi::new(Arc::clone(&slot), limits);
-
-    // Load and warm up in the background, so health answers NOT_SERVING meanwhile.
-    let failure: Arc<Mutex<Option<anyhow::Error>>> = Arc::default();
-    let failed = Arc::new(Notify::new());
-    let loader = {
-        let (health, failure, failed, config) = (
-            health.clone(),
-            Arc::clone(&failure),
-            Arc::clone(&failed),
-            config.clone(),
-        );
-        tokio::spawn(async move {
-            let loaded = async {
-                let model = tokio::task::spawn_blocking(move || ClipModel::load(&config))
-                    .await
-                    .context("the loading task panicked")??;
-                model.warm_up().await?;
-                anyhow::Ok(model)
-            }
-            .await;
-            match loaded {
-                Ok(model) => {
-                    let _ = slot.set(Arc::new(model));
-                    health.set(true).await;
-                    tracing::info!("serving");
-                }
-                Err(e) => {
-                    tracing::error!(cause = format!("{e:#}"), "loading the model failed");
-                    *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
-                    failed.notify_one();
-                }
-            }
-        })
-    };
-
-    let clip = ClipServiceServer::new(api)
-        .max_decoding_message_size(config.max_message_bytes)
-        .max_encoding_message_size(config.max_message_bytes);
-    // The server stops accepting on `shutdown` (or a failed load) and then waits for the calls
-    // in flight, for at most the grace period.
-    let stopping = Arc::new(Notify::new());
-    let stop = {
-        let (health, stopping) = (health.clone(), Arc::clone(&stopping));
+    let clip = ClipServiceServer::new(ClipApi::new(slot.clone(), limits))
+        .max_decoding_message_size(config.serve.max_message_bytes)
+        .max_encoding_message_size(config.serve.max_message_bytes);
+    let load = {
+        let config = config.clone();
         async move {
-            tokio::select! {
-                _ = shutdown => tracing::info!("shutting down: finishing calls in flight"),
-                _ = failed.notified() => {}
-            }
-            stopping.notify_one();
-            health.stop().await;
+            let model = tokio::task::spawn_blocking(move || ClipModel::load(&config))
+                .await
+                .map_err(|e| anyhow::anyhow!("the loading task panicked: {e}"))??;
+            model.warm_up().await?;
+            anyhow::Ok(model)
         }
     };
-    let grace = Duration::from_secs(config.shutdown_grace_secs);
-    tracing::info!(%address, model = %config.model.display(), "listening");
-    let server = Server::builder()
-        .add_service(health_service)
-        .add_service(grpc::reflection_v1())
-        .add_service(grpc::reflection_v1alpha())
-        .add_service(clip)
-        .serve_with_incoming_shutdown(grpc::incoming(listener), stop);
-    tokio::select! {
-        served = server => served.context("serving gRPC")?,
-        _ = async { stopping.notified().await; tokio::time::sleep(grace).await } => {
-            tracing::warn!(grace_secs = grace.as_secs(), "calls still in flight after the grace period; stopping anyway");
-        }
-    }
-    loader.abort();
-
-    if let Some(e) = failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
-        return Err(e);
-    }
-    tracing::info!("stopped");
-    Ok(())
+    tracing::info!(model = %config.model.display(), "starting");
+    unclip_server::serve(
+        config.serve.serve_config(SERVICE_NAME),
+        listener,
+        Routes::new(clip),
+        slot,
+        load,
+        shutdown,
+    )
+    .await
 }

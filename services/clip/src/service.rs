@@ -1,6 +1,6 @@
 //! The `unclip.v1.ClipService` handlers: request validation, then the model's work.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 use unclip_proto::v1::clip_service_server::ClipService;
@@ -8,9 +8,9 @@ use unclip_proto::v1::{
     EncodeImageRequest, EncodeImageResponse, EncodeTextRequest, EncodeTextResponse, GetInfoRequest,
     ModelInfo, RequestLimits,
 };
-use unclip_server::ServiceError;
 use unclip_server::info::model_info;
 use unclip_server::validate::batch_size;
+use unclip_server::{ModelSlot, ServiceError};
 
 use crate::model::ClipModel;
 use crate::preprocess::ImageLimits;
@@ -33,22 +33,19 @@ pub struct Limits {
 #[derive(Debug)]
 pub struct ClipApi {
     /// Set once loading and warm-up have succeeded; until then calls get UNAVAILABLE.
-    model: Arc<OnceLock<Arc<ClipModel>>>,
+    model: ModelSlot<ClipModel>,
     /// Request limits.
     limits: Limits,
 }
 
 impl ClipApi {
     /// Handlers over a model slot that the loader fills.
-    pub fn new(model: Arc<OnceLock<Arc<ClipModel>>>, limits: Limits) -> Self {
+    pub fn new(model: ModelSlot<ClipModel>, limits: Limits) -> Self {
         Self { model, limits }
     }
 
     fn model(&self) -> Result<Arc<ClipModel>, ServiceError> {
-        self.model
-            .get()
-            .cloned()
-            .ok_or_else(|| ServiceError::Unavailable("the model is still loading".into()))
+        self.model.get()
     }
 
     fn request_limits(&self) -> RequestLimits {

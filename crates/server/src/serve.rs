@@ -1,0 +1,189 @@
+//! The serving skeleton of every service: health that turns SERVING only after the model has
+//! loaded and answered a warm-up, reflection v1 and v1alpha, a bound listener with TCP_NODELAY,
+//! and graceful shutdown that finishes the calls in flight (for at most a grace period).
+//!
+//! A service supplies three things: its tonic server(s) as [`Routes`] (message limits already
+//! applied, see [`ServeArgs::max_message_bytes`]), a [`ModelSlot`] its handlers read the model
+//! from, and a `load` future that opens the model and warms it up. [`serve`] does the rest.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tonic::service::Routes;
+use tonic::transport::Server;
+
+use crate::error::ServiceError;
+use crate::grpc::{self, DEFAULT_MAX_MESSAGE_BYTES, Health};
+
+/// Serving flags shared by every service, flattened into each service's `Config`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Largest gRPC message accepted or sent, in bytes (sized for a batch of 1024×1024 images).
+    #[arg(long, env = "UNCLIP_MAX_MESSAGE_BYTES", default_value_t = DEFAULT_MAX_MESSAGE_BYTES)]
+    pub max_message_bytes: usize,
+
+    /// Seconds to let calls in flight finish after SIGTERM/Ctrl-C before stopping anyway.
+    #[arg(long, env = "UNCLIP_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for ServeArgs {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            shutdown_grace_secs: 30,
+        }
+    }
+}
+
+impl ServeArgs {
+    /// The [`ServeConfig`] of the service named `service` (e.g. `unclip.v1.PriorService`).
+    pub fn serve_config(&self, service: &'static str) -> ServeConfig {
+        ServeConfig {
+            service,
+            shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
+        }
+    }
+}
+
+/// What [`serve`] needs to know about the service besides its routes.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// The fully qualified gRPC service name health reports under (besides "").
+    pub service: &'static str,
+    /// How long calls in flight may run on after shutdown starts.
+    pub shutdown_grace: Duration,
+}
+
+/// Where the handlers find the model: empty until `load` (load and warm-up) has succeeded.
+/// Cheap to clone; every clone sees the same model.
+#[derive(Debug)]
+pub struct ModelSlot<M>(Arc<OnceLock<Arc<M>>>);
+
+impl<M> Clone for ModelSlot<M> {
+    fn clone(&self) -> Self {
+        Self(Arc::clone(&self.0))
+    }
+}
+
+impl<M> Default for ModelSlot<M> {
+    fn default() -> Self {
+        Self(Arc::new(OnceLock::new()))
+    }
+}
+
+impl<M> ModelSlot<M> {
+    /// An empty slot.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The model, or UNAVAILABLE "the model is still loading".
+    pub fn get(&self) -> Result<Arc<M>, ServiceError> {
+        self.0
+            .get()
+            .cloned()
+            .ok_or_else(|| ServiceError::Unavailable("the model is still loading".into()))
+    }
+
+    /// Fills the slot (the first call wins). [`serve`] does this after `load`; tests of
+    /// handlers may do it directly.
+    pub fn set(&self, model: M) {
+        let _ = self.0.set(Arc::new(model));
+    }
+}
+
+/// Serves `routes` on `listener` until `shutdown` resolves, or until `load` fails, whose
+/// error is then returned.
+///
+/// 1. Health (`grpc.health.v1`, under `config.service` and "") answers at once, NOT_SERVING.
+/// 2. `load` runs in the background; when it returns the model, it goes into `slot` and
+///    health turns SERVING. `load` should include a warm-up call so SERVING means "answers".
+///    Blocking work inside it belongs in `spawn_blocking`.
+/// 3. On `shutdown`: health NOT_SERVING and the health statuses are removed (ending open
+///    `Watch` streams), no new connections are accepted, calls in flight finish, and `serve`
+///    returns, or after `config.shutdown_grace` stops anyway with a warning.
+///
+/// Reflection v1 and v1alpha are added for `unclip.v1` and the health service.
+pub async fn serve<M>(
+    config: ServeConfig,
+    listener: TcpListener,
+    routes: Routes,
+    slot: ModelSlot<M>,
+    load: impl Future<Output = anyhow::Result<M>> + Send + 'static,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()>
+where
+    M: Send + Sync + 'static,
+{
+    let address = listener
+        .local_addr()
+        .context("reading the listener's address")?;
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let health = Health::new(reporter, config.service);
+    health.set(false).await;
+
+    // Load and warm up in the background, so health answers NOT_SERVING meanwhile.
+    let failure: Arc<Mutex<Option<anyhow::Error>>> = Arc::default();
+    let failed = Arc::new(Notify::new());
+    let loader = {
+        let (health, failure, failed) = (health.clone(), Arc::clone(&failure), Arc::clone(&failed));
+        tokio::spawn(async move {
+            match load.await {
+                Ok(model) => {
+                    slot.set(model);
+                    health.set(true).await;
+                    tracing::info!("serving");
+                }
+                Err(e) => {
+                    tracing::error!(cause = format!("{e:#}"), "loading the model failed");
+                    *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                    // notify_one stores a permit, so this is not lost if nobody waits yet.
+                    failed.notify_one();
+                }
+            }
+        })
+    };
+
+    // The server stops accepting on `shutdown` (or a failed load) and then waits for the calls
+    // in flight, for at most the grace period.
+    let stopping = Arc::new(Notify::new());
+    let stop = {
+        let (health, stopping) = (health.clone(), Arc::clone(&stopping));
+        async move {
+            tokio::select! {
+                _ = shutdown => tracing::info!("shutting down: finishing calls in flight"),
+                _ = failed.notified() => {}
+            }
+            stopping.notify_one();
+            health.stop().await;
+        }
+    };
+    let grace = config.shutdown_grace;
+    tracing::info!(%address, service = config.service, "listening");
+    let routes = routes
+        .add_service(health_service)
+        .add_service(grpc::reflection_v1())
+        .add_service(grpc::reflection_v1alpha());
+    let server = Server::builder()
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(grpc::incoming(listener), stop);
+    tokio::select! {
+        served = server => served.context("serving gRPC")?,
+        _ = async { stopping.notified().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!(grace_secs = grace.as_secs(), "calls still in flight after the grace period; stopping anyway");
+        }
+    }
+    loader.abort();
+
+    if let Some(e) = failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        return Err(e);
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

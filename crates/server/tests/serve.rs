@@ -1,0 +1,107 @@
+//! The serving skeleton without any model: health follows `load`, a failed load is `serve`'s
+//! error, shutdown ends health watches, and the model slot answers UNAVAILABLE until filled.
+
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tonic::service::Routes;
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use unclip_server::{ModelSlot, ServeConfig, ServiceError, serve};
+
+const SERVICE: &str = "unclip.v1.TestService";
+
+fn config() -> ServeConfig {
+    ServeConfig {
+        service: SERVICE,
+        shutdown_grace: Duration::from_secs(5),
+    }
+}
+
+async fn channel(addr: std::net::SocketAddr) -> Channel {
+    Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+async fn status(health: &mut HealthClient<Channel>) -> ServingStatus {
+    let response = health
+        .check(HealthCheckRequest {
+            service: SERVICE.into(),
+        })
+        .await
+        .unwrap();
+    ServingStatus::try_from(response.into_inner().status).unwrap()
+}
+
+/// NOT_SERVING while `load` runs (the slot is UNAVAILABLE), SERVING once it returned (the
+/// slot holds the model); shutdown ends the Watch stream and `serve` returns Ok.
+#[tokio::test]
+async fn health_follows_load() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let slot: ModelSlot<u32> = ModelSlot::new();
+    let (loaded_tx, loaded_rx) = oneshot::channel::<()>();
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let load = async move {
+        let _ = loaded_rx.await;
+        anyhow::Ok(7u32)
+    };
+    let server = tokio::spawn(serve(
+        config(),
+        listener,
+        Routes::default(),
+        slot.clone(),
+        load,
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+
+    let mut health = HealthClient::new(channel(addr).await);
+    assert_eq!(status(&mut health).await, ServingStatus::NotServing);
+    assert!(matches!(slot.get(), Err(ServiceError::Unavailable(_))));
+
+    let mut watch = health
+        .watch(HealthCheckRequest {
+            service: SERVICE.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    loaded_tx.send(()).unwrap();
+    loop {
+        let m = watch.message().await.unwrap().expect("a status");
+        if m.status == ServingStatus::Serving as i32 {
+            break;
+        }
+    }
+    assert_eq!(*slot.get().unwrap(), 7);
+
+    stop_tx.send(()).unwrap();
+    while let Ok(Some(_)) = watch.message().await {}
+    server.await.unwrap().unwrap();
+}
+
+/// A failed `load` stops the server and is returned.
+#[tokio::test]
+async fn failed_load_is_the_error() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let load = async { Err::<u32, _>(anyhow::anyhow!("no such model")) };
+    let e = serve(
+        config(),
+        listener,
+        Routes::default(),
+        ModelSlot::new(),
+        load,
+        std::future::pending(),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.to_string(), "no such model");
+}

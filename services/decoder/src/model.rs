@@ -1,0 +1,325 @@
+//! The loaded decoder model and the work behind each RPC: validated job in, response out.
+//!
+//! Loading (hashing, parsing, session creation) happens once at start-up on a blocking thread.
+//! Each request's work runs on one blocking thread too (tokio's blocking pool): the sampling loop
+//! is synchronous, its scheduler math can take milliseconds per step at 1024², and its model
+//! calls wait on the executors' own threads. The async runtime only awaits the result.
+
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use ndarray::{Array2, ArrayD, Ix4};
+use unclip_proto::v1::{
+    DecodeResponse, ImageFormat, InvertResponse, Tensor, UpsampleResponse,
+};
+use unclip_runtime::{Device, ModelRepository, init_environment};
+use unclip_sampler::{BicubicResizer, NoiseStage};
+use unclip_server::ServiceError;
+
+use crate::config::Config;
+use crate::conditioning::{ImageConditioning, Unconditional, plan};
+use crate::graphs::Graphs;
+use crate::images::encode_pngs;
+use crate::noise::SeededNoise;
+use crate::request::{Context, DecodeJob, InvertJob, Limits, UpsampleJob};
+use crate::sampling::{self, LoopSettings, SamplerKind, Stepper, ignore_steps};
+
+/// The decoder, its text projection and the super-resolution cascade, ready to serve.
+#[derive(Debug)]
+pub struct DecoderModel {
+    /// The opened repository (manifest, sizes, tensors).
+    repo: ModelRepository,
+    /// Where the graphs run.
+    device: Device,
+    /// The executors.
+    graphs: Graphs,
+    /// The unconditional half of guidance (learned CFG embedding, encoding of "").
+    uncond: Unconditional,
+    /// Each stage's bicubic upsampling of its input, weights precomputed.
+    resizers: Vec<BicubicResizer>,
+}
+
+impl DecoderModel {
+    /// Opens and checks the repository, hashes the files this service uses, loads ONNX Runtime
+    /// and the sessions. Blocking.
+    pub fn load(config: &Config) -> anyhow::Result<Self> {
+        let started = Instant::now();
+        let repo = ModelRepository::open(&config.model)
+            .with_context(|| format!("opening the model repository {}", config.model.display()))?;
+        let mut files = Graphs::files(&repo);
+        files.push(&repo.manifest().tensors.file);
+        repo.verify_files(files.iter().copied())
+            .context("checking the model files")?;
+        let env = init_environment(config.runtime.ort_library.as_deref())?;
+        let graphs = Graphs::load(&repo, &env, &config.runtime.session_config())?;
+        let resizers = repo
+            .sizes()
+            .upsampler_sizes
+            .iter()
+            .map(|&(i, o)| BicubicResizer::new((i, i), (o, o)))
+            .collect::<Result<Vec<_>, _>>()
+            .context("preparing the bicubic upsampling")?;
+        let tensors = repo.tensors();
+        let uncond = Unconditional {
+            image_embedding: tensors.decoder_cfg_embedding(),
+            text: tensors.uncond_text(),
+        };
+        tracing::info!(
+            model = %repo.manifest().model_id,
+            version = %repo.manifest().version,
+            device = %config.runtime.device,
+            upsampler_stages = resizers.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "model loaded"
+        );
+        Ok(Self {
+            repo,
+            device: config.runtime.device,
+            graphs,
+            uncond,
+            resizers,
+        })
+    }
+
+    /// The repository.
+    pub fn repo(&self) -> &ModelRepository {
+        &self.repo
+    }
+
+    /// The device the graphs run on.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// Labels of the loaded components.
+    pub fn components(&self) -> Vec<String> {
+        let mut c = vec!["text_proj".to_string(), "decoder".to_string()];
+        c.extend((0..self.resizers.len()).map(|i| format!("upsamplers[{i}]")));
+        c
+    }
+
+    /// Most steps a request may ask for: the shorter of the two training schedules.
+    pub fn max_steps(&self) -> u32 {
+        let s = &self.repo.manifest().schedulers;
+        s.decoder
+            .num_train_timesteps
+            .min(s.upsampler.num_train_timesteps) as u32
+    }
+
+    /// The validation context under `limits`.
+    pub fn context(&self, limits: Limits) -> Context<'_> {
+        Context {
+            repo: &self.repo,
+            uncond: &self.uncond,
+            limits,
+        }
+    }
+
+    /// Runs a Decode.
+    pub fn decode(
+        &self,
+        job: DecodeJob,
+        cancelled: &AtomicBool,
+    ) -> Result<DecodeResponse, ServiceError> {
+        let sizes = self.repo.sizes();
+        let stepper = Stepper::new(self.repo.manifest().schedulers.decoder, job.sampler)?;
+        let timesteps = stepper.timesteps(job.steps as usize)?;
+        let n = job.cond.image_embeds.nrows();
+        let mut graphs = self.graphs.calls(cancelled);
+        let cond = sampling::condition(
+            &mut graphs,
+            plan(
+                &job.cond,
+                &self.uncond,
+                job.guidance_scale,
+                sizes.decoder_context_length,
+            ),
+        )?;
+        let mut noise = SeededNoise::new(job.seed, n, NoiseStage::Decoder);
+        let settings = LoopSettings {
+            stepper: &stepper,
+            timesteps: &timesteps,
+            init_noise: job.init_noise.as_ref(),
+            inpaint: job.inpaint.as_ref(),
+        };
+        let images = sampling::decode(
+            &mut graphs,
+            &cond,
+            sizes.decoder_image_size,
+            &mut noise,
+            &settings,
+            &mut ignore_steps,
+        )?;
+        let (images, samples) = respond(images, job.format)?;
+        Ok(DecodeResponse {
+            images,
+            samples,
+            seeds: seeds(job.seed, n),
+            steps: job.steps as i32,
+            guidance_scale: job.guidance_scale,
+        })
+    }
+
+    /// Runs an Upsample.
+    pub fn upsample(
+        &self,
+        job: UpsampleJob,
+        cancelled: &AtomicBool,
+    ) -> Result<UpsampleResponse, ServiceError> {
+        let resizer = self.resizers.get(job.stage).ok_or_else(|| {
+            ServiceError::Internal(format!("no upsampler stage {}", job.stage))
+        })?;
+        let upscaled = resizer
+            .resize(&job.low_res.view())
+            .map_err(sampling::internal)?;
+        let n = upscaled.shape()[0];
+        let stepper = Stepper::new(self.repo.manifest().schedulers.upsampler, job.sampler)?;
+        let timesteps = stepper.timesteps(job.steps as usize)?;
+        let mut noise = SeededNoise::new(job.seed, n, NoiseStage::Upsampler(job.stage as u32));
+        let settings = LoopSettings {
+            stepper: &stepper,
+            timesteps: &timesteps,
+            init_noise: job.init_noise.as_ref(),
+            inpaint: job.inpaint.as_ref(),
+        };
+        let images = sampling::upsample(
+            &mut self.graphs.calls(cancelled),
+            job.stage,
+            &upscaled,
+            &mut noise,
+            &settings,
+            &mut ignore_steps,
+        )?;
+        let (images, samples) = respond(images, job.format)?;
+        Ok(UpsampleResponse {
+            images,
+            samples,
+            seeds: seeds(job.seed, n),
+            steps: job.steps as i32,
+        })
+    }
+
+    /// Runs an Invert.
+    pub fn invert(
+        &self,
+        job: InvertJob,
+        cancelled: &AtomicBool,
+    ) -> Result<InvertResponse, ServiceError> {
+        let sizes = self.repo.sizes();
+        let stepper = Stepper::new(
+            self.repo.manifest().schedulers.decoder,
+            SamplerKind::Ddim { eta: 0.0 },
+        )?;
+        let timesteps = stepper.timesteps(job.steps as usize)?;
+        let mut graphs = self.graphs.calls(cancelled);
+        let cond = sampling::condition(
+            &mut graphs,
+            plan(
+                &job.cond,
+                &self.uncond,
+                job.guidance_scale,
+                sizes.decoder_context_length,
+            ),
+        )?;
+        let noise = sampling::invert(
+            &mut graphs,
+            &cond,
+            &job.images,
+            &timesteps,
+            stepper.schedule(),
+        )?;
+        Ok(InvertResponse {
+            noise: Some(Tensor::from_array(&noise)),
+            steps: job.steps as i32,
+        })
+    }
+
+    /// One Decode (2 steps, guided) and one Upsample per stage (2 steps) through the whole
+    /// request path, checking that the results are finite. Required before SERVING: it also pays
+    /// ONNX Runtime's first-run costs. Blocking.
+    pub fn warm_up(&self) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let never = AtomicBool::new(false);
+        let d = self.repo.sizes().embedding_dim;
+        let job = DecodeJob {
+            cond: ImageConditioning {
+                image_embeds: Array2::zeros((1, d)),
+                text: self.uncond.empty_text(1),
+            },
+            seed: 0,
+            steps: 2,
+            guidance_scale: self.repo.manifest().defaults.decoder_guidance_scale,
+            sampler: SamplerKind::Unclip,
+            init_noise: None,
+            inpaint: None,
+            format: ImageFormat::PngAndTensor,
+        };
+        let decoded = self
+            .decode(job, &never)
+            .map_err(|e| anyhow::anyhow!("warm-up Decode failed: {e}"))?;
+        let mut low_res = decoded
+            .samples
+            .context("warm-up Decode returned no samples")?
+            .to_f32_array()?;
+        anyhow::ensure!(
+            low_res.iter().all(|v| v.is_finite()),
+            "warm-up Decode produced non-finite values"
+        );
+        for stage in 0..self.resizers.len() {
+            let job = UpsampleJob {
+                stage,
+                low_res,
+                seed: 0,
+                steps: 2,
+                sampler: SamplerKind::Unclip,
+                init_noise: None,
+                inpaint: None,
+                format: ImageFormat::Tensor,
+            };
+            let out = self
+                .upsample(job, &never)
+                .map_err(|e| anyhow::anyhow!("warm-up Upsample (stage {stage}) failed: {e}"))?;
+            low_res = out
+                .samples
+                .context("warm-up Upsample returned no samples")?
+                .to_f32_array()?;
+            anyhow::ensure!(
+                low_res.iter().all(|v| v.is_finite()),
+                "warm-up Upsample (stage {stage}) produced non-finite values"
+            );
+        }
+        tracing::info!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "warm-up done"
+        );
+        Ok(())
+    }
+}
+
+/// `seed + k` for each of `n` images.
+fn seeds(seed: u64, n: usize) -> Vec<u64> {
+    (0..n as u64).map(|k| seed.wrapping_add(k)).collect()
+}
+
+/// The response's PNGs and/or tensor for `images` `[N, 3, S, S]`.
+fn respond(
+    images: ArrayD<f32>,
+    format: ImageFormat,
+) -> Result<(Vec<bytes::Bytes>, Option<Tensor>), ServiceError> {
+    let pngs = match format {
+        ImageFormat::Tensor => Vec::new(),
+        _ => {
+            let view = images
+                .view()
+                .into_dimensionality::<Ix4>()
+                .map_err(|e| ServiceError::Internal(format!("result shape: {e}")))?;
+            encode_pngs(&view)?
+        }
+    };
+    let tensor = match format {
+        ImageFormat::Tensor | ImageFormat::PngAndTensor => Some(Tensor::from_array(&images)),
+        _ => None,
+    };
+    Ok((pngs, tensor))
+}
