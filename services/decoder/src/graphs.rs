@@ -156,7 +156,10 @@ impl DecoderGraphs for GraphCalls<'_> {
             &self.graphs.decoder,
             vec![
                 ("sample", TensorData::F32(call.sample.clone())),
-                ("timestep", TensorData::I64(call.timestep.clone().into_dyn())),
+                (
+                    "timestep",
+                    TensorData::I64(call.timestep.clone().into_dyn()),
+                ),
                 (
                     "encoder_hidden_states",
                     TensorData::F32(call.encoder_hidden_states.clone()),

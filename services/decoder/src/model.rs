@@ -10,15 +10,13 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 use ndarray::{Array2, ArrayD, Ix4};
-use unclip_proto::v1::{
-    DecodeResponse, ImageFormat, InvertResponse, Tensor, UpsampleResponse,
-};
+use unclip_proto::v1::{DecodeResponse, ImageFormat, InvertResponse, Tensor, UpsampleResponse};
 use unclip_runtime::{Device, ModelRepository, init_environment};
 use unclip_sampler::{BicubicResizer, NoiseStage};
 use unclip_server::ServiceError;
 
-use crate::config::Config;
 use crate::conditioning::{ImageConditioning, Unconditional, plan};
+use crate::config::Config;
 use crate::graphs::Graphs;
 use crate::images::encode_pngs;
 use crate::noise::SeededNoise;
@@ -167,9 +165,10 @@ impl DecoderModel {
         job: UpsampleJob,
         cancelled: &AtomicBool,
     ) -> Result<UpsampleResponse, ServiceError> {
-        let resizer = self.resizers.get(job.stage).ok_or_else(|| {
-            ServiceError::Internal(format!("no upsampler stage {}", job.stage))
-        })?;
+        let resizer = self
+            .resizers
+            .get(job.stage)
+            .ok_or_else(|| ServiceError::Internal(format!("no upsampler stage {}", job.stage)))?;
         let upscaled = resizer
             .resize(&job.low_res.view())
             .map_err(sampling::internal)?;

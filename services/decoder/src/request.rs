@@ -12,8 +12,7 @@ use unclip_proto::v1::{
 use unclip_runtime::ModelRepository;
 use unclip_server::ServiceError;
 use unclip_server::validate::{
-    TextConditioning, batch_size, float_tensor, guidance_scale, required, steps,
-    text_encoding,
+    TextConditioning, batch_size, float_tensor, guidance_scale, required, steps, text_encoding,
 };
 
 use crate::conditioning::{ImageConditioning, Unconditional};
@@ -163,7 +162,13 @@ impl Context<'_> {
             guidance_scale,
             sampler,
             init_noise: latents("init_noise", request.init_noise.as_ref(), n, s)?,
-            inpaint: self.inpaint("inpaint", request.inpaint.as_ref(), n, s, "decoder_image_size")?,
+            inpaint: self.inpaint(
+                "inpaint",
+                request.inpaint.as_ref(),
+                n,
+                s,
+                "decoder_image_size",
+            )?,
             format: format(request.format)?,
         })
     }
@@ -254,7 +259,12 @@ impl Context<'_> {
         let tensor = required(field, tensor)?;
         let first = rows.map_or(Dim::Any("batch"), Dim::Fixed);
         let embeds = float_tensor(field, tensor, &[first, Dim::Fixed(self.embedding_dim())])?;
-        batch_size(field, "embeddings", embeds.shape()[0], self.limits.max_batch)?;
+        batch_size(
+            field,
+            "embeddings",
+            embeds.shape()[0],
+            self.limits.max_batch,
+        )?;
         Ok(embeds
             .into_dimensionality()
             .expect("shape checked: two axes"))
@@ -408,7 +418,12 @@ impl Context<'_> {
             }
         };
         let mask_field = format!("{field}.mask");
-        let mask = mask(&mask_field, required(&mask_field, spec.mask.as_ref())?, n, side)?;
+        let mask = mask(
+            &mask_field,
+            required(&mask_field, spec.mask.as_ref())?,
+            n,
+            side,
+        )?;
         Ok(Some(Inpaint { known, mask }))
     }
 }
@@ -488,7 +503,8 @@ fn mask(field: &str, tensor: &Tensor, n: usize, side: usize) -> Result<ArrayD<f3
             let array = tensor
                 .to_f32_array()
                 .map_err(|e| ServiceError::tensor(field, e))?;
-            unclip_proto::check_finite(&array.view()).map_err(|e| ServiceError::tensor(field, e))?;
+            unclip_proto::check_finite(&array.view())
+                .map_err(|e| ServiceError::tensor(field, e))?;
             array
         }
     };

@@ -41,7 +41,12 @@ fn text_row(text: &TextEncoding, i: usize) -> TextEncoding {
             &a.slice_axis(Axis(0), (i..i + 1).into()).to_owned(),
         ))
     };
-    let mask = text.attention_mask.as_ref().unwrap().to_bool_array().unwrap();
+    let mask = text
+        .attention_mask
+        .as_ref()
+        .unwrap()
+        .to_bool_array()
+        .unwrap();
     TextEncoding {
         text_embeds: row_f(&text.text_embeds),
         last_hidden_state: row_f(&text.last_hidden_state),
@@ -65,7 +70,10 @@ async fn decode(client: &mut Client, request: DecodeRequest) -> DecodeResponse {
 }
 
 fn samples(t: &Option<Tensor>) -> ArrayD<f32> {
-    t.as_ref().expect("a samples tensor").to_f32_array().unwrap()
+    t.as_ref()
+        .expect("a samples tensor")
+        .to_f32_array()
+        .unwrap()
 }
 
 /// Decodes a PNG into `[3, H, W]` model range.
@@ -334,7 +342,10 @@ async fn inversion_roundtrip(
         .into_inner();
     assert_eq!(inverted.steps, steps as i32);
     let noise = inverted.noise.unwrap();
-    assert_eq!(noise.shape, image.shape().iter().map(|&d| d as i64).collect::<Vec<_>>());
+    assert_eq!(
+        noise.shape,
+        image.shape().iter().map(|&d| d as i64).collect::<Vec<_>>()
+    );
     let back = samples(
         &decode(
             client,
@@ -377,7 +388,7 @@ async fn inversion_contract() {
         text: Some(two_prompts()),
         steps: 10,
         guidance_scale,
-    ..Default::default()
+        ..Default::default()
     };
     let a = client.invert(invert(None)).await.unwrap().into_inner();
     let b = client.invert(invert(None)).await.unwrap().into_inner();
@@ -389,7 +400,8 @@ async fn inversion_contract() {
     assert_eq!(noise, samples(&b.noise));
     assert_ne!(noise, samples(&c.noise));
 
-    let (max, mean) = inversion_roundtrip(&mut client, &embeds.slice(s![..1, ..]).to_owned(), 25, None).await;
+    let (max, mean) =
+        inversion_roundtrip(&mut client, &embeds.slice(s![..1, ..]).to_owned(), 25, None).await;
     println!("karlo-tiny: inversion round trip at 25 steps: max {max:.3}, mean {mean:.4}");
     server.stop().await.unwrap();
 }
@@ -412,7 +424,11 @@ fn pattern(side: usize) -> ArrayD<f32> {
 async fn inpainting_keeps_known_pixels() {
     let server = TestServer::serving(&[]).await;
     let mut client = server.decoder().await;
-    for (sampler, eta) in [(Sampler::Unclip, 0.0), (Sampler::Ddim, 0.0), (Sampler::Ddim, 1.0)] {
+    for (sampler, eta) in [
+        (Sampler::Unclip, 0.0),
+        (Sampler::Ddim, 0.0),
+        (Sampler::Ddim, 1.0),
+    ] {
         let known = pattern(32);
         let response = decode(
             &mut client,
@@ -434,9 +450,16 @@ async fn inpainting_keeps_known_pixels() {
         let x = samples(&response.samples);
         for k in 0..2 {
             let got = x.slice(s![k, .., .., ..12]);
-            assert_eq!(got, known.slice(s![0, .., .., ..12]), "{sampler:?} image {k}");
+            assert_eq!(
+                got,
+                known.slice(s![0, .., .., ..12]),
+                "{sampler:?} image {k}"
+            );
             let png = png_to_signed(&response.images[k]);
-            assert_eq!(png.slice(s![.., .., ..12]), known.slice(s![0, .., .., ..12]));
+            assert_eq!(
+                png.slice(s![.., .., ..12]),
+                known.slice(s![0, .., .., ..12])
+            );
             assert_ne!(
                 x.slice(s![k, .., .., 12..]),
                 known.slice(s![0, .., .., 12..])
@@ -453,13 +476,19 @@ async fn inpainting_keeps_known_pixels() {
             }))
         });
         let mut bytes = Vec::new();
-        rgb.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
-            .unwrap();
+        rgb.write_to(
+            &mut std::io::Cursor::new(&mut bytes),
+            image::ImageFormat::Png,
+        )
+        .unwrap();
         bytes
     };
-    let mask = ArrayD::from_shape_fn(IxDyn(&[1, 1, 64, 64]), |d| {
-        if d[2] < 20 { 1.0f32 } else { 0.0 }
-    });
+    let mask = ArrayD::from_shape_fn(
+        IxDyn(&[1, 1, 64, 64]),
+        |d| {
+            if d[2] < 20 { 1.0f32 } else { 0.0 }
+        },
+    );
     let response = client
         .upsample(UpsampleRequest {
             samples: Some(Tensor::from_array(&pattern(32))),
@@ -477,8 +506,14 @@ async fn inpainting_keeps_known_pixels() {
         .unwrap()
         .into_inner();
     let x = samples(&response.samples);
-    assert_eq!(x.slice(s![0, .., ..20, ..]), known.slice(s![0, .., ..20, ..]));
-    assert_ne!(x.slice(s![0, .., 20.., ..]), known.slice(s![0, .., 20.., ..]));
+    assert_eq!(
+        x.slice(s![0, .., ..20, ..]),
+        known.slice(s![0, .., ..20, ..])
+    );
+    assert_ne!(
+        x.slice(s![0, .., 20.., ..]),
+        known.slice(s![0, .., 20.., ..])
+    );
     server.stop().await.unwrap();
 }
 
@@ -536,7 +571,10 @@ async fn shapes_cascade_and_inversion() {
     for steps in [25, 100] {
         let (max, mean) = inversion_roundtrip(&mut client, &embeds, steps, None).await;
         println!("shapes: inversion round trip at {steps} steps: max {max:.3}, mean {mean:.4}");
-        assert!(mean < 0.05, "mean reconstruction error {mean} at {steps} steps");
+        assert!(
+            mean < 0.05,
+            "mean reconstruction error {mean} at {steps} steps"
+        );
     }
     server.stop().await.unwrap();
 }

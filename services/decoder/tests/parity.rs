@@ -22,7 +22,7 @@ use unclip_decoder::conditioning::{
 };
 use unclip_decoder::noise::NoiseDraws;
 use unclip_decoder::sampling::{
-    self, DecoderCall, DecoderGraphs, LoopSettings, SamplerKind, Stepper, StepTrace,
+    self, DecoderCall, DecoderGraphs, LoopSettings, SamplerKind, StepTrace, Stepper,
     UpsamplerGraph, UpsamplerGraphs, guided_output,
 };
 use unclip_runtime::ModelRepository;
@@ -42,7 +42,10 @@ struct RecordedNoise(VecDeque<ArrayD<f32>>);
 
 impl NoiseDraws for RecordedNoise {
     fn next(&mut self, shape: &[usize]) -> Result<ArrayD<f32>, ServiceError> {
-        let draw = self.0.pop_front().expect("the loop drew more than diffusers");
+        let draw = self
+            .0
+            .pop_front()
+            .expect("the loop drew more than diffusers");
         assert_eq!(draw.shape(), shape, "noise draw shape");
         Ok(draw)
     }
@@ -80,7 +83,9 @@ fn unconditional(repo: &ModelRepository) -> Unconditional {
 }
 
 fn guidance(f: &Fixture) -> f32 {
-    f.json["settings"]["decoder_guidance_scale"].as_f64().unwrap() as f32
+    f.json["settings"]["decoder_guidance_scale"]
+        .as_f64()
+        .unwrap() as f32
 }
 
 /// A recorded scheduler step, resolved.
@@ -172,8 +177,16 @@ fn teacher_forced_steps_match_diffusers() {
             worst[0], worst[1], worst[2]
         );
         assert!(worst[0] <= 1e-6, "{case}: guided output {}", worst[0]);
-        assert!(worst[1] <= STEP_TOLERANCE, "{case}: decoder step {}", worst[1]);
-        assert!(worst[2] <= STEP_TOLERANCE, "{case}: upsampler step {}", worst[2]);
+        assert!(
+            worst[1] <= STEP_TOLERANCE,
+            "{case}: decoder step {}",
+            worst[1]
+        );
+        assert!(
+            worst[2] <= STEP_TOLERANCE,
+            "{case}: upsampler step {}",
+            worst[2]
+        );
     }
 }
 
@@ -235,7 +248,11 @@ impl DecoderGraphs for Replay<'_> {
             expected.slice_axis(Axis(0), (b..).into())
         );
         self.uncond_text_diff = self.uncond_text_diff.max(max_abs_diff(&got, &expected));
-        assert!(self.uncond_text_diff <= 1e-6, "uncond text {}", self.uncond_text_diff);
+        assert!(
+            self.uncond_text_diff <= 1e-6,
+            "uncond text {}",
+            self.uncond_text_diff
+        );
         Ok(TextProjOutputs {
             encoder_hidden_states: f.f32(&call["outputs"]["encoder_hidden_states"]),
             additive_clip_time_embeddings: f.f32(&call["outputs"]["additive_clip_time_embeddings"]),
@@ -252,10 +269,7 @@ impl DecoderGraphs for Replay<'_> {
             inputs.encoder_hidden_states,
             &f.f32(&call["inputs"]["encoder_hidden_states"])
         );
-        assert_eq!(
-            inputs.class_labels,
-            &f.f32(&call["inputs"]["class_labels"])
-        );
+        assert_eq!(inputs.class_labels, &f.f32(&call["inputs"]["class_labels"]));
         assert_eq!(
             &inputs.attention_mask.clone().into_dyn(),
             &f.bool(&call["inputs"]["attention_mask"])
@@ -401,7 +415,10 @@ fn replayed_loops_assemble_the_recorded_inputs() {
             fmt_errors(&up_errors),
             replay.sample_diff,
         );
-        assert!(resize_diff <= RESIZE_TOLERANCE, "{case}: bicubic {resize_diff}");
+        assert!(
+            resize_diff <= RESIZE_TOLERANCE,
+            "{case}: bicubic {resize_diff}"
+        );
         for e in dec_errors.iter().chain(&up_errors) {
             assert!(*e <= STEP_TOLERANCE, "{case}: a step differs by {e}");
         }
@@ -534,8 +551,18 @@ fn free_running_loops_track_diffusers() {
             fmt_errors(&up_errors),
         );
         for (stage, config, errors, timesteps) in [
-            ("decoder", repo.manifest().schedulers.decoder, &dec_errors, &dec_t),
-            ("upsampler", repo.manifest().schedulers.upsampler, &up_errors, &up_t),
+            (
+                "decoder",
+                repo.manifest().schedulers.decoder,
+                &dec_errors,
+                &dec_t,
+            ),
+            (
+                "upsampler",
+                repo.manifest().schedulers.upsampler,
+                &up_errors,
+                &up_t,
+            ),
         ] {
             let bounds = step_bounds(config, timesteps, errors);
             let mut amplified = false;
@@ -546,7 +573,10 @@ fn free_running_loops_track_diffusers() {
                     worst_amplified = worst_amplified.max(*e);
                 } else {
                     worst_step = worst_step.max(*e);
-                    assert!(*e <= FREE_RUNNING_TOLERANCE, "{case}: {stage} step {i}: {e}");
+                    assert!(
+                        *e <= FREE_RUNNING_TOLERANCE,
+                        "{case}: {stage} step {i}: {e}"
+                    );
                 }
                 assert!(
                     e <= bound,

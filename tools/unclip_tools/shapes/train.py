@@ -44,6 +44,7 @@ DEFAULT_STEPS = {"clip": 2000, "prior": 4000, "decoder": 6000, "upsampler0": 300
 BATCH = {"clip": 128, "prior": 64, "decoder": 64, "upsampler0": 32, "upsampler1": 32, "classifier": 64}
 LR = {"clip": 1e-3, "prior": 4e-4, "decoder": 5e-4, "upsampler0": 5e-4, "upsampler1": 5e-4, "classifier": 2e-3}
 N_IMAGES = 30000
+OFFSET_NOISE = 0.15  # decoder only; see train_decoder
 DATA_SEED = 20261127
 
 
@@ -443,7 +444,12 @@ def train_decoder(work: Path, ds: Dataset, cfg, steps: int) -> None:
         dmask = torch.cat([torch.ones(b, 4, dtype=torch.bool), mask], 1)
         x0 = to_signed(ds.img32[np.sort(idx)][np.argsort(np.argsort(idx))])
         t = torch.from_numpy(rng.integers(0, 1000, b))
-        noise = torch.randn_like(x0)
+        # Offset noise: a per-image, per-channel constant added to epsilon. Without it the model
+        # reads the background colour off the low frequencies of x_t (which carry it at every t
+        # but the last few) and never learns to take it from the conditioning, so sampling from
+        # pure noise paints random backgrounds. Predicting the offset requires knowing the true
+        # mean colour, i.e. using the CLIP embedding and the text.
+        noise = torch.randn_like(x0) + OFFSET_NOISE * torch.randn(b, 3, 1, 1)
         xt = f(abar, t).sqrt() * x0 + (1 - f(abar, t)).sqrt() * noise
         out = dec(xt, t, ehs, add_emb, dmask)
         eps, v = out[:, :3], out[:, 3:]
