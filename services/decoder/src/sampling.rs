@@ -13,7 +13,7 @@
 //! 3. per timestep t → p: the decoder on `[x; x]` (or `x` without guidance) with a `[M]` int64
 //!    timestep, guidance on the ε channels only with the variance channels from the conditional
 //!    half ([`guided_output`]), then the update ([`Stepper`]): the unCLIP step (learned-range
-//!    variance from the manifest) or DDIM with η;
+//!    variance from the manifest) or DDIM with η (on DDIM's own timesteps, [`ddim_timesteps`]);
 //! 4. inpainting (optional): the known pixels re-imposed after every step, noised to level p;
 //! 5. clamp to [−1, 1].
 //!
@@ -216,12 +216,12 @@ impl Stepper {
 /// k = N−1 … 0 (diffusers' "leading" spacing generalised to any N; 960, 920, …, 40, 0 for T = 1000,
 /// N = 25), so every step spans T/N training steps and the last is t = 0.
 ///
-/// Why not the unCLIP respacing (999 … 0): at t = 999 the cosine schedule has ᾱ = 2.4·10⁻⁹, so a
-/// first step from 999 rebuilds x̂₀ = (x − √(1−ᾱ)·ε)/√ᾱ with any ε difference multiplied by 2·10⁴.
-/// DDIM inversion evaluates ε at the less noisy end of each step, and that difference (ε at
-/// x_957 vs at x_999) then destroys the image: with the unCLIP spacing an inverted latent decodes
-/// back to the model's mean image, not to the input. From t = 960 (ᾱ = 3.9·10⁻³) the same
-/// difference passes through with a gain of about 1.
+/// Why not the unCLIP respacing (999 … 0): at t = 999 the cosine schedule has ᾱ = 2.4·10⁻⁹, so
+/// a first step from 999 rebuilds x̂₀ = (x − √(1−ᾱ)·ε)/√ᾱ with any error in ε multiplied by
+/// 2·10⁴ (and then clipped). A decoded inverted latent only comes back if the model's ε at
+/// t = 999 agrees with the ε inversion saw one step earlier, so that amplification turns a model
+/// error of 10⁻³ into a reconstruction error of ~0.4 (an ideal Gaussian model, see the tests);
+/// from t = 960 (ᾱ = 3.9·10⁻³) the same error passes through with a gain of about 2.
 pub fn ddim_timesteps(
     num_train_timesteps: usize,
     steps: usize,
@@ -253,7 +253,7 @@ pub struct Inpaint {
 pub struct LoopSettings<'a> {
     /// The update rule.
     pub stepper: &'a Stepper,
-    /// The timesteps, first (999) to last (0).
+    /// The timesteps, first (999, or 960 for 25 DDIM steps) to last (0).
     pub timesteps: &'a [i64],
     /// x_T to use instead of the drawn one (which is still drawn, see [`crate::noise`]).
     pub init_noise: Option<&'a ArrayD<f32>>,
@@ -366,7 +366,7 @@ fn denoise(
             None
         };
         let output = stepper.step(&model_output, t, p, &x, step_noise.as_ref())?;
-        let prev_sample = match settings.inpaint {
+        let inpainted = match settings.inpaint {
             Some(inpaint) => {
                 // q_sample(known, −1) is the known image itself: no noise on the last step.
                 let known_noise = if p >= 0 {
@@ -382,10 +382,12 @@ fn denoise(
                     &vec![p; shape[0]],
                     &known_noise.view(),
                 )
-                .map_err(internal)?
+                .map_err(internal)
+                .map(Some)?
             }
-            None => output.prev_sample.clone(),
+            None => None,
         };
+        let prev_sample = inpainted.as_ref().unwrap_or(&output.prev_sample);
         observer(&StepTrace {
             index,
             timestep: t,
@@ -394,9 +396,9 @@ fn denoise(
             model_output: &model_output,
             noise: step_noise.as_ref(),
             output: &output,
-            prev_sample: &prev_sample,
+            prev_sample,
         });
-        x = prev_sample;
+        x = inpainted.unwrap_or(output.prev_sample);
     }
     Ok(x)
 }
@@ -649,6 +651,99 @@ mod tests {
         assert_eq!((all[0], all[999]), (999, 0));
         assert!(all.windows(2).all(|w| w[0] == w[1] + 1));
         assert!(ddim_timesteps(1000, 1).is_err() && ddim_timesteps(1000, 1001).is_err());
+    }
+
+    /// The ideal ε for data x₀ ~ N(μ, s²) per pixel: E[ε | x_t] at the call's timestep.
+    struct GaussianEps {
+        schedule: NoiseSchedule,
+        /// A model error added to ε: `error·(−1)^(pixel index)`.
+        error: f32,
+    }
+
+    impl DecoderGraphs for GaussianEps {
+        fn text_proj(&mut self, i: &TextProjInputs) -> Result<TextProjOutputs, ServiceError> {
+            Fake::default().text_proj(i)
+        }
+        fn decoder(&mut self, call: DecoderCall<'_>) -> Result<ArrayD<f32>, ServiceError> {
+            let (mu, s2) = (0.1f64, 0.09f64);
+            let a = f64::from(self.schedule.alpha_prod(call.timestep[0]).unwrap());
+            let s = call.sample.shape();
+            Ok(ArrayD::from_shape_fn(IxDyn(&[s[0], 6, s[2], s[3]]), |d| {
+                if d[1] >= 3 {
+                    return 0.0;
+                }
+                let x = f64::from(call.sample[[d[0], d[1], d[2], d[3]]]);
+                let sign = if (d[1] + d[2] + d[3]) % 2 == 0 {
+                    1.0
+                } else {
+                    -1.0
+                };
+                ((1.0 - a).sqrt() * (x - a.sqrt() * mu) / (a * s2 + 1.0 - a)) as f32
+                    + sign * self.error
+            }))
+        }
+    }
+
+    /// Why DDIM uses its own spacing: with the ideal ε of Gaussian data, inverting and decoding
+    /// reconstructs the image over either spacing, but a model error of 1e-3 in ε spoils the
+    /// unCLIP spacing's round trip (the first step from ᾱ = 2.4e-9 multiplies it by 2·10⁴) and
+    /// barely touches DDIM's.
+    #[test]
+    fn ddim_spacing_lets_inversion_reconstruct() {
+        let mut fake = Fake::default();
+        let cond = conditioning(&mut fake, 1, 1.0);
+        let config = SchedulerConfig {
+            clip_sample: false,
+            ..SchedulerConfig::karlo_decoder()
+        };
+        let stepper = Stepper::new(config, SamplerKind::Ddim { eta: 0.0 }).unwrap();
+        let mut model = GaussianEps {
+            schedule: stepper.schedule().clone(),
+            error: 0.0,
+        };
+        let image = ArrayD::from_shape_fn(IxDyn(&[1, 3, 4, 4]), |d| {
+            0.1 + 0.15 * (d[3] as f32 - 1.5) - 0.1 * (d[1] as f32 - 1.0)
+        });
+        let roundtrip = |timesteps: &[i64], model: &mut GaussianEps| {
+            let x_t = invert(model, &cond, &image, timesteps, stepper.schedule()).unwrap();
+            let settings = LoopSettings {
+                stepper: &stepper,
+                timesteps,
+                init_noise: Some(&x_t),
+                inpaint: None,
+            };
+            let back = decode(
+                model,
+                &cond,
+                4,
+                &mut Const(0.0, 0),
+                &settings,
+                &mut ignore_steps,
+            )
+            .unwrap();
+            back.iter()
+                .zip(&image)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f32::max)
+        };
+        let mut errors = Vec::new();
+        for error in [0.0, 1e-3] {
+            model.error = error;
+            let ddim = roundtrip(&stepper.timesteps(25).unwrap(), &mut model);
+            let unclip = roundtrip(
+                &unclip_sampler::set_timesteps(1000, 25).unwrap(),
+                &mut model,
+            );
+            errors.push((ddim, unclip));
+        }
+        // Exact ε: both spacings reconstruct up to the 25-step discretisation (~0.05 here).
+        let [(exact_ddim, exact_unclip), (ddim, unclip)] = errors[..] else {
+            unreachable!()
+        };
+        assert!(exact_ddim < 0.06 && exact_unclip < 0.06, "{errors:?}");
+        // ε off by 1e-3 (seen: 0.054 vs 0.42): the step from t = 999 multiplies it by 2·10⁴.
+        assert!(ddim < 0.06, "{errors:?}");
+        assert!(unclip > 5.0 * ddim, "{errors:?}");
     }
 
     /// Inpainting: known pixels (mask 1) are exactly the known image at the end.

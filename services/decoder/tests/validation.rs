@@ -454,3 +454,23 @@ fn base_upsample() -> UpsampleRequest {
         ..Default::default()
     }
 }
+
+/// Messages sized for 1024×1024 images get through (tonic's default limit is 4 MiB): a 12 MiB
+/// float tensor reaches validation, which names the size problem.
+#[tokio::test]
+async fn megapixel_messages_reach_validation() {
+    let server = TestServer::serving(&[]).await;
+    let mut client = server.decoder().await;
+    let result = client
+        .upsample(UpsampleRequest {
+            samples: low_res(1, 1024),
+            ..base_upsample()
+        })
+        .await;
+    assert_status(
+        result,
+        INVALID,
+        "samples: must have shape [batch, 3, 32, 32], got [1, 3, 1024, 1024]",
+    );
+    server.stop().await.unwrap();
+}

@@ -218,6 +218,7 @@ class Phase:
             torch.set_rng_state(ck["torch_rng"])
             print(f"[{name}] resumed at step {self.step}", flush=True)
         self.t0 = time.time()
+        self._start = self.step
         self.loss_avg = None
 
     def lr_at(self, step: int) -> float:
@@ -244,7 +245,7 @@ class Phase:
             torch.set_num_threads(os.cpu_count() or 1)  # the other chain finished: take its core
         self.loss_avg = v if self.loss_avg is None else 0.98 * self.loss_avg + 0.02 * v
         if self.step % 100 == 0 or self.step == self.steps:
-            rate = (time.time() - self.t0) / max(1, self.step - getattr(self, "_start", 0))
+            rate = (time.time() - self.t0) / max(1, self.step - self._start)
             print(f"[{self.name}] step {self.step}/{self.steps} loss {self.loss_avg:.4f} ({rate:.2f}s/step)", flush=True)
         if self.step % 250 == 0 or self.step == self.steps:
             self.save()
