@@ -221,13 +221,7 @@ impl DecoderModel {
                 sizes.decoder_context_length,
             ),
         )?;
-        let noise = sampling::invert(
-            &mut graphs,
-            &cond,
-            &job.images,
-            &timesteps,
-            stepper.schedule(),
-        )?;
+        let noise = sampling::invert(&mut graphs, &cond, &job.images, &timesteps, &stepper)?;
         Ok(InvertResponse {
             noise: Some(Tensor::from_array(&noise)),
             steps: job.steps as i32,

@@ -13,7 +13,7 @@
 //! 3. per timestep t → p: the decoder on `[x; x]` (or `x` without guidance) with a `[M]` int64
 //!    timestep, guidance on the ε channels only with the variance channels from the conditional
 //!    half ([`guided_output`]), then the update ([`Stepper`]): the unCLIP step (learned-range
-//!    variance from the manifest) or DDIM with η (on DDIM's own timesteps, [`ddim_timesteps`]);
+//!    variance from the manifest) or DDIM with η (x̂₀ clipped and ε re-derived from it);
 //! 4. inpainting (optional): the known pixels re-imposed after every step, noised to level p;
 //! 5. clamp to [−1, 1].
 //!
@@ -121,10 +121,13 @@ impl Stepper {
             SamplerKind::Unclip => 0.0,
             SamplerKind::Ddim { eta } => eta,
         };
+        // With clipping, ε is re-derived from the clipped x̂₀ (GLIDE's and improved-diffusion's
+        // `ddim_sample`), which keeps every step consistent with its x̂₀ and lets `invert`
+        // mirror it exactly.
         let params = DdimParams {
             eta,
             clip_sample_range: config.clip_sample.then_some(config.clip_sample_range),
-            use_clipped_model_output: false,
+            use_clipped_model_output: config.clip_sample,
         };
         let ddim = DdimScheduler::new(unclip.schedule().clone(), params)
             .map_err(|e| ServiceError::invalid("sampling.eta", e))?;
@@ -141,15 +144,9 @@ impl Stepper {
         self.unclip.schedule()
     }
 
-    /// The timesteps for `steps` steps, first to last: the unCLIP respacing (999 … 0) for the
-    /// unCLIP scheduler, DDIM's own spacing ([`ddim_timesteps`], 960 … 0 for 25 steps) for DDIM.
+    /// The respaced timesteps for `steps` steps (999 … 0), for both update rules.
     pub fn timesteps(&self, steps: usize) -> Result<Vec<i64>, ServiceError> {
-        match self.kind {
-            SamplerKind::Unclip => self.unclip.timesteps(steps).map_err(internal),
-            SamplerKind::Ddim { .. } => {
-                ddim_timesteps(self.schedule().num_train_timesteps(), steps).map_err(internal)
-            }
-        }
+        self.unclip.timesteps(steps).map_err(internal)
     }
 
     /// Whether the step t → p draws noise.
@@ -212,33 +209,6 @@ impl Stepper {
     }
 }
 
-/// DDIM's timesteps for `steps` steps out of `num_train_timesteps` T: t_k = round(k·T/N),
-/// k = N−1 … 0 (diffusers' "leading" spacing generalised to any N; 960, 920, …, 40, 0 for T = 1000,
-/// N = 25), so every step spans T/N training steps and the last is t = 0.
-///
-/// Why not the unCLIP respacing (999 … 0): at t = 999 the cosine schedule has ᾱ = 2.4·10⁻⁹, so
-/// a first step from 999 rebuilds x̂₀ = (x − √(1−ᾱ)·ε)/√ᾱ with any error in ε multiplied by
-/// 2·10⁴ (and then clipped). A decoded inverted latent only comes back if the model's ε at
-/// t = 999 agrees with the ε inversion saw one step earlier, so that amplification turns a model
-/// error of 10⁻³ into a reconstruction error of ~0.4 (an ideal Gaussian model, see the tests);
-/// from t = 960 (ᾱ = 3.9·10⁻³) the same error passes through with a gain of about 2.
-pub fn ddim_timesteps(
-    num_train_timesteps: usize,
-    steps: usize,
-) -> unclip_sampler::Result<Vec<i64>> {
-    if steps < 2 || steps > num_train_timesteps {
-        return Err(SamplerError::StepCount {
-            steps,
-            num_train_timesteps,
-        });
-    }
-    let stride = num_train_timesteps as f64 / steps as f64;
-    Ok((0..steps)
-        .rev()
-        .map(|k| (k as f64 * stride).round_ties_even() as i64)
-        .collect())
-}
-
 /// Masked sampling: the known image and where it is known.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Inpaint {
@@ -253,7 +223,7 @@ pub struct Inpaint {
 pub struct LoopSettings<'a> {
     /// The update rule.
     pub stepper: &'a Stepper,
-    /// The timesteps, first (999, or 960 for 25 DDIM steps) to last (0).
+    /// The timesteps, first (999) to last (0).
     pub timesteps: &'a [i64],
     /// x_T to use instead of the drawn one (which is still drawn, see [`crate::noise`]).
     pub init_noise: Option<&'a ArrayD<f32>>,
@@ -456,33 +426,65 @@ pub fn upsample(
 }
 
 /// DDIM inversion of `image` (`[N, 3, H, H]`, model range) into the x_T that η = 0 DDIM sampling
-/// over the same `timesteps` (and conditioning) decodes back to it approximately.
+/// with `stepper` over the same `timesteps` (and conditioning) decodes back to it approximately.
 ///
 /// The steps are the sampling steps reversed; each evaluates the decoder's ε at the less noisy
-/// end (the standard approximation, see `unclip_sampler::ddim`). x̂₀ is never clipped here.
+/// end (the standard approximation, see `unclip_sampler::ddim`). When the stage clips x̂₀, the
+/// inversion clips it too and re-derives ε from the clipped x̂₀, mirroring the sampling step
+/// (`use_clipped_model_output`), as improved-diffusion's `ddim_reverse_sample` does: without
+/// that symmetry a step whose x̂₀ leaves [−1, 1] (any step from t ≈ 999, where ε errors are
+/// multiplied by 2·10⁴) cannot be undone.
 pub fn invert(
     graphs: &mut impl DecoderGraphs,
     cond: &DecoderConditioning,
     image: &ArrayD<f32>,
     timesteps: &[i64],
-    schedule: &NoiseSchedule,
+    stepper: &Stepper,
 ) -> Result<ArrayD<f32>, ServiceError> {
+    let schedule = stepper.schedule();
     let params = DdimParams {
         eta: 0.0,
         clip_sample_range: None,
         use_clipped_model_output: false,
     };
     let ddim = DdimScheduler::new(schedule.clone(), params).map_err(internal)?;
+    let clip = stepper.ddim.params().clip_sample_range;
     let n = image.shape()[0];
     let mut x = image.clone();
     for (from, to, model_t) in inversion_pairs(timesteps) {
         let out = decoder_output(graphs, cond, &x, model_t)?;
         let eps = out.slice_axis(Axis(1), Slice::from(0..LATENT_CHANNELS));
+        let eps = match clip {
+            // From the clean image (from = −1) x̂₀ is the image itself: nothing to clip.
+            Some(range) if from >= 0 => clipped_epsilon(
+                &x,
+                &eps,
+                schedule.alpha_prod(from).map_err(internal)?,
+                range,
+            ),
+            _ => eps.to_owned(),
+        };
         x = ddim
-            .invert_step(&eps, &vec![from; n], &x.view(), &vec![to; n])
+            .invert_step(&eps.view(), &vec![from; n], &x.view(), &vec![to; n])
             .map_err(internal)?;
     }
     Ok(x)
+}
+
+/// ε re-derived from the clipped x̂₀ at a level with ᾱ = `alpha_prod`:
+/// x̂₀ = clamp((x − √(1−ᾱ)·ε)/√ᾱ, ±range), ε' = (x − √ᾱ·x̂₀)/√(1−ᾱ) (equal to ε wherever x̂₀ is
+/// in range).
+fn clipped_epsilon(
+    x: &ArrayD<f32>,
+    eps: &ndarray::ArrayViewD<'_, f32>,
+    alpha_prod: f32,
+    range: f32,
+) -> ArrayD<f32> {
+    let (sqrt_a, sqrt_b) = (alpha_prod.sqrt(), (1.0 - alpha_prod).sqrt());
+    ndarray::Zip::from(x).and(eps).map_collect(|&x, &e| {
+        let x0 = ((x - sqrt_b * e) / sqrt_a).clamp(-range, range);
+        (x - sqrt_a * x0) / sqrt_b
+    })
 }
 
 #[cfg(test)]
@@ -640,19 +642,6 @@ mod tests {
         assert!(fake.calls.iter().all(|(shape, _)| shape[0] == 2));
     }
 
-    #[test]
-    fn ddim_spacing() {
-        let t = ddim_timesteps(1000, 25).unwrap();
-        assert_eq!(t.len(), 25);
-        assert_eq!((t[0], t[1], t[23], t[24]), (960, 920, 40, 0));
-        assert_eq!(ddim_timesteps(1000, 2).unwrap(), vec![500, 0]);
-        assert_eq!(ddim_timesteps(1000, 3).unwrap(), vec![667, 333, 0]);
-        let all = ddim_timesteps(1000, 1000).unwrap();
-        assert_eq!((all[0], all[999]), (999, 0));
-        assert!(all.windows(2).all(|w| w[0] == w[1] + 1));
-        assert!(ddim_timesteps(1000, 1).is_err() && ddim_timesteps(1000, 1001).is_err());
-    }
-
     /// The ideal ε for data x₀ ~ N(μ, s²) per pixel: E[ε | x_t] at the call's timestep.
     struct GaussianEps {
         schedule: NoiseSchedule,
@@ -684,36 +673,37 @@ mod tests {
         }
     }
 
-    /// Why DDIM uses its own spacing: with the ideal ε of Gaussian data, inverting and decoding
-    /// reconstructs the image over either spacing, but a model error of 1e-3 in ε spoils the
-    /// unCLIP spacing's round trip (the first step from ᾱ = 2.4e-9 multiplies it by 2·10⁴) and
-    /// barely touches DDIM's.
+    /// Why inversion clips like sampling: with the ideal ε of Gaussian data both reconstruct the
+    /// image, but with ε off by 1e-3 the first sampling step from t = 999 (ᾱ = 2.4e-9) multiplies
+    /// the error by 2·10⁴. Without clipping that ruins the round trip (seen: 0.42); with x̂₀
+    /// clipped and ε re-derived on both sides it stays bounded (seen: 0.075, as with exact ε).
     #[test]
-    fn ddim_spacing_lets_inversion_reconstruct() {
+    fn symmetric_clipping_makes_inversion_robust() {
         let mut fake = Fake::default();
         let cond = conditioning(&mut fake, 1, 1.0);
-        let config = SchedulerConfig {
-            clip_sample: false,
-            ..SchedulerConfig::karlo_decoder()
-        };
-        let stepper = Stepper::new(config, SamplerKind::Ddim { eta: 0.0 }).unwrap();
-        let mut model = GaussianEps {
-            schedule: stepper.schedule().clone(),
-            error: 0.0,
-        };
         let image = ArrayD::from_shape_fn(IxDyn(&[1, 3, 4, 4]), |d| {
             0.1 + 0.15 * (d[3] as f32 - 1.5) - 0.1 * (d[1] as f32 - 1.0)
         });
-        let roundtrip = |timesteps: &[i64], model: &mut GaussianEps| {
-            let x_t = invert(model, &cond, &image, timesteps, stepper.schedule()).unwrap();
+        let roundtrip = |clip: bool, error: f32| {
+            let config = SchedulerConfig {
+                clip_sample: clip,
+                ..SchedulerConfig::karlo_decoder()
+            };
+            let stepper = Stepper::new(config, SamplerKind::Ddim { eta: 0.0 }).unwrap();
+            let mut model = GaussianEps {
+                schedule: stepper.schedule().clone(),
+                error,
+            };
+            let timesteps = stepper.timesteps(25).unwrap();
+            let x_t = invert(&mut model, &cond, &image, &timesteps, &stepper).unwrap();
             let settings = LoopSettings {
                 stepper: &stepper,
-                timesteps,
+                timesteps: &timesteps,
                 init_noise: Some(&x_t),
                 inpaint: None,
             };
             let back = decode(
-                model,
+                &mut model,
                 &cond,
                 4,
                 &mut Const(0.0, 0),
@@ -726,24 +716,12 @@ mod tests {
                 .map(|(a, b)| (a - b).abs())
                 .fold(0.0, f32::max)
         };
-        let mut errors = Vec::new();
-        for error in [0.0, 1e-3] {
-            model.error = error;
-            let ddim = roundtrip(&stepper.timesteps(25).unwrap(), &mut model);
-            let unclip = roundtrip(
-                &unclip_sampler::set_timesteps(1000, 25).unwrap(),
-                &mut model,
-            );
-            errors.push((ddim, unclip));
-        }
-        // Exact ε: both spacings reconstruct up to the 25-step discretisation (~0.05 here).
-        let [(exact_ddim, exact_unclip), (ddim, unclip)] = errors[..] else {
-            unreachable!()
-        };
-        assert!(exact_ddim < 0.06 && exact_unclip < 0.06, "{errors:?}");
-        // ε off by 1e-3 (seen: 0.054 vs 0.42): the step from t = 999 multiplies it by 2·10⁴.
-        assert!(ddim < 0.06, "{errors:?}");
-        assert!(unclip > 5.0 * ddim, "{errors:?}");
+        let exact = roundtrip(true, 0.0);
+        let clipped = roundtrip(true, 1e-3);
+        let unclipped = roundtrip(false, 1e-3);
+        assert!(exact < 0.06, "exact ε: {exact}");
+        assert!(clipped < 0.1, "clipped, ε off by 1e-3: {clipped}");
+        assert!(unclipped > 0.3, "unclipped, ε off by 1e-3: {unclipped}");
     }
 
     /// Inpainting: known pixels (mask 1) are exactly the known image at the end.
@@ -879,7 +857,7 @@ mod tests {
         let image = ArrayD::from_shape_fn(IxDyn(&[1, 3, 4, 4]), |d| {
             0.1 * d[3] as f32 - 0.2 * d[1] as f32
         });
-        let x_t = invert(&mut ConstEps, &cond, &image, &timesteps, stepper.schedule()).unwrap();
+        let x_t = invert(&mut ConstEps, &cond, &image, &timesteps, &stepper).unwrap();
         let settings = LoopSettings {
             stepper: &stepper,
             timesteps: &timesteps,

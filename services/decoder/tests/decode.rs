@@ -227,6 +227,30 @@ async fn image_k_alone_equals_image_k_of_a_batch() {
         // ONNX Runtime may sum in another order at another batch size; the t = 999 step
         // amplifies that (§9.10), the seeds and rows themselves are exact.
         assert!(worst <= 1e-3, "{worst}");
+
+        // The same for Upsample: image k of the batch is image k alone with seed + k.
+        let up = |low: &ArrayD<f32>, seed: u64| UpsampleRequest {
+            samples: Some(Tensor::from_array(low)),
+            seed,
+            sampling: options,
+            format: ImageFormat::Tensor as i32,
+            ..Default::default()
+        };
+        let together = client.upsample(up(&batch, 70)).await.unwrap().into_inner();
+        let together = samples(&together.samples);
+        let mut worst = 0.0f32;
+        for k in [1, 3] {
+            let low = batch.slice_axis(Axis(0), (k..k + 1).into()).to_owned();
+            let alone = client
+                .upsample(up(&low, 70 + k as u64))
+                .await
+                .unwrap()
+                .into_inner();
+            let row = together.slice_axis(Axis(0), (k..k + 1).into()).to_owned();
+            worst = worst.max(max_abs_diff(&samples(&alone.samples), &row));
+        }
+        println!("{options:?}: upsampled image k alone vs in the batch: {worst:.1e}");
+        assert!(worst <= 1e-3, "{worst}");
     }
     server.stop().await.unwrap();
 }
@@ -370,10 +394,10 @@ async fn inversion_roundtrip(
 
 /// Invert over gRPC on karlo-tiny: the noise has the images' shape, is deterministic, depends
 /// on the guidance scale, and decodes back through DDIM. karlo-tiny's decoder has random weights
-/// and does not predict noise (its inverted x_T has a standard deviation of about 0.3, not 1), so
-/// nothing is reconstructed here; the printed error is for the record. The reconstruction
-/// itself is asserted on a trained model (`shapes_cascade_and_inversion`), and the algebra of
-/// the round trip in the unit tests of `sampling`.
+/// and predicts no noise, so nothing is reconstructed here (seen: mean error 0.67 at 25 steps);
+/// the printed error is for the record. The reconstruction itself is asserted on a trained model
+/// (`shapes_cascade_and_inversion`), and the algebra of the round trip in the unit tests of
+/// `sampling`.
 #[tokio::test]
 async fn inversion_contract() {
     let server = TestServer::serving(&[]).await;
@@ -518,7 +542,8 @@ async fn inpainting_keeps_known_pixels() {
 }
 
 /// The shapes model (when trained and exported): the whole cascade 32 → 64 → 128 and an
-/// inversion round trip of a decoded image under the dataset-mean embedding.
+/// inversion round trip of a decoded image under an embedding near the dataset mean: inverted
+/// then decoded with η = 0 DDIM, the image comes back, more closely with more steps.
 #[tokio::test]
 async fn shapes_cascade_and_inversion() {
     let Some(model) = common::shapes() else {
@@ -568,13 +593,22 @@ async fn shapes_cascade_and_inversion() {
         x = samples(&r.samples);
         assert_eq!(x.shape()[2], up.output_size as usize);
     }
+    // Seen on partly trained exports (decoder at 2,000 and 3,750 of 6,000 steps): mean 0.022 and
+    // 0.041 at 25 steps (a few pixels flip: max 0.27, 1.19), 0.007 and 0.006 at 100 steps (max
+    // 0.08, 0.13).
+    let mut means = Vec::new();
     for steps in [25, 100] {
         let (max, mean) = inversion_roundtrip(&mut client, &embeds, steps, None).await;
         println!("shapes: inversion round trip at {steps} steps: max {max:.3}, mean {mean:.4}");
-        assert!(
-            mean < 0.05,
-            "mean reconstruction error {mean} at {steps} steps"
-        );
+        means.push(mean);
     }
+    assert!(
+        means[0] < 0.1,
+        "mean reconstruction error at 25 steps: {means:?}"
+    );
+    assert!(
+        means[1] < 0.02 && means[1] < means[0],
+        "mean reconstruction error at 100 steps: {means:?}"
+    );
     server.stop().await.unwrap();
 }

@@ -38,7 +38,7 @@ def _schedulers() -> dict[str, Any]:
     }
 
 
-def build(work: Path, out: Path, defaults: dict[str, Any] | None = None) -> dict[str, Any]:
+def build(work: Path, out: Path, defaults: dict[str, Any] | None = None, partial: bool = False) -> dict[str, Any]:
     import torch
     from safetensors.numpy import save_file
 
@@ -49,7 +49,7 @@ def build(work: Path, out: Path, defaults: dict[str, Any] | None = None) -> dict
     from .train import CLIP_MEAN, CLIP_STD, load_clip, load_config, phase_done
 
     for phase in ("clip", "prior", "decoder", "upsampler0", "upsampler1"):
-        if not phase_done(work, phase):
+        if not partial and not phase_done(work, phase):
             raise UserError(f"{work}: phase {phase!r} has not finished; run `python -m unclip_tools train-shapes --work {work}`")
     torch.set_num_threads(1)
     cfg = load_config(work)
@@ -172,6 +172,7 @@ def build(work: Path, out: Path, defaults: dict[str, Any] | None = None) -> dict
 def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--work", type=Path, default=Path("runs/shapes"), help="training folder of train-shapes")
     parser.add_argument("--out", type=Path, default=Path("models/shapes"), help="repository folder to (re)write")
+    parser.add_argument("--partial", action="store_true", help="export the latest checkpoints of unfinished phases (previews)")
     parser.add_argument("--prior-guidance", type=float, default=None, help="default prior guidance scale to record")
     parser.add_argument("--decoder-guidance", type=float, default=None, help="default decoder guidance scale to record")
 
@@ -184,5 +185,5 @@ def run(args: argparse.Namespace, name: str) -> int:
         defaults["prior_guidance_scale"] = args.prior_guidance
     if args.decoder_guidance is not None:
         defaults["decoder_guidance_scale"] = args.decoder_guidance
-    build(args.work, args.out, defaults)
+    build(args.work, args.out, defaults, partial=args.partial)
     return 0

@@ -1,0 +1,149 @@
+//! The crate's error type: what can go wrong talking to the stage services or running them.
+
+use std::path::PathBuf;
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use crate::clients::Stage;
+
+/// Everything this crate's functions can fail with. Messages name the stage, the call or the
+/// path involved, so they can be shown to a user as they are.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A request that no service would accept, caught before any call.
+    #[error("{0}")]
+    InvalidRequest(String),
+
+    /// An endpoint that is not a URL tonic can connect to.
+    #[error("the {stage} endpoint {url:?} is not a valid URL: {source}")]
+    InvalidEndpoint {
+        /// Whose endpoint.
+        stage: Stage,
+        /// As given.
+        url: String,
+        /// tonic's reason.
+        #[source]
+        source: tonic::transport::Error,
+    },
+
+    /// The service could not be reached.
+    #[error("cannot connect to the {stage} service at {url}: {source}")]
+    Connect {
+        /// Which service.
+        stage: Stage,
+        /// Where it was expected.
+        url: String,
+        /// tonic's reason.
+        #[source]
+        source: tonic::transport::Error,
+    },
+
+    /// A call was answered with an error status (e.g. INVALID_ARGUMENT for a bad setting).
+    #[error("{call} failed: {:?}: {}", .status.code(), .status.message())]
+    Rpc {
+        /// The call, e.g. "prior Sample".
+        call: &'static str,
+        /// The status the service answered with.
+        status: tonic::Status,
+    },
+
+    /// A response that breaks the API's contract (wrong count, missing tensor).
+    #[error("{call} answered something unexpected: {detail}")]
+    BadResponse {
+        /// The call, e.g. "decoder Decode".
+        call: &'static str,
+        /// What was wrong.
+        detail: String,
+    },
+
+    /// The three services loaded different model repositories.
+    #[error("the stage services serve different models: {0}")]
+    ModelMismatch(String),
+
+    /// A service did not report SERVING in time.
+    #[error("the {stage} service at {url} was not SERVING after {:.1} s{}", .after.as_secs_f64(), output_suffix(.output))]
+    NotServing {
+        /// Which service.
+        stage: Stage,
+        /// Where it was polled.
+        url: String,
+        /// How long it was given.
+        after: Duration,
+        /// The last lines it printed, when it is a local child process.
+        output: String,
+    },
+
+    /// The model repository for a local stack is missing.
+    #[error("{} is not a model repository (it has no manifest.json)", .0.display())]
+    ModelNotFound(PathBuf),
+
+    /// A service binary of a local stack is missing.
+    #[error("the {stage} service binary {} does not exist; build it with `cargo build --release -p {}`", .path.display(), .stage.binary_name())]
+    BinaryNotFound {
+        /// Which service.
+        stage: Stage,
+        /// Where it was looked for.
+        path: PathBuf,
+    },
+
+    /// A local service process could not be started.
+    #[error("cannot start {}: {source}", .path.display())]
+    Spawn {
+        /// The binary.
+        path: PathBuf,
+        /// The OS's reason.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A local service process ended before it was SERVING (e.g. the model failed to load).
+    #[error("the {stage} service exited ({status}) before it was serving{}", output_suffix(.output))]
+    Exited {
+        /// Which service.
+        stage: Stage,
+        /// How it ended.
+        status: ExitStatus,
+        /// The last lines it printed (stdout and stderr).
+        output: String,
+    },
+
+    /// Any other I/O failure (free ports, waiting for children).
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The OS's reason.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// "; its last output:\n..." when there is output to show.
+fn output_suffix(output: &str) -> String {
+    if output.trim().is_empty() {
+        String::new()
+    } else {
+        format!("; its last output:\n{}", output.trim_end())
+    }
+}
+
+impl Error {
+    /// The gRPC status of an [`Error::Rpc`], e.g. for a gateway to pass INVALID_ARGUMENT on.
+    pub fn status(&self) -> Option<&tonic::Status> {
+        match self {
+            Error::Rpc { status, .. } => Some(status),
+            _ => None,
+        }
+    }
+
+    /// Wraps an I/O error with what was being done.
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! `LocalStack` with child processes: its error paths with stand-in scripts (missing model or
+//! binary, a service that dies, one that never serves and is stopped), the `unclip-stages`
+//! command's refusals, and, when the service binaries have been built next to this test (as
+//! `cargo test --workspace` does), a real stack and a real `unclip-stages generate`.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::{decode_png, karlo_tiny, require_ort};
+use unclip_stages::{
+    Error, LocalStack, LocalStackConfig, ServiceBinaries, Stage, StageClients, TextToImage,
+    text_to_image,
+};
+
+/// Writes an executable shell script `name` with `body` into `dir`.
+fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// A stack config of karlo-tiny whose three services are all `binary`.
+fn config_of(binary: &Path) -> LocalStackConfig {
+    let binaries = ServiceBinaries {
+        clip: binary.to_path_buf(),
+        prior: binary.to_path_buf(),
+        decoder: binary.to_path_buf(),
+    };
+    LocalStackConfig {
+        startup_timeout: Duration::from_millis(500),
+        stop_timeout: Duration::from_secs(5),
+        ..LocalStackConfig::new(karlo_tiny(), binaries)
+    }
+}
+
+/// The error paths: each names what failed, carries the service's last output, and leaves no
+/// process behind.
+#[tokio::test]
+async fn start_up_failures_are_reported_and_cleaned_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let dies = script(
+        dir.path(),
+        "dies",
+        "echo \"starting with $*\"\necho 'error: loading the model failed: boom' >&2\nexit 3",
+    );
+    let pids = dir.path().join("pids");
+    let hangs = script(
+        dir.path(),
+        "hangs",
+        &format!(
+            "echo $$ >> {}\necho 'loading...'\nwhile :; do sleep 0.05; done",
+            pids.display()
+        ),
+    );
+
+    // No model repository.
+    let mut config = config_of(&dies);
+    config.model = dir.path().join("no-model");
+    let err = LocalStack::start(config).await.unwrap_err();
+    assert!(matches!(err, Error::ModelNotFound(_)), "{err:?}");
+    assert!(err.to_string().contains("has no manifest.json"), "{err}");
+
+    // No binary.
+    let err = LocalStack::start(config_of(&dir.path().join("missing")))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::BinaryNotFound {
+                stage: Stage::Clip,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .contains("cargo build --release -p unclip-clip"),
+        "{err}"
+    );
+
+    // A service that exits: its status and output (both pipes) are in the error.
+    let err = LocalStack::start(config_of(&dies)).await.unwrap_err();
+    let Error::Exited { status, output, .. } = &err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(status.code(), Some(3));
+    assert!(
+        output.contains("loading the model failed: boom"),
+        "{output}"
+    );
+    assert!(output.contains("--listen 127.0.0.1:"), "{output}");
+    println!("{err}");
+
+    // Services that never serve: a timeout with their output, and all three are stopped.
+    let err = LocalStack::start(config_of(&hangs)).await.unwrap_err();
+    let Error::NotServing { output, .. } = &err else {
+        panic!("{err:?}")
+    };
+    assert!(output.contains("loading..."), "{output}");
+    let pids = std::fs::read_to_string(&pids).unwrap();
+    assert_eq!(pids.lines().count(), 3, "{pids}");
+    for pid in pids.lines() {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "process {pid} still exists after the failed start"
+        );
+    }
+}
+
+/// The command line refuses bad input with a message and a non-zero status, never a panic.
+#[test]
+fn the_command_refuses_bad_input() {
+    let run = |args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_unclip-stages"))
+            .args(args)
+            .env_remove("UNCLIP_MODEL")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        (output.status.code(), stderr)
+    };
+    let (code, stderr) = run(&["generate", "--prompt", "x", "--num-images", "0"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("--num-images"), "{stderr}");
+
+    let (code, stderr) = run(&["generate", "--prompt", "x", "--model", "/nonexistent"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("/nonexistent is not a model repository"),
+        "{stderr}"
+    );
+
+    let (code, stderr) = run(&["generate", "--prompt", "x"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("--model is needed"), "{stderr}");
+
+    let (code, stderr) = run(&["generate", "--prompt", "x", "--clip", "127.0.0.1:1"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("give all three"), "{stderr}");
+
+    let (code, stderr) = run(&["generate", "--prompt", "x", "--out", "/nonexistent/x.png"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("output folder /nonexistent does not exist"),
+        "{stderr}"
+    );
+}
+
+/// The service binaries next to this test, if they have been built.
+fn built_binaries() -> Option<ServiceBinaries> {
+    let binaries = ServiceBinaries::next_to_current_exe().unwrap();
+    let built = Stage::ALL.iter().all(|&s| binaries.get(s).is_file());
+    if !built {
+        eprintln!(
+            "skipped: the service binaries are not built next to this test ({}); \
+             `cargo test --workspace` builds them",
+            binaries.clip.display()
+        );
+    }
+    built.then_some(binaries)
+}
+
+/// The real binaries: a stack on karlo-tiny serves text_to_image and stops cleanly on
+/// SIGTERM; then `unclip-stages generate` does the same end to end and writes the PNGs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_binaries_serve_and_stop() {
+    let Some(binaries) = built_binaries() else {
+        return;
+    };
+    require_ort();
+    let config = LocalStackConfig {
+        intra_threads: Some(1),
+        ..LocalStackConfig::new(karlo_tiny(), binaries.clone())
+    };
+    let stack = LocalStack::start(config).await.unwrap();
+    let mut clients = StageClients::connect(&stack.endpoints()).await.unwrap();
+    let request = TextToImage {
+        num_images: 2,
+        seed: 3,
+        ..TextToImage::new("a red cube")
+    };
+    let generated = text_to_image(&mut clients, &request).await.unwrap();
+    let images: Vec<_> = generated
+        .images
+        .iter()
+        .map(|i| decode_png(&i.png))
+        .collect();
+    assert_eq!(images[0].dimensions(), (generated.size, generated.size));
+    drop(clients);
+    let statuses = stack.shutdown().await.unwrap();
+    assert!(statuses.iter().all(|s| s.success()), "{statuses:?}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("cube.png");
+    let output = Command::new(env!("CARGO_BIN_EXE_unclip-stages"))
+        .args([
+            "generate",
+            "--prompt",
+            "a red cube",
+            "--num-images",
+            "2",
+            "--seed",
+            "3",
+        ])
+        .arg("--model")
+        .arg(karlo_tiny())
+        .arg("--bin-dir")
+        .arg(binaries.clip.parent().unwrap())
+        .args(["--intra-threads", "1", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    println!("{stdout}");
+    assert!(stdout.contains("seed 3"), "{stdout}");
+    assert!(stdout.contains("decoder Upsample[0]"), "{stdout}");
+    // The command's images are the library's: same request, same settings.
+    for (k, image) in images.iter().enumerate() {
+        let png = std::fs::read(dir.path().join(format!("cube_{k}.png"))).unwrap();
+        assert_eq!(&decode_png(&png), image, "image {k}");
+    }
+}
