@@ -59,6 +59,7 @@
 pub mod args;
 pub mod error;
 pub mod grpc;
+pub mod image_input;
 pub mod info;
 pub mod logging;
 pub mod serve;

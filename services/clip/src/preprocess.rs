@@ -14,9 +14,7 @@
 //! 3. Crop S × S from the centre (offsets rounded down).
 //! 4. `v = f32(f64(x) · rescale)`, then `(v − mean) / std` in float32, as numpy does there.
 
-use std::io::Cursor;
-
-use image::{ImageReader, Limits, RgbImage};
+use image::RgbImage;
 use ndarray::{Array3, ArrayViewMut3};
 use unclip_runtime::manifest::ImagePreprocess;
 
@@ -163,77 +161,7 @@ fn resize_rgb8(input: &Array3<u8>, out_h: usize, out_w: usize) -> Array3<u8> {
     out
 }
 
-/// Why an image was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ImageError {
-    /// More bytes than allowed.
-    #[error("is {got} bytes, the limit is {limit}")]
-    TooManyBytes {
-        /// The image's length.
-        got: usize,
-        /// The limit.
-        limit: usize,
-    },
-    /// Not a format we decode.
-    #[error("is not a PNG, JPEG or WebP image")]
-    UnknownFormat,
-    /// Larger than allowed.
-    #[error("is larger than the limit of {limit} pixels on a side")]
-    TooLarge {
-        /// The limit.
-        limit: u32,
-    },
-    /// Recognised but undecodable.
-    #[error("could not be decoded as {format}: {message}")]
-    Corrupt {
-        /// The sniffed format.
-        format: String,
-        /// The decoder's complaint.
-        message: String,
-    },
-}
-
-/// Limits on incoming images.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ImageLimits {
-    /// Largest encoded size in bytes.
-    pub max_bytes: usize,
-    /// Largest width or height in pixels.
-    pub max_side: u32,
-}
-
-/// Decodes PNG/JPEG/WebP bytes to 8-bit RGB within `limits`.
-pub fn decode_rgb(bytes: &[u8], limits: ImageLimits) -> Result<RgbImage, ImageError> {
-    if bytes.len() > limits.max_bytes {
-        return Err(ImageError::TooManyBytes {
-            got: bytes.len(),
-            limit: limits.max_bytes,
-        });
-    }
-    let mut reader = ImageReader::new(Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|_| ImageError::UnknownFormat)?;
-    let format = match reader.format() {
-        Some(
-            f @ (image::ImageFormat::Png | image::ImageFormat::Jpeg | image::ImageFormat::WebP),
-        ) => f,
-        _ => return Err(ImageError::UnknownFormat),
-    };
-    let mut decode_limits = Limits::default();
-    decode_limits.max_image_width = Some(limits.max_side);
-    decode_limits.max_image_height = Some(limits.max_side);
-    reader.limits(decode_limits);
-    match reader.decode() {
-        Ok(image) => Ok(image.to_rgb8()),
-        Err(image::ImageError::Limits(_)) => Err(ImageError::TooLarge {
-            limit: limits.max_side,
-        }),
-        Err(e) => Err(ImageError::Corrupt {
-            format: format!("{format:?}").to_uppercase(),
-            message: e.to_string(),
-        }),
-    }
-}
+pub use unclip_server::image_input::{ImageLimits, decode_rgb};
 
 /// The manifest's CLIP preprocessing, ready to apply.
 #[derive(Debug, Clone)]
@@ -293,6 +221,9 @@ impl ClipPreprocessor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Cursor;
+
+    use unclip_server::image_input::ImageError;
 
     /// Fixed-point weights of each output sum to 1.0 in 22-bit fixed point (within rounding),
     /// as PIL's do, both when shrinking and when enlarging.
