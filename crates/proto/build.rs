@@ -13,6 +13,7 @@ const PROTOS: &[&str] = &[
     "unclip/v1/clip.proto",
     "unclip/v1/prior.proto",
     "unclip/v1/decoder.proto",
+    "unclip/v1/gateway.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -123,7 +123,6 @@ impl DecoderModel {
         let sizes = self.repo.sizes();
         let stepper = Stepper::new(self.repo.manifest().schedulers.decoder, job.sampler)?;
         let timesteps = stepper.timesteps(job.steps as usize)?;
-        let n = job.cond.image_embeds.nrows();
         let mut graphs = self.graphs.calls(cancelled);
         let cond = sampling::condition(
             &mut graphs,
@@ -134,7 +133,7 @@ impl DecoderModel {
                 sizes.decoder_context_length,
             ),
         )?;
-        let mut noise = SeededNoise::new(job.seed, n, NoiseStage::Decoder);
+        let mut noise = SeededNoise::from_seeds(&job.seeds, NoiseStage::Decoder);
         let settings = LoopSettings {
             stepper: &stepper,
             timesteps: &timesteps,
@@ -153,7 +152,7 @@ impl DecoderModel {
         Ok(DecodeResponse {
             images,
             samples,
-            seeds: seeds(job.seed, n),
+            seeds: job.seeds,
             steps: job.steps as i32,
             guidance_scale: job.guidance_scale,
         })
@@ -172,10 +171,9 @@ impl DecoderModel {
         let upscaled = resizer
             .resize(&job.low_res.view())
             .map_err(sampling::internal)?;
-        let n = upscaled.shape()[0];
         let stepper = Stepper::new(self.repo.manifest().schedulers.upsampler, job.sampler)?;
         let timesteps = stepper.timesteps(job.steps as usize)?;
-        let mut noise = SeededNoise::new(job.seed, n, NoiseStage::Upsampler(job.stage as u32));
+        let mut noise = SeededNoise::from_seeds(&job.seeds, NoiseStage::Upsampler(job.stage as u32));
         let settings = LoopSettings {
             stepper: &stepper,
             timesteps: &timesteps,
@@ -194,7 +192,7 @@ impl DecoderModel {
         Ok(UpsampleResponse {
             images,
             samples,
-            seeds: seeds(job.seed, n),
+            seeds: job.seeds,
             steps: job.steps as i32,
         })
     }
@@ -240,7 +238,7 @@ impl DecoderModel {
                 image_embeds: Array2::zeros((1, d)),
                 text: self.uncond.empty_text(1),
             },
-            seed: 0,
+            seeds: vec![0],
             steps: 2,
             guidance_scale: self.repo.manifest().defaults.decoder_guidance_scale,
             sampler: SamplerKind::Unclip,
@@ -262,8 +260,8 @@ impl DecoderModel {
         for stage in 0..self.resizers.len() {
             let job = UpsampleJob {
                 stage,
+                seeds: vec![0; low_res.shape()[0]],
                 low_res,
-                seed: 0,
                 steps: 2,
                 sampler: SamplerKind::Unclip,
                 init_noise: None,
@@ -290,10 +288,6 @@ impl DecoderModel {
     }
 }
 
-/// `seed + k` for each of `n` images.
-fn seeds(seed: u64, n: usize) -> Vec<u64> {
-    (0..n as u64).map(|k| seed.wrapping_add(k)).collect()
-}
 
 /// The response's PNGs and/or tensor for `images` `[N, 3, S, S]`.
 fn respond(

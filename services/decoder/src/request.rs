@@ -42,8 +42,8 @@ pub struct Limits {
 pub struct DecodeJob {
     /// The conditioning of the N images, one row each (embedding-major).
     pub cond: ImageConditioning,
-    /// Base seed: image k draws from seed + k.
-    pub seed: u64,
+    /// Image k draws all its noise from `seeds[k]` (seed + k, or the request's own list).
+    pub seeds: Vec<u64>,
     /// Denoising steps.
     pub steps: u32,
     /// The guidance scale (≤ 1: no guidance).
@@ -65,8 +65,8 @@ pub struct UpsampleJob {
     pub stage: usize,
     /// The low-resolution images `[N, 3, s, s]`, model range.
     pub low_res: ArrayD<f32>,
-    /// Base seed: image k draws from seed + k.
-    pub seed: u64,
+    /// Image k draws all its noise from `seeds[k]` (seed + k, or the request's own list).
+    pub seeds: Vec<u64>,
     /// Denoising steps.
     pub steps: u32,
     /// The update rule.
@@ -157,7 +157,7 @@ impl Context<'_> {
         let s = self.decoder_size();
         Ok(DecodeJob {
             cond,
-            seed: request.seed,
+            seeds: seeds(request.seed, &request.seeds, n)?,
             steps,
             guidance_scale,
             sampler,
@@ -201,8 +201,8 @@ impl Context<'_> {
         )?;
         Ok(UpsampleJob {
             stage,
+            seeds: seeds(request.seed, &request.seeds, n)?,
             low_res,
-            seed: request.seed,
             steps,
             sampler,
             init_noise: latents("init_noise", request.init_noise.as_ref(), n, output_size)?,
@@ -446,6 +446,30 @@ fn expand(embeds: &Array2<f32>, text: &TextConditioning, rows: &[usize]) -> Imag
 }
 
 /// A given x_T: finite, `[n, 3, side, side]`.
+/// The seed of each of `n` images: `seed + k`, or `explicit` when the request lists them (then
+/// exactly `n`, and `seed` must be 0 so that a request never says two things).
+fn seeds(seed: u64, explicit: &[u64], n: usize) -> Result<Vec<u64>, ServiceError> {
+    if explicit.is_empty() {
+        return Ok((0..n as u64).map(|k| seed.wrapping_add(k)).collect());
+    }
+    if explicit.len() != n {
+        return Err(ServiceError::invalid(
+            "seeds",
+            format!(
+                "must list one seed per image ({n}), got {}",
+                explicit.len()
+            ),
+        ));
+    }
+    if seed != 0 {
+        return Err(ServiceError::invalid(
+            "seed",
+            format!("must be 0 when seeds are listed, got {seed}"),
+        ));
+    }
+    Ok(explicit.to_vec())
+}
+
 fn latents(
     field: &str,
     tensor: Option<&Tensor>,

@@ -255,6 +255,60 @@ async fn image_k_alone_equals_image_k_of_a_batch() {
     server.stop().await.unwrap();
 }
 
+/// Listed seeds: `seeds = [s, s]` decodes two embeddings from one noise (what interpolations
+/// need), equal embeddings then give equal images, and the response echoes the list; a list of
+/// the wrong length, or with a base seed too, is refused naming the field.
+#[tokio::test]
+async fn listed_seeds_share_noise() {
+    let server = TestServer::serving(&[]).await;
+    let mut client = server.decoder().await;
+    let one = embeddings(1, 32, 9);
+    let twice = ndarray::concatenate(Axis(0), &[one.view(), one.view()]).unwrap();
+    let request = |embeds: &Array2<f32>, seed: u64, seeds: Vec<u64>| DecodeRequest {
+        image_embeds: Some(Tensor::from_array(embeds)),
+        seed,
+        seeds,
+        sampling: sampling(Sampler::Unclip, 3, 0.0),
+        format: ImageFormat::Tensor as i32,
+        ..Default::default()
+    };
+    let shared = decode(&mut client, request(&twice, 0, vec![21, 21])).await;
+    assert_eq!(shared.seeds, vec![21, 21]);
+    let rows = samples(&shared.samples);
+    let (a, b) = (
+        rows.slice_axis(Axis(0), (0..1).into()).to_owned(),
+        rows.slice_axis(Axis(0), (1..2).into()).to_owned(),
+    );
+    assert!(max_abs_diff(&a, &b) <= 1e-3, "{}", max_abs_diff(&a, &b));
+    // The same as the base-seed form with seed 21 for one image.
+    let alone = samples(&decode(&mut client, request(&one, 21, vec![])).await.samples);
+    assert!(max_abs_diff(&alone, &a) <= 1e-3);
+    // The base-seed form of two images differs in its second row.
+    let base = samples(&decode(&mut client, request(&twice, 21, vec![])).await.samples);
+    let second = base.slice_axis(Axis(0), (1..2).into()).to_owned();
+    assert!(max_abs_diff(&second, &b) > 1e-2);
+
+    for (seed, seeds, field) in [(0, vec![1], "seeds"), (3, vec![1, 2], "seed")] {
+        let status = client
+            .decode(request(&twice, seed, seeds))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(status.message().starts_with(field), "{}", status.message());
+    }
+    let status = client
+        .upsample(UpsampleRequest {
+            samples: Some(Tensor::from_array(&rows)),
+            seeds: vec![1, 2, 3],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(status.message().starts_with("seeds"), "{}", status.message());
+    server.stop().await.unwrap();
+}
+
 /// Decoding with `init_noise` equal to the seeded x_T reproduces the seeded image exactly (the
 /// seeded draw still happens, so the step noise is unchanged); other noise changes it.
 #[tokio::test]
