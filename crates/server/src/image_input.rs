@@ -3,7 +3,7 @@
 
 use std::io::Cursor;
 
-use image::{ImageReader, Limits, RgbImage};
+use image::{DynamicImage, ImageReader, Limits, RgbImage};
 
 /// Limits on incoming encoded images.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +58,11 @@ pub enum ImageError {
 
 /// Decodes PNG/JPEG/WebP bytes to 8-bit RGB within `limits`.
 pub fn decode_rgb(bytes: &[u8], limits: ImageLimits) -> Result<RgbImage, ImageError> {
+    decode(bytes, limits).map(|image| image.to_rgb8())
+}
+
+/// Decodes PNG/JPEG/WebP bytes within `limits`, keeping their channels (alpha included).
+pub fn decode(bytes: &[u8], limits: ImageLimits) -> Result<DynamicImage, ImageError> {
     if bytes.len() > limits.max_bytes {
         return Err(ImageError::TooManyBytes {
             got: bytes.len(),
@@ -78,7 +83,7 @@ pub fn decode_rgb(bytes: &[u8], limits: ImageLimits) -> Result<RgbImage, ImageEr
     decode_limits.max_image_height = Some(limits.max_side);
     reader.limits(decode_limits);
     match reader.decode() {
-        Ok(image) => Ok(image.to_rgb8()),
+        Ok(image) => Ok(image),
         Err(image::ImageError::Limits(_)) => Err(ImageError::TooLarge {
             limit: limits.max_side,
         }),

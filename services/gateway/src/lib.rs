@@ -1,0 +1,128 @@
+//! unclip-gateway: the unCLIP capabilities over the stage services (`unclip.v1.Gateway`).
+//!
+//! Other services call the gateway; the gateway calls the clip, prior and decoder services.
+//!
+//! | module | what |
+//! |---|---|
+//! | [`config`] | flags (`--clip`, `--prior`, `--decoder` replica lists, `--redis-url`, limits) |
+//! | [`stages`] | typed, timed stage calls through balanced, retried replica sets; the start-up model check |
+//! | [`pipeline`] | the capabilities: generate, vary, interpolate, text diff, inpaint, and the cached lookups they share |
+//! | [`images`] | uploads to stage sizes, inpainting masks per resolution, the text diff's APNG |
+//! | [`progress`] | progress and preview events of the streaming calls |
+//! | [`validate`] | request checks: INVALID_ARGUMENT naming the field |
+//! | [`service`] | the gRPC handlers, deadlines, cancellation |
+//! | [`stats`] | request counters for GetStats |
+//!
+//! Start-up ([`run`]): health answers NOT_SERVING while the gateway asks every replica of every
+//! stage for GetInfo (waiting for ones still loading) and checks that all serve one model
+//! version; a mismatch ends the process with an error naming each replica's model. Then health
+//! turns SERVING.
+//!
+//! The cache ([`unclip_cache`]) holds text encodings (per prompt), image embeddings (per uploaded
+//! image's bytes) and prior samples (per prompt, negative prompt, seed, steps, guidance and
+//! best-of), under keys that carry the model version. Redis when `--redis-url` is given, else a
+//! bounded in-process cache. A cache that fails or is slow is skipped, never an error.
+
+pub mod config;
+pub mod error;
+pub mod images;
+pub mod pipeline;
+pub mod progress;
+pub mod service;
+pub mod stages;
+pub mod stats;
+pub mod validate;
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tonic::service::Routes;
+use unclip_cache::{Cache, MemoryConfig, RedisConfig};
+use unclip_proto::v1::gateway_server::GatewayServer;
+use unclip_server::ModelSlot;
+use unclip_server::image_input::ImageLimits;
+
+pub use config::Config;
+pub use error::{Error, Result};
+pub use pipeline::Gateway;
+pub use service::SERVICE_NAME;
+
+use pipeline::Limits;
+use service::GatewayApi;
+use stages::Stages;
+
+/// Serves `config` on `listener` until `shutdown` resolves, or until the start-up check of the
+/// stages fails (returned as the error).
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let slot: ModelSlot<Gateway> = ModelSlot::new();
+    let api = GatewayApi::new(slot.clone(), config.request_timeout());
+    let server = GatewayServer::new(api)
+        .max_decoding_message_size(config.serve.max_message_bytes)
+        .max_encoding_message_size(config.serve.max_message_bytes);
+    let load = {
+        let config = config.clone();
+        async move { connect(&config).await }
+    };
+    unclip_server::serve(
+        config.serve.serve_config(SERVICE_NAME),
+        listener,
+        Routes::new(server),
+        slot,
+        load,
+        shutdown,
+    )
+    .await
+}
+
+/// The cache `config` asks for.
+pub fn cache(config: &Config) -> anyhow::Result<Cache> {
+    let ttl = config.cache_ttl();
+    Ok(match &config.redis_url {
+        Some(url) => {
+            let redis = RedisConfig {
+                op_timeout: Duration::from_millis(config.cache_timeout_ms.max(1)),
+                ..RedisConfig::new(url.clone(), ttl)
+            };
+            Cache::redis(redis).map_err(|e| anyhow::anyhow!("--redis-url: {e}"))?
+        }
+        None if config.cache_memory_mb == 0 => Cache::disabled(),
+        None => Cache::memory(MemoryConfig {
+            max_bytes: config.cache_memory_mb << 20,
+            ttl,
+        }),
+    })
+}
+
+/// Connects the stages, checks them, and builds the shared state.
+async fn connect(config: &Config) -> anyhow::Result<Gateway> {
+    let cache = cache(config)?;
+    let stages = Stages::new(config).await?;
+    let infos = stages
+        .check(Duration::from_secs(config.startup_timeout_secs))
+        .await?;
+    tracing::info!(
+        model = %infos.decoder.model_id,
+        version = %infos.version(),
+        cache = cache.backend(),
+        "every stage serves the same model"
+    );
+    Ok(Gateway {
+        stages,
+        infos,
+        cache,
+        limits: Limits {
+            max_images: config.max_images.max(1),
+            max_frames: config.max_frames.max(2),
+            max_prompt_chars: config.max_prompt_chars.max(1),
+            image: ImageLimits {
+                max_bytes: usize::try_from(config.max_image_bytes).unwrap_or(usize::MAX),
+                max_side: config.max_image_side,
+            },
+        },
+    })
+}

@@ -1,0 +1,16 @@
+//! The unclip-gateway binary: flags, logging, bind, serve until SIGTERM or Ctrl-C.
+
+use anyhow::Context;
+use clap::Parser;
+use unclip_gateway::Config;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    unclip_server::logging::init_tracing();
+    let config = Config::parse();
+    tracing::info!(?config, "starting unclip-gateway");
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    unclip_gateway::run(config, listener, unclip_server::shutdown_signal()).await
+}

@@ -1,0 +1,70 @@
+//! Inpainting: the prompt's prior samples decoded with masked sampling at every resolution of
+//! the cascade. At each stage the known image (the upload brought to that size) replaces the
+//! kept pixels after every step, so the last stage returns kept pixels exactly as uploaded (at
+//! the output size). Smaller stages keep a pixel only when everything it covers is kept.
+
+use unclip_proto::v1::{ImagesResponse, InpaintRequest, Sampler};
+
+use crate::error::Result;
+use crate::images::{self, KeepMask};
+use crate::pipeline::{CascadeJob, PriorJob, Run};
+use crate::validate;
+
+/// Runs an Inpaint request.
+pub async fn inpaint(mut run: Run<'_>, request: InpaintRequest) -> Result<ImagesResponse> {
+    let gw = run.gw;
+    let limits = gw.limits;
+    let image = images::decode("image", &request.image, limits.image)?;
+    let mask = images::decode("mask", &request.mask, limits.image)?;
+    let side = gw.infos.output_size();
+    let keep = KeepMask::from_upload("mask", &mask, (image.width(), image.height()), side)?;
+    let known = images::square_rgb(&image, side);
+    let prompt = validate::prompt("prompt", &request.prompt, limits.max_prompt_chars)?;
+    let n = validate::count("num_images", request.num_images, 1, 1, limits.max_images)?;
+    let prior_info = &gw.infos.prior;
+    let defaults = prior_info.defaults.unwrap_or_default();
+    let prior_steps = validate::steps(
+        "prior_steps",
+        request.prior_steps,
+        defaults.prior_steps,
+        prior_info,
+    )?;
+    let prior_guidance = validate::guidance(
+        "prior_guidance_scale",
+        request.prior_guidance_scale,
+        defaults.prior_guidance_scale,
+    )?;
+    let settings = validate::cascade("decoder", request.decoder.as_ref(), &gw.infos.decoder, None)?;
+    let seed = validate::seed(request.seed);
+
+    run.reporter.plan(3 + run.upsampler_stages());
+    let text = run.text(&prompt).await?;
+    let image_embeds = run
+        .prior(PriorJob {
+            prompt: &prompt,
+            text: &text,
+            negative_prompt: "",
+            negative: None,
+            n,
+            seed,
+            steps: prior_steps,
+            guidance: prior_guidance,
+            best_of: 0,
+        })
+        .await?;
+    let seeds = (0..u64::from(n)).map(|k| seed.wrapping_add(k)).collect();
+    let (pngs, seeds) = run
+        .cascade(CascadeJob {
+            image_embeds,
+            text: Some(text),
+            per_embedding: 1,
+            seeds,
+            sampler: Sampler::Unclip,
+            eta: 0.0,
+            init_noise: None,
+            inpaint: Some((known, keep)),
+            settings,
+        })
+        .await?;
+    Ok(run.respond(pngs, seeds, None, seed))
+}

@@ -1,0 +1,354 @@
+//! The stage services as the gateway calls them: one [`ReplicaSet`] per stage, typed calls that
+//! carry the request's deadline and time themselves, and the start-up check that every replica
+//! serves the same model.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tonic::transport::Channel;
+use unclip_proto::v1::clip_service_client::ClipServiceClient;
+use unclip_proto::v1::decoder_service_client::DecoderServiceClient;
+use unclip_proto::v1::prior_service_client::PriorServiceClient;
+use unclip_proto::v1::{
+    DecodeRequest, DecodeResponse, EncodeImageRequest, EncodeTextRequest, GetInfoRequest,
+    InvertRequest, InvertResponse, ModelInfo, PriorSampleRequest, PriorSampleResponse, StageTiming,
+    Tensor, TextEncoding, UpsampleRequest, UpsampleResponse,
+};
+use unclip_replicas::{ReplicaConfig, ReplicaSet, request};
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+
+/// The three stage services, each behind its replicas.
+#[derive(Debug, Clone)]
+pub struct Stages {
+    /// `unclip.v1.ClipService` replicas.
+    pub clip: ReplicaSet,
+    /// `unclip.v1.PriorService` replicas.
+    pub prior: ReplicaSet,
+    /// `unclip.v1.DecoderService` replicas.
+    pub decoder: ReplicaSet,
+    /// Largest message sent to or accepted from a stage.
+    max_message_bytes: usize,
+}
+
+/// What the stages serve, read at start-up.
+#[derive(Debug, Clone)]
+pub struct StageInfos {
+    /// The CLIP service's description (its limits are the CLIP service's).
+    pub clip: ModelInfo,
+    /// The prior service's.
+    pub prior: ModelInfo,
+    /// The decoder service's (sizes of the cascade).
+    pub decoder: ModelInfo,
+}
+
+impl StageInfos {
+    /// The model version all stages serve.
+    pub fn version(&self) -> &str {
+        &self.decoder.version
+    }
+
+    /// The final image side: the last upsampler's output, or the decoder's.
+    pub fn output_size(&self) -> u32 {
+        self.decoder
+            .upsamplers
+            .last()
+            .map_or(self.decoder.decoder_image_size, |u| u.output_size)
+    }
+}
+
+impl Stages {
+    /// Replica sets of the three stages from `config` (channels connect lazily).
+    pub async fn new(config: &Config) -> anyhow::Result<Self> {
+        let replica_config = ReplicaConfig {
+            max_attempts: config.stage_attempts.max(1),
+            dns_refresh: Duration::from_secs(config.dns_refresh_secs),
+            ..ReplicaConfig::default()
+        };
+        let set = |stage: &'static str, list: &str| {
+            let addresses = ReplicaSet::parse_list(list);
+            let replica_config = replica_config.clone();
+            async move {
+                ReplicaSet::new(stage, &addresses, replica_config)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("--{stage}: {e}"))
+            }
+        };
+        Ok(Self {
+            clip: set("clip", &config.clip).await?,
+            prior: set("prior", &config.prior).await?,
+            decoder: set("decoder", &config.decoder).await?,
+            max_message_bytes: config.serve.max_message_bytes,
+        })
+    }
+
+    /// Asks every replica of every stage for its GetInfo, waiting up to `timeout` for replicas
+    /// that are still loading, and checks that all serve one model version and that each stage
+    /// has the components it must run. The error names every mismatch.
+    pub async fn check(&self, timeout: Duration) -> anyhow::Result<StageInfos> {
+        let deadline = Instant::now() + timeout;
+        let mut found: Vec<(&'static str, String, ModelInfo)> = Vec::new();
+        for (stage, set) in [
+            ("clip", &self.clip),
+            ("prior", &self.prior),
+            ("decoder", &self.decoder),
+        ] {
+            for (name, channel) in set.channels() {
+                let info = info_of(stage, channel, deadline)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{stage} replica {name}: {e}"))?;
+                found.push((stage, name, info));
+            }
+        }
+        let version = &found[0].2.version;
+        if found.iter().any(|(_, _, info)| &info.version != version) {
+            let list: Vec<String> = found
+                .iter()
+                .map(|(stage, name, info)| {
+                    format!("{stage} {name}: {} {}", info.model_id, info.version)
+                })
+                .collect();
+            anyhow::bail!(
+                "the stages serve different models; every replica must load the same model \
+                 repository: {}",
+                list.join("; ")
+            );
+        }
+        let first = |stage: &str| {
+            found
+                .iter()
+                .find(|(s, _, _)| *s == stage)
+                .map(|(_, _, info)| info.clone())
+                .ok_or_else(|| anyhow::anyhow!("no {stage} replica"))
+        };
+        let infos = StageInfos {
+            clip: first("clip")?,
+            prior: first("prior")?,
+            decoder: first("decoder")?,
+        };
+        for (stage, info, component) in [
+            ("clip", &infos.clip, "text_encoder"),
+            ("prior", &infos.prior, "prior"),
+            ("decoder", &infos.decoder, "decoder"),
+        ] {
+            if !info.components.iter().any(|c| c == component) {
+                anyhow::bail!(
+                    "the {stage} service at {} does not run the {component} (it runs {:?})",
+                    found
+                        .iter()
+                        .find(|(s, _, _)| *s == stage)
+                        .map_or("?", |(_, name, _)| name.as_str()),
+                    info.components
+                );
+            }
+        }
+        Ok(infos)
+    }
+
+    fn clip_client(&self, channel: Channel) -> ClipServiceClient<Channel> {
+        ClipServiceClient::new(channel)
+            .max_decoding_message_size(self.max_message_bytes)
+            .max_encoding_message_size(self.max_message_bytes)
+    }
+
+    fn prior_client(&self, channel: Channel) -> PriorServiceClient<Channel> {
+        PriorServiceClient::new(channel)
+            .max_decoding_message_size(self.max_message_bytes)
+            .max_encoding_message_size(self.max_message_bytes)
+    }
+
+    fn decoder_client(&self, channel: Channel) -> DecoderServiceClient<Channel> {
+        DecoderServiceClient::new(channel)
+            .max_decoding_message_size(self.max_message_bytes)
+            .max_encoding_message_size(self.max_message_bytes)
+    }
+
+    /// `ClipService.EncodeText`.
+    pub async fn encode_text(
+        &self,
+        deadline: Option<Instant>,
+        prompts: Vec<String>,
+    ) -> Result<(TextEncoding, StageTiming)> {
+        const METHOD: &str = "clip.EncodeText";
+        let message = EncodeTextRequest { prompts };
+        let (response, timing) =
+            timed(&self.clip, METHOD, "clip.encode_text", deadline, |ch, t| {
+                let mut client = self.clip_client(ch);
+                let message = message.clone();
+                async move { client.encode_text(request(message, t)).await }
+            })
+            .await?;
+        let encoding = response
+            .encoding
+            .ok_or_else(|| Error::bad_answer(METHOD, "no encoding"))?;
+        Ok((encoding, timing))
+    }
+
+    /// `ClipService.EncodeImage`: the raw-scale image embeddings `[B, D]`.
+    pub async fn encode_image(
+        &self,
+        deadline: Option<Instant>,
+        images: Vec<bytes::Bytes>,
+    ) -> Result<(Tensor, StageTiming)> {
+        const METHOD: &str = "clip.EncodeImage";
+        let message = EncodeImageRequest { images };
+        let (response, timing) = timed(
+            &self.clip,
+            METHOD,
+            "clip.encode_image",
+            deadline,
+            |ch, t| {
+                let mut client = self.clip_client(ch);
+                let message = message.clone();
+                async move { client.encode_image(request(message, t)).await }
+            },
+        )
+        .await?;
+        let embeds = response
+            .image_embeds
+            .ok_or_else(|| Error::bad_answer(METHOD, "no image_embeds"))?;
+        Ok((embeds, timing))
+    }
+
+    /// `PriorService.Sample`.
+    pub async fn sample(
+        &self,
+        deadline: Option<Instant>,
+        message: PriorSampleRequest,
+    ) -> Result<(PriorSampleResponse, StageTiming)> {
+        timed(
+            &self.prior,
+            "prior.Sample",
+            "prior.sample",
+            deadline,
+            |ch, t| {
+                let mut client = self.prior_client(ch);
+                let message = message.clone();
+                async move { client.sample(request(message, t)).await }
+            },
+        )
+        .await
+    }
+
+    /// `DecoderService.Decode`.
+    pub async fn decode(
+        &self,
+        deadline: Option<Instant>,
+        message: DecodeRequest,
+    ) -> Result<(DecodeResponse, StageTiming)> {
+        timed(
+            &self.decoder,
+            "decoder.Decode",
+            "decoder.decode",
+            deadline,
+            |ch, t| {
+                let mut client = self.decoder_client(ch);
+                let message = message.clone();
+                async move { client.decode(request(message, t)).await }
+            },
+        )
+        .await
+    }
+
+    /// `DecoderService.Upsample`.
+    pub async fn upsample(
+        &self,
+        deadline: Option<Instant>,
+        message: UpsampleRequest,
+    ) -> Result<(UpsampleResponse, StageTiming)> {
+        let name = format!("decoder.upsample[{}]", message.stage);
+        timed(
+            &self.decoder,
+            "decoder.Upsample",
+            &name,
+            deadline,
+            |ch, t| {
+                let mut client = self.decoder_client(ch);
+                let message = message.clone();
+                async move { client.upsample(request(message, t)).await }
+            },
+        )
+        .await
+    }
+
+    /// `DecoderService.Invert`.
+    pub async fn invert(
+        &self,
+        deadline: Option<Instant>,
+        message: InvertRequest,
+    ) -> Result<(InvertResponse, StageTiming)> {
+        timed(
+            &self.decoder,
+            "decoder.Invert",
+            "decoder.invert",
+            deadline,
+            |ch, t| {
+                let mut client = self.decoder_client(ch);
+                let message = message.clone();
+                async move { client.invert(request(message, t)).await }
+            },
+        )
+        .await
+    }
+}
+
+/// One call through `set`, with its timing.
+async fn timed<T, F, Fut>(
+    set: &ReplicaSet,
+    method: &'static str,
+    stage: &str,
+    deadline: Option<Instant>,
+    f: F,
+) -> Result<(T, StageTiming)>
+where
+    F: FnMut(Channel, Option<Duration>) -> Fut,
+    Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+{
+    let started = std::time::Instant::now();
+    let answered = set
+        .call(method, deadline, f)
+        .await
+        .map_err(|status| Error::Stage { method, status })?;
+    let timing = StageTiming {
+        stage: stage.to_string(),
+        seconds: started.elapsed().as_secs_f64(),
+        cached: false,
+        replica: answered.replica,
+    };
+    Ok((answered.value, timing))
+}
+
+/// GetInfo of one replica, asked again while it is unreachable or loading, until `deadline`.
+async fn info_of(stage: &str, channel: Channel, deadline: Instant) -> anyhow::Result<ModelInfo> {
+    let mut last = String::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            anyhow::bail!("did not answer GetInfo before the start-up timeout ({last})");
+        }
+        let call = async {
+            match stage {
+                "clip" => ClipServiceClient::new(channel.clone())
+                    .get_info(request(GetInfoRequest {}, Some(left)))
+                    .await
+                    .map(tonic::Response::into_inner),
+                "prior" => PriorServiceClient::new(channel.clone())
+                    .get_info(request(GetInfoRequest {}, Some(left)))
+                    .await
+                    .map(tonic::Response::into_inner),
+                _ => DecoderServiceClient::new(channel.clone())
+                    .get_info(request(GetInfoRequest {}, Some(left)))
+                    .await
+                    .map(tonic::Response::into_inner),
+            }
+        };
+        match tokio::time::timeout(left, call).await {
+            Ok(Ok(info)) => return Ok(info),
+            Ok(Err(status)) => last = format!("{:?}: {}", status.code(), status.message()),
+            Err(_) => last = "timed out".into(),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
