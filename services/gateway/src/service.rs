@@ -294,6 +294,7 @@ fn replicas(gw: &Gateway) -> Vec<ReplicaInfo> {
                 calls: r.calls,
                 failures: r.failures,
                 retried: r.retried,
+                in_flight: r.in_flight,
             })
         })
         .collect()

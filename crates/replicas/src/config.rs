@@ -1,0 +1,75 @@
+//! [`ReplicaConfig`]: attempts, timeouts, backoff and DNS refresh of a replica set.
+
+use std::time::Duration;
+
+/// How a [`ReplicaSet`](crate::ReplicaSet) connects, retries and backs off.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaConfig {
+    /// Total attempts per call, across replicas (at least 1 is always made). Default 3.
+    pub max_attempts: u32,
+    /// Limit on opening a TCP connection to one replica, so a black-holed address fails fast
+    /// and the call moves on. Default 2 s.
+    pub connect_timeout: Duration,
+    /// How long a replica that could not serve a call is skipped; doubles with each
+    /// consecutive failure. Default 500 ms.
+    pub backoff_min: Duration,
+    /// The cap of that doubling. Default 10 s.
+    pub backoff_max: Duration,
+    /// How often DNS names are resolved again, adding and dropping replicas.
+    /// [`Duration::ZERO`] resolves only once, in [`ReplicaSet::new`](crate::ReplicaSet::new).
+    /// Default 30 s.
+    pub dns_refresh: Duration,
+}
+
+impl Default for ReplicaConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            connect_timeout: Duration::from_secs(2),
+            backoff_min: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(10),
+            dns_refresh: Duration::from_secs(30),
+        }
+    }
+}
+
+impl ReplicaConfig {
+    /// How long a replica is skipped after `consecutive_failures` failures in a row (at
+    /// least 1): `backoff_min * 2^(n-1)`, at most `backoff_max`.
+    pub fn backoff(&self, consecutive_failures: u32) -> Duration {
+        let doublings = consecutive_failures.saturating_sub(1).min(31);
+        self.backoff_min
+            .saturating_mul(1u32 << doublings)
+            .min(self.backoff_max)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let config = ReplicaConfig::default();
+        let ms = |n| config.backoff(n).as_millis();
+        assert_eq!(ms(1), 500);
+        assert_eq!(ms(2), 1000);
+        assert_eq!(ms(3), 2000);
+        assert_eq!(ms(5), 8000);
+        assert_eq!(ms(6), 10_000);
+        assert_eq!(ms(100), 10_000);
+        assert_eq!(ms(u32::MAX), 10_000);
+        // Zero failures is treated as one.
+        assert_eq!(ms(0), 500);
+    }
+
+    #[test]
+    fn backoff_never_exceeds_a_small_cap() {
+        let config = ReplicaConfig {
+            backoff_min: Duration::from_secs(2),
+            backoff_max: Duration::from_secs(1),
+            ..ReplicaConfig::default()
+        };
+        assert_eq!(config.backoff(1), Duration::from_secs(1));
+    }
+}

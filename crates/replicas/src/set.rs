@@ -1,0 +1,660 @@
+//! [`ReplicaSet`]: the replicas of one stage service, the choice of a replica for each
+//! attempt, retries on another replica, backoff, counters and DNS refresh.
+
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+use crate::address::{self, Target};
+use crate::{ReplicaConfig, ReplicaError};
+
+/// HTTP/2 PING interval on every channel: a replica that vanished without closing its
+/// connections (host down, network cut) is noticed between calls, not on the next call.
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// How long a PING may go unanswered before the connection is dropped.
+const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The replicas of one stage service (clip, prior or decoder), called through
+/// [`call`](Self::call). Cheap to clone: clones share the replicas, their counters and the
+/// DNS refresh task, which ends when the last clone is dropped.
+#[derive(Clone)]
+pub struct ReplicaSet {
+    inner: Arc<Inner>,
+}
+
+/// What the clones of a [`ReplicaSet`] share.
+struct Inner {
+    /// Label for logs and messages: "clip", "prior", "decoder".
+    stage: String,
+    config: ReplicaConfig,
+    /// The addresses as configured; [`Replica::target`] indexes this.
+    targets: Vec<Target>,
+    /// The current replicas. A std mutex: it is never held across an `.await`.
+    state: Mutex<State>,
+    /// Dropped with the last clone, which stops the DNS refresh task at once (the task only
+    /// holds a `Weak`, so it cannot keep the set alive).
+    _stop_refresh: Option<oneshot::Sender<()>>,
+}
+
+/// The replica list and the round-robin cursor.
+struct State {
+    replicas: Vec<Arc<Replica>>,
+    /// Where the next search for the least loaded replica starts, so that ties rotate.
+    cursor: usize,
+}
+
+/// One replica: one socket address, one lazily connected channel, its counters.
+struct Replica {
+    /// Display name: "http://10.0.0.7:50053" or "http://decoder.svc:50053 (10.0.0.7)".
+    name: String,
+    /// Index of the configured address it came from (DNS refresh replaces per target).
+    target: usize,
+    addr: SocketAddr,
+    channel: Channel,
+    calls: AtomicU64,
+    failures: AtomicU64,
+    retried: AtomicU64,
+    in_flight: AtomicU64,
+    health: Mutex<Health>,
+}
+
+/// Backoff state of a replica.
+#[derive(Default)]
+struct Health {
+    /// Failures in a row that meant "could not do the work"; a success resets it.
+    consecutive_failures: u32,
+    /// When the latest counted failure happened: failures of attempts that started before
+    /// it are the same outage seen by concurrent calls and do not double the backoff again.
+    last_failure: Option<Instant>,
+    /// Skipped by [`ReplicaSet::call`] until then (unless every replica is).
+    backed_off_until: Option<Instant>,
+}
+
+/// A successful [`ReplicaSet::call`]: the response message and how it was obtained.
+#[derive(Debug, Clone)]
+pub struct Answered<T> {
+    /// The response message.
+    pub value: T,
+    /// Display name of the replica that answered.
+    pub replica: String,
+    /// Attempts made, this one included (1 when no retry was needed).
+    pub attempts: u32,
+    /// Time from the start of the call to the answer, retries included.
+    pub elapsed: Duration,
+}
+
+/// Counters of one replica, for the gateway's stats and logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaStats {
+    /// Display name of the replica.
+    pub address: String,
+    /// Not currently backed off after failing to do the work.
+    pub available: bool,
+    /// Attempts sent to it.
+    pub calls: u64,
+    /// Attempts that ended in an error, whatever the code.
+    pub failures: u64,
+    /// Failed attempts that were then retried on another replica.
+    pub retried: u64,
+    /// Attempts on it right now.
+    pub in_flight: u64,
+}
+
+/// What a failed attempt means for the call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    /// The replica could not do the work (down, unreachable, killed mid-call): back it off
+    /// and retry elsewhere.
+    Unavailable,
+    /// The replica's queue is full: retry on a less loaded one, without backing it off.
+    Busy,
+    /// The answer of the service (bad argument, deadline, ...): return it unchanged.
+    Final,
+}
+
+/// Lowercase fragments of the messages tonic, hyper and h2 give transport failures, which
+/// arrive as UNKNOWN, INTERNAL or CANCELLED rather than UNAVAILABLE (a replica killed
+/// mid-call resets its connections).
+const TRANSPORT_MARKERS: &[&str] = &[
+    "transport error",
+    "h2 protocol error",
+    "error trying to connect",
+    "tcp connect error",
+    "connection reset",
+    "connection refused",
+    "connection closed",
+    "connection error",
+    "broken pipe",
+    "stream closed",
+    "stream error",
+];
+
+/// Sorts a failed attempt's status into retry or not.
+fn classify(status: &Status) -> Failure {
+    match status.code() {
+        Code::Unavailable => Failure::Unavailable,
+        Code::ResourceExhausted => Failure::Busy,
+        Code::Unknown | Code::Internal | Code::Cancelled => {
+            let message = status.message().to_ascii_lowercase();
+            if TRANSPORT_MARKERS.iter().any(|m| message.contains(m)) {
+                Failure::Unavailable
+            } else {
+                Failure::Final
+            }
+        }
+        _ => Failure::Final,
+    }
+}
+
+/// Counts an attempt in flight on a replica for as long as it lives, so the gauge goes
+/// down even when the caller drops the call's future mid-attempt.
+struct InFlight(Arc<Replica>);
+
+impl InFlight {
+    fn start(replica: &Arc<Replica>) -> Self {
+        replica.calls.fetch_add(1, Ordering::Relaxed);
+        replica.in_flight.fetch_add(1, Ordering::Relaxed);
+        Self(Arc::clone(replica))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Replica {
+    fn new(
+        target: &Target,
+        index: usize,
+        addr: SocketAddr,
+        config: &ReplicaConfig,
+    ) -> Result<Self, tonic::transport::Error> {
+        // Connect to the resolved address, but keep the configured host name as the
+        // requests' origin (`:authority`).
+        let channel = Endpoint::from_shared(format!("http://{addr}"))?
+            .origin(target.uri.clone())
+            .connect_timeout(config.connect_timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
+            .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
+            .keep_alive_while_idle(true)
+            .connect_lazy();
+        Ok(Self {
+            name: target.replica_name(addr),
+            target: index,
+            addr,
+            channel,
+            calls: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            retried: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            health: Mutex::new(Health::default()),
+        })
+    }
+
+    fn health(&self) -> MutexGuard<'_, Health> {
+        // The guarded data stays consistent even if a holder panicked.
+        self.health.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// When its backoff ends, if it is backed off at `now`.
+    fn backed_off(&self, now: Instant) -> Option<Instant> {
+        self.health().backed_off_until.filter(|&until| until > now)
+    }
+
+    fn succeeded(&self) {
+        *self.health() = Health::default();
+    }
+
+    /// Backs the replica off after an attempt started at `started` could not be served.
+    fn could_not_serve(&self, started: Instant, config: &ReplicaConfig) {
+        let now = Instant::now();
+        let mut health = self.health();
+        if health.last_failure.is_some_and(|last| started < last) {
+            return;
+        }
+        health.consecutive_failures = health.consecutive_failures.saturating_add(1);
+        health.last_failure = Some(now);
+        health.backed_off_until = Some(now + config.backoff(health.consecutive_failures));
+    }
+
+    fn stats(&self, now: Instant) -> ReplicaStats {
+        ReplicaStats {
+            address: self.name.clone(),
+            available: self.backed_off(now).is_none(),
+            calls: self.calls.load(Ordering::Relaxed),
+            failures: self.failures.load(Ordering::Relaxed),
+            retried: self.retried.load(Ordering::Relaxed),
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl ReplicaSet {
+    /// Builds the replicas of `stage` ("clip", "prior", "decoder": a label for logs and
+    /// messages) from `addresses`: URLs (`http://host:port`) or bare `host:port` (which get
+    /// `http://`).
+    ///
+    /// An IP address is one replica, named by its URL. A DNS name is resolved with
+    /// [`tokio::net::lookup_host`] and every distinct address it resolves to becomes a
+    /// replica, named e.g. `http://decoder.svc:50053 (10.0.0.7)`. Channels connect lazily
+    /// (with `connect_timeout`, `TCP_NODELAY` and HTTP/2 keep-alive), so a replica that is
+    /// down now does not fail `new`. When [`ReplicaConfig::dns_refresh`] is not zero and some
+    /// address is a DNS name, a background task resolves the names again at that period,
+    /// adding new addresses and dropping vanished ones (calls in flight on a dropped replica
+    /// finish); a failed lookup keeps the replicas it had. The task ends when the last clone
+    /// of the set is dropped.
+    ///
+    /// Must be called inside a Tokio runtime.
+    pub async fn new(
+        stage: &str,
+        addresses: &[String],
+        config: ReplicaConfig,
+    ) -> Result<Self, ReplicaError> {
+        let targets = addresses
+            .iter()
+            .filter(|a| !a.trim().is_empty())
+            .map(|a| Target::parse(stage, a))
+            .collect::<Result<Vec<_>, _>>()?;
+        if targets.is_empty() {
+            return Err(ReplicaError::NoAddress {
+                stage: stage.to_owned(),
+            });
+        }
+        let mut replicas = Vec::new();
+        for (index, target) in targets.iter().enumerate() {
+            for addr in target.resolve(stage).await? {
+                let replica = Replica::new(target, index, addr, &config).map_err(|e| {
+                    ReplicaError::BadAddress {
+                        stage: stage.to_owned(),
+                        address: target.url.clone(),
+                        reason: format!("resolved address {addr} is not usable: {e}"),
+                    }
+                })?;
+                replicas.push(Arc::new(replica));
+            }
+        }
+        tracing::info!(
+            stage,
+            replicas = ?replicas.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+            "replica set ready"
+        );
+
+        let refresh = !config.dns_refresh.is_zero() && targets.iter().any(Target::is_name);
+        let (stop_tx, stop_rx) = if refresh {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        let every = config.dns_refresh;
+        let inner = Arc::new(Inner {
+            stage: stage.to_owned(),
+            config,
+            targets,
+            state: Mutex::new(State {
+                replicas,
+                cursor: 0,
+            }),
+            _stop_refresh: stop_tx,
+        });
+        if let Some(stop) = stop_rx {
+            tokio::spawn(refresh_loop(Arc::downgrade(&inner), stop, every));
+        }
+        Ok(Self { inner })
+    }
+
+    /// Splits a comma-separated flag value (`"a:1, http://b:2"`) into addresses, trimming
+    /// each and dropping empty ones.
+    pub fn parse_list(value: &str) -> Vec<String> {
+        address::parse_list(value)
+    }
+
+    /// The stage label given to [`new`](Self::new).
+    pub fn stage(&self) -> &str {
+        &self.inner.stage
+    }
+
+    /// Makes one call on some replica, retrying on another when a replica cannot do the work.
+    ///
+    /// `f(channel, timeout)` makes one attempt on the channel of the chosen replica;
+    /// `timeout` is the time left until `deadline` (`None` without a deadline), which `f`
+    /// puts on its request (see [`request`](crate::request)) so the replica knows it too.
+    /// `method` names the call in errors and logs (e.g. "decoder.Decode").
+    ///
+    /// Only for idempotent calls: an attempt that failed in transport may have run on the
+    /// replica anyway, and is run again elsewhere. The stage calls qualify because they are
+    /// deterministic (seeded).
+    ///
+    /// - Each attempt goes to the replica with the fewest calls in flight among those not
+    ///   backed off and not yet tried by this call (ties rotate round-robin); when every
+    ///   candidate is backed off, to the one whose backoff ends first.
+    /// - UNAVAILABLE, and UNKNOWN / INTERNAL / CANCELLED with a transport failure's message
+    ///   (connection reset or refused, broken pipe, stream closed, ...) back the replica
+    ///   off and are retried; RESOURCE_EXHAUSTED is retried without backing off. Any other
+    ///   status is returned at once, unchanged. After `max_attempts` failed attempts the
+    ///   last status is returned with "`method` failed on N replicas: " before its message.
+    /// - With a deadline, the time left is checked before each attempt and bounds each
+    ///   attempt; running out returns DEADLINE_EXCEEDED.
+    /// - Dropping the returned future drops the attempt in flight (tonic resets its stream).
+    pub async fn call<T, F, Fut>(
+        &self,
+        method: &'static str,
+        deadline: Option<Instant>,
+        mut f: F,
+    ) -> Result<Answered<T>, Status>
+    where
+        F: FnMut(Channel, Option<Duration>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let inner = &self.inner;
+        let stage = inner.stage.as_str();
+        let started = Instant::now();
+        let max_attempts = inner.config.max_attempts.max(1);
+        let mut tried: Vec<Arc<Replica>> = Vec::new();
+        let mut last: Option<Status> = None;
+
+        for attempt in 1..=max_attempts {
+            // The time left, checked before every attempt.
+            let left = match deadline {
+                None => None,
+                Some(deadline) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return Err(out_of_time(method, stage, attempt - 1, last.as_ref()));
+                    }
+                    Some(deadline - now)
+                }
+            };
+            let Some(replica) = inner.pick(&tried) else {
+                return Err(Status::unavailable(format!(
+                    "{method}: the {stage} stage has no replica"
+                )));
+            };
+
+            let attempt_started = Instant::now();
+            let guard = InFlight::start(&replica);
+            let pending = f(replica.channel.clone(), left);
+            let result = match left {
+                None => pending.await,
+                // A guard in case `f` did not put the timeout on its request.
+                Some(left) => match tokio::time::timeout(left, pending).await {
+                    Ok(result) => result,
+                    Err(_) => return Err(out_of_time(method, stage, attempt, None)),
+                },
+            };
+            drop(guard);
+
+            let status = match result {
+                Ok(response) => {
+                    replica.succeeded();
+                    return Ok(Answered {
+                        value: response.into_inner(),
+                        replica: replica.name.clone(),
+                        attempts: attempt,
+                        elapsed: started.elapsed(),
+                    });
+                }
+                Err(status) => status,
+            };
+            replica.failures.fetch_add(1, Ordering::Relaxed);
+            match classify(&status) {
+                Failure::Final => {
+                    // tonic reports its own expiry of the request's grpc-timeout as
+                    // CANCELLED "Timeout expired"; past the deadline it is ours.
+                    if status.code() == Code::Cancelled
+                        && deadline.is_some_and(|d| Instant::now() >= d)
+                    {
+                        return Err(out_of_time(method, stage, attempt, Some(&status)));
+                    }
+                    return Err(status);
+                }
+                Failure::Unavailable => replica.could_not_serve(attempt_started, &inner.config),
+                Failure::Busy => {}
+            }
+            if attempt < max_attempts {
+                replica.retried.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    stage,
+                    method,
+                    replica = %replica.name,
+                    code = ?status.code(),
+                    message = status.message(),
+                    attempt,
+                    "retrying on another replica"
+                );
+            }
+            if !tried.iter().any(|t| Arc::ptr_eq(t, &replica)) {
+                tried.push(replica);
+            }
+            last = Some(status);
+        }
+
+        // Every attempt failed: the last status, saying how many replicas were tried.
+        let last = last.unwrap_or_else(|| Status::unavailable("no attempt was made"));
+        let replicas = tried.len();
+        let plural = if replicas == 1 { "replica" } else { "replicas" };
+        let prefix = if replicas as u32 == max_attempts {
+            format!("{method} failed on {replicas} {plural}")
+        } else {
+            format!("{method} failed on {replicas} {plural} in {max_attempts} attempts")
+        };
+        tracing::warn!(stage, method, code = ?last.code(), message = last.message(), "{prefix}");
+        Err(Status::with_details_and_metadata(
+            last.code(),
+            format!("{prefix}: {}", last.message()),
+            bytes::Bytes::copy_from_slice(last.details()),
+            last.metadata().clone(),
+        ))
+    }
+
+    /// The counters of every current replica.
+    pub fn snapshot(&self) -> Vec<ReplicaStats> {
+        let now = Instant::now();
+        self.inner
+            .state()
+            .replicas
+            .iter()
+            .map(|r| r.stats(now))
+            .collect()
+    }
+
+    /// Every current replica's display name and channel (e.g. to ask each for GetInfo at
+    /// start-up and check model versions).
+    pub fn channels(&self) -> Vec<(String, Channel)> {
+        self.inner
+            .state()
+            .replicas
+            .iter()
+            .map(|r| (r.name.clone(), r.channel.clone()))
+            .collect()
+    }
+}
+
+impl fmt::Debug for ReplicaSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<String> = self
+            .inner
+            .state()
+            .replicas
+            .iter()
+            .map(|r| r.name.clone())
+            .collect();
+        f.debug_struct("ReplicaSet")
+            .field("stage", &self.inner.stage)
+            .field("replicas", &names)
+            .field("config", &self.inner.config)
+            .finish()
+    }
+}
+
+/// DEADLINE_EXCEEDED for `method`, after `attempts` attempts.
+fn out_of_time(method: &str, stage: &str, attempts: u32, last: Option<&Status>) -> Status {
+    let mut message = if attempts == 0 {
+        format!("{method}: the deadline passed before calling the {stage} stage")
+    } else {
+        format!(
+            "{method}: the deadline passed while calling the {stage} stage ({attempts} attempts)"
+        )
+    };
+    if let Some(last) = last {
+        message.push_str(&format!(
+            "; last error: {:?}: {}",
+            last.code(),
+            last.message()
+        ));
+    }
+    Status::deadline_exceeded(message)
+}
+
+impl Inner {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The replica for the next attempt of a call that already tried `tried`.
+    fn pick(&self, tried: &[Arc<Replica>]) -> Option<Arc<Replica>> {
+        let now = Instant::now();
+        let mut state = self.state();
+        let n = state.replicas.len();
+        if n == 0 {
+            return None;
+        }
+        let was_tried = |r: &Arc<Replica>| tried.iter().any(|t| Arc::ptr_eq(t, r));
+        // Prefer replicas this call has not tried; once all have been, any will do.
+        let fresh_left = state.replicas.iter().any(|r| !was_tried(r));
+        let eligible = |r: &Arc<Replica>| !fresh_left || !was_tried(r);
+
+        // Least in flight among those not backed off, scanning from the cursor so that
+        // ties go round-robin.
+        let mut best: Option<(usize, u64)> = None;
+        for k in 0..n {
+            let i = (state.cursor + k) % n;
+            let r = &state.replicas[i];
+            if !eligible(r) || r.backed_off(now).is_some() {
+                continue;
+            }
+            let load = r.in_flight.load(Ordering::Relaxed);
+            if best.is_none_or(|(_, least)| load < least) {
+                best = Some((i, load));
+            }
+        }
+        // All backed off: the one whose backoff ends first.
+        let chosen = match best {
+            Some((i, _)) => i,
+            None => (0..n)
+                .filter(|&i| eligible(&state.replicas[i]))
+                .min_by_key(|&i| state.replicas[i].backed_off(now))?,
+        };
+        state.cursor = (chosen + 1) % n;
+        Some(Arc::clone(&state.replicas[chosen]))
+    }
+
+    /// Resolves the DNS names again and updates the replica list.
+    async fn refresh(&self) {
+        for (index, target) in self.targets.iter().enumerate() {
+            if !target.is_name() {
+                continue;
+            }
+            let addrs = match target.resolve(&self.stage).await {
+                Ok(addrs) => addrs,
+                Err(e) => {
+                    tracing::warn!(stage = %self.stage, error = %e, "DNS refresh failed; keeping the replicas");
+                    continue;
+                }
+            };
+            let mut state = self.state();
+            let before = state.replicas.len();
+            state.replicas.retain(|r| {
+                let keep = r.target != index || addrs.contains(&r.addr);
+                if !keep {
+                    tracing::info!(stage = %self.stage, replica = %r.name, "replica dropped: its address no longer resolves");
+                }
+                keep
+            });
+            for &addr in &addrs {
+                let known = state
+                    .replicas
+                    .iter()
+                    .any(|r| r.target == index && r.addr == addr);
+                if known {
+                    continue;
+                }
+                match Replica::new(target, index, addr, &self.config) {
+                    Ok(replica) => {
+                        tracing::info!(stage = %self.stage, replica = %replica.name, "replica added");
+                        state.replicas.push(Arc::new(replica));
+                    }
+                    Err(e) => {
+                        tracing::warn!(stage = %self.stage, %addr, error = %e, "resolved address not usable");
+                    }
+                }
+            }
+            if state.replicas.len() != before {
+                let n = state.replicas.len().max(1);
+                state.cursor %= n;
+            }
+        }
+    }
+}
+
+/// Resolves the set's DNS names every `every` until `stop` fires (its sender is dropped with
+/// the set).
+async fn refresh_loop(set: Weak<Inner>, mut stop: oneshot::Receiver<()>, every: Duration) {
+    let mut ticker = tokio::time::interval_at(Instant::now() + every, every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = ticker.tick() => {}
+        }
+        let Some(inner) = set.upgrade() else { return };
+        inner.refresh().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transport_failures_are_retried() {
+        let cases = [
+            (Status::unavailable("anything"), Failure::Unavailable),
+            (
+                Status::unknown("transport error: connection reset"),
+                Failure::Unavailable,
+            ),
+            (
+                Status::internal("h2 protocol error: stream closed"),
+                Failure::Unavailable,
+            ),
+            (
+                Status::cancelled("operation was canceled: connection closed"),
+                Failure::Unavailable,
+            ),
+            (Status::resource_exhausted("queue full"), Failure::Busy),
+            (Status::invalid_argument("bad prompt"), Failure::Final),
+            (Status::internal("model failed"), Failure::Final),
+            (Status::cancelled("Timeout expired"), Failure::Final),
+            (Status::deadline_exceeded("late"), Failure::Final),
+            (
+                Status::failed_precondition("connection refused"),
+                Failure::Final,
+            ),
+        ];
+        for (status, expected) in cases {
+            assert_eq!(classify(&status), expected, "{status:?}");
+        }
+    }
+}
