@@ -5,6 +5,7 @@ use std::process::ExitStatus;
 use std::time::Duration;
 
 use crate::clients::Stage;
+use crate::local::LocalProcess;
 
 /// Everything this crate's functions can fail with. Messages name the stage, the call or the
 /// path involved, so they can be shown to a user as they are.
@@ -84,6 +85,40 @@ pub enum Error {
         stage: Stage,
         /// Where it was looked for.
         path: PathBuf,
+    },
+
+    /// The gateway binary of a local stack with a gateway is missing.
+    #[error("the gateway binary {} does not exist; build it with `cargo build --release -p unclip-gateway`", .0.display())]
+    GatewayBinaryNotFound(PathBuf),
+
+    /// A local stack must run Redis, and `redis-server` is not on `PATH`.
+    #[error(
+        "redis-server is not on PATH; install it (`apt-get install redis-server`) or run without Redis"
+    )]
+    RedisNotFound,
+
+    /// The gateway or Redis of a local stack ended before it was ready.
+    #[error("the {process} exited ({status}) before it was ready{}", output_suffix(.output))]
+    ProcessExited {
+        /// Which process.
+        process: LocalProcess,
+        /// How it ended.
+        status: ExitStatus,
+        /// The last lines it printed (stdout and stderr).
+        output: String,
+    },
+
+    /// The gateway or Redis of a local stack was not ready in time.
+    #[error("the {process} at {url} was not ready after {:.1} s{}", .after.as_secs_f64(), output_suffix(.output))]
+    ProcessNotReady {
+        /// Which process.
+        process: LocalProcess,
+        /// Where it was polled.
+        url: String,
+        /// How long it was given.
+        after: Duration,
+        /// The last lines it printed.
+        output: String,
     },
 
     /// A local service process could not be started.

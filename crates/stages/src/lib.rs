@@ -5,7 +5,7 @@
 //! |---|---|
 //! | [`clients`] | [`StageClients`]: gRPC clients of the clip, prior and decoder services, health probes |
 //! | [`pipeline`] | [`text_to_image`]: EncodeText → prior Sample → Decode → every Upsample stage → PNGs |
-//! | [`local`] | [`LocalStack`]: the three service binaries as child processes on loopback ports |
+//! | [`local`] | [`LocalStack`]: the stage service binaries (replicas, optionally the gateway and Redis) as child processes on loopback ports |
 //! | [`cli`] | the `unclip-stages` command line (`generate`) |
 //! | [`error`] | [`Error`], the one error type of this crate |
 //!
@@ -38,7 +38,10 @@ pub mod pipeline;
 
 pub use clients::{HealthProbe, Stage, StageClients, StageEndpoints};
 pub use error::{Error, Result};
-pub use local::{LocalStack, LocalStackConfig, ServiceBinaries};
+pub use local::{
+    LocalProcess, LocalStack, LocalStackConfig, ProcessExit, RedisMode, ServiceBinaries,
+    StageReplicas,
+};
 pub use pipeline::{
     Generated, GeneratedImage, StageTimings, StepsUsed, TextToImage, text_to_image,
 };

@@ -1,29 +1,42 @@
 //! A local stack: the clip, prior and decoder service binaries as child processes of this one,
-//! each on a free loopback port, all loading the same model repository.
+//! each on a free loopback port, all loading the same model repository; optionally several
+//! replicas of each stage, the gateway in front of them, and a Redis for the gateway's cache.
 //!
-//! [`LocalStack::start`] spawns the three at once, keeps the last lines each prints (their logs,
-//! stdout and stderr), and polls their `grpc.health.v1` until every one reports SERVING. If one
-//! exits first, or the start-up timeout passes, the error carries its last output and the others
-//! are stopped. [`LocalStack::shutdown`] (or dropping the stack) sends SIGTERM, which the
-//! services answer with a graceful shutdown, waits, and kills what is still running after the
-//! stop timeout.
+//! [`LocalStack::start`] spawns the stage replicas (and Redis) at once, keeps the last lines each
+//! prints (their logs, stdout and stderr), and polls their `grpc.health.v1` (Redis: `PING`) until
+//! every one is ready; then it starts the gateway, which checks its stages before it reports
+//! SERVING. If a process exits first, or the start-up timeout passes, the error carries its last
+//! output and the others are stopped. [`LocalStack::shutdown`] (or dropping the stack) stops the
+//! gateway, then the stages, then Redis: SIGTERM, which the services answer with a graceful
+//! shutdown, a wait, and a kill of what is still running after the stop timeout.
 //!
 //! The children run in their own process group, so a Ctrl-C at the terminal reaches only this
 //! process, which then stops them in order. On Linux they also get SIGTERM if the thread that
 //! started them dies (`PR_SET_PDEATHSIG`), so a killed parent leaves no servers behind; start
 //! the stack from an async task or the main thread, not from a short-lived thread.
+//!
+//! For fault tests, [`LocalStack::kill_replica`] and [`LocalStack::kill_redis`] SIGKILL one
+//! process (which [`LocalStack::shutdown`] then reports as killed, not as a failure), and
+//! [`LocalStack::restart_redis`] brings Redis back on its port.
 
 use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
+use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
 
 use crate::clients::{HEALTH_POLL_INTERVAL, HealthProbe, Stage, StageEndpoints};
 use crate::error::{Error, Result};
@@ -31,7 +44,19 @@ use crate::error::{Error, Result};
 /// Lines of each child's output kept for error messages.
 const OUTPUT_LINES: usize = 40;
 
-/// Where the three service binaries are.
+/// The gateway's binary (and Cargo package) name.
+pub const GATEWAY_BINARY: &str = "unclip-gateway";
+
+/// The gRPC service name the gateway reports its health under.
+pub const GATEWAY_SERVICE: &str = "unclip.v1.Gateway";
+
+/// The Redis server binary, looked up on `PATH`.
+const REDIS_BINARY: &str = "redis-server";
+
+/// How long one readiness check of the gateway or Redis may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Where the service binaries are.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceBinaries {
     /// `unclip-clip`.
@@ -40,15 +65,18 @@ pub struct ServiceBinaries {
     pub prior: PathBuf,
     /// `unclip-decoder`.
     pub decoder: PathBuf,
+    /// `unclip-gateway`; only needs to exist when the stack runs a gateway.
+    pub gateway: PathBuf,
 }
 
 impl ServiceBinaries {
-    /// `dir/unclip-clip`, `dir/unclip-prior` and `dir/unclip-decoder`.
+    /// `dir/unclip-clip`, `dir/unclip-prior`, `dir/unclip-decoder` and `dir/unclip-gateway`.
     pub fn in_dir(dir: &Path) -> Self {
         Self {
             clip: dir.join(Stage::Clip.binary_name()),
             prior: dir.join(Stage::Prior.binary_name()),
             decoder: dir.join(Stage::Decoder.binary_name()),
+            gateway: dir.join(GATEWAY_BINARY),
         }
     }
 
@@ -77,6 +105,105 @@ impl ServiceBinaries {
     }
 }
 
+/// How many processes of each stage a [`LocalStack`] runs; each replica gets its own port.
+///
+/// Parses from and prints as `clip=1,prior=1,decoder=2` (stages not named keep 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct StageReplicas {
+    /// CLIP service processes.
+    pub clip: usize,
+    /// Prior service processes.
+    pub prior: usize,
+    /// Decoder service processes.
+    pub decoder: usize,
+}
+
+impl Default for StageReplicas {
+    /// One of each.
+    fn default() -> Self {
+        Self {
+            clip: 1,
+            prior: 1,
+            decoder: 1,
+        }
+    }
+}
+
+impl StageReplicas {
+    /// The replicas of `stage`.
+    pub fn get(&self, stage: Stage) -> usize {
+        match stage {
+            Stage::Clip => self.clip,
+            Stage::Prior => self.prior,
+            Stage::Decoder => self.decoder,
+        }
+    }
+
+    /// Sets the replicas of `stage`.
+    pub fn set(&mut self, stage: Stage, count: usize) {
+        match stage {
+            Stage::Clip => self.clip = count,
+            Stage::Prior => self.prior = count,
+            Stage::Decoder => self.decoder = count,
+        }
+    }
+
+    /// Processes of all stages together.
+    pub fn total(&self) -> usize {
+        self.clip + self.prior + self.decoder
+    }
+}
+
+impl FromStr for StageReplicas {
+    type Err = Error;
+
+    /// `clip=1,prior=1,decoder=2`, in any order and subset; every count at least 1.
+    fn from_str(text: &str) -> Result<Self> {
+        let mut replicas = Self::default();
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let bad = || {
+                Error::InvalidRequest(format!(
+                    "replicas: expected STAGE=N with STAGE one of clip, prior, decoder and \
+                     N >= 1 (e.g. clip=1,prior=1,decoder=2), got {part:?}"
+                ))
+            };
+            let (name, count) = part.split_once('=').ok_or_else(bad)?;
+            let stage = Stage::ALL
+                .into_iter()
+                .find(|s| s.to_string() == name.trim())
+                .ok_or_else(bad)?;
+            let count: usize = count.trim().parse().map_err(|_| bad())?;
+            if count == 0 {
+                return Err(bad());
+            }
+            replicas.set(stage, count);
+        }
+        Ok(replicas)
+    }
+}
+
+impl fmt::Display for StageReplicas {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "clip={},prior={},decoder={}",
+            self.clip, self.prior, self.decoder
+        )
+    }
+}
+
+/// Whether a [`LocalStack`] runs a Redis server (for the gateway's embedding cache).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RedisMode {
+    /// No Redis.
+    #[default]
+    Off,
+    /// Redis when `redis-server` is on `PATH`; without it, a warning and no Redis.
+    IfInstalled,
+    /// Redis, or [`Error::RedisNotFound`] when `redis-server` is not on `PATH`.
+    Required,
+}
+
 /// How to run a [`LocalStack`].
 #[derive(Debug, Clone)]
 pub struct LocalStackConfig {
@@ -87,16 +214,27 @@ pub struct LocalStackConfig {
     /// The ONNX Runtime library, passed as `--ort-library`; `None` leaves it to the children's
     /// environment (`UNCLIP_ORT_LIBRARY`, else `ORT_DYLIB_PATH`), which they inherit.
     pub ort_library: Option<PathBuf>,
-    /// `--intra-threads` of each service; `None` leaves the service's default.
+    /// `--intra-threads` of each stage service; `None` leaves the service's default.
     pub intra_threads: Option<usize>,
-    /// How long the services may take to load and warm up before start-up fails.
+    /// How long the stages (and, after them, the gateway) may take to load and warm up before
+    /// start-up fails.
     pub startup_timeout: Duration,
-    /// How long a service may take to exit after SIGTERM before it is killed.
+    /// How long a process may take to exit after SIGTERM before it is killed.
     pub stop_timeout: Duration,
+    /// Processes per stage (one each by default).
+    pub replicas: StageReplicas,
+    /// Whether to run the gateway in front of the stages (`binaries.gateway`).
+    pub gateway: bool,
+    /// Extra arguments for the gateway, after the ones the stack gives it (`--listen`, the
+    /// stage URLs, `--redis-url`).
+    pub gateway_args: Vec<String>,
+    /// Whether to run Redis (started before the gateway, which gets its `--redis-url`).
+    pub redis: RedisMode,
 }
 
 impl LocalStackConfig {
-    /// `model` served by `binaries`, library from the environment, 120 s to start, 10 s to stop.
+    /// `model` served by `binaries`, library from the environment, 120 s to start, 10 s to stop,
+    /// one process per stage, no gateway, no Redis.
     pub fn new(model: impl Into<PathBuf>, binaries: ServiceBinaries) -> Self {
         Self {
             model: model.into(),
@@ -105,23 +243,80 @@ impl LocalStackConfig {
             intra_threads: None,
             startup_timeout: Duration::from_secs(120),
             stop_timeout: Duration::from_secs(10),
+            replicas: StageReplicas::default(),
+            gateway: false,
+            gateway_args: Vec::new(),
+            redis: RedisMode::Off,
         }
     }
 }
 
-/// The three services running as child processes; stopped on [`LocalStack::shutdown`] or drop.
+/// One process of a [`LocalStack`], as named in messages and shutdown reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LocalProcess {
+    /// Replica `replica` (from 0) of a stage service.
+    Stage {
+        /// Which service.
+        stage: Stage,
+        /// Which of its replicas.
+        replica: usize,
+    },
+    /// The gateway.
+    Gateway,
+    /// The Redis server.
+    Redis,
+}
+
+impl fmt::Display for LocalProcess {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LocalProcess::Stage { stage, replica } => write!(f, "{stage} service [{replica}]"),
+            LocalProcess::Gateway => f.write_str("gateway"),
+            LocalProcess::Redis => f.write_str(REDIS_BINARY),
+        }
+    }
+}
+
+/// How one process of a [`LocalStack`] ended, as [`LocalStack::shutdown`] reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessExit {
+    /// Which process.
+    pub process: LocalProcess,
+    /// Its exit status.
+    pub status: ExitStatus,
+    /// Whether it was SIGKILLed on purpose ([`LocalStack::kill_replica`],
+    /// [`LocalStack::kill_redis`]) before the shutdown.
+    pub killed: bool,
+}
+
+impl ProcessExit {
+    /// Whether it ended as intended: killed on purpose, or exited with status 0.
+    pub fn is_clean(&self) -> bool {
+        self.killed || self.status.success()
+    }
+}
+
+/// The services running as child processes; stopped on [`LocalStack::shutdown`] or drop.
 #[derive(Debug)]
 pub struct LocalStack {
-    /// The CLIP service.
-    clip: LocalService,
-    /// The prior service.
-    prior: LocalService,
-    /// The decoder service.
-    decoder: LocalService,
+    /// The gateway, when the config asked for one.
+    gateway: Option<LocalService>,
+    /// Every stage replica, in pipeline order (all clip replicas, then prior, then decoder).
+    stages: Vec<LocalService>,
+    /// Redis, when it runs (or ran: a killed one stays until it is restarted).
+    redis: Option<LocalService>,
+    /// What [`LocalStack::restart_redis`] needs: the binary and the port.
+    redis_server: Option<(PathBuf, SocketAddr)>,
+    /// How long a (re)started process may take to become ready.
+    startup_timeout: Duration,
+    /// How long a process may take to exit after SIGTERM.
+    stop_timeout: Duration,
 }
 
 impl LocalStack {
-    /// Spawns the three services on free loopback ports and waits until all are SERVING.
+    /// Spawns the stage replicas (and Redis) on free loopback ports and waits until all are
+    /// ready; then, if asked, spawns the gateway and waits until it is SERVING too (it gets its
+    /// own `startup_timeout`).
     pub async fn start(config: LocalStackConfig) -> Result<Self> {
         // Check what can be checked before anything runs, for clearer errors.
         if !config.model.join("manifest.json").is_file() {
@@ -135,102 +330,435 @@ impl LocalStack {
                     path: path.to_path_buf(),
                 });
             }
+            if config.replicas.get(stage) == 0 {
+                return Err(Error::InvalidRequest(format!(
+                    "replicas: a local stack needs at least one {stage} replica"
+                )));
+            }
         }
-        let [clip, prior, decoder] = free_loopback_addrs()?;
-        // A failed spawn drops the services already started, which stops them.
-        let mut stack = Self {
-            clip: LocalService::spawn(Stage::Clip, clip, &config)?,
-            prior: LocalService::spawn(Stage::Prior, prior, &config)?,
-            decoder: LocalService::spawn(Stage::Decoder, decoder, &config)?,
+        if config.gateway && !config.binaries.gateway.is_file() {
+            return Err(Error::GatewayBinaryNotFound(
+                config.binaries.gateway.clone(),
+            ));
+        }
+        let redis_binary = match config.redis {
+            RedisMode::Off => None,
+            mode => match find_on_path(REDIS_BINARY) {
+                Some(path) => Some(path),
+                None if mode == RedisMode::Required => return Err(Error::RedisNotFound),
+                None => {
+                    tracing::warn!(
+                        "{REDIS_BINARY} is not on PATH; running without Redis \
+                         (install it with `apt-get install redis-server`)"
+                    );
+                    None
+                }
+            },
         };
-        let deadline = Instant::now() + config.startup_timeout;
-        let Self {
-            clip,
-            prior,
-            decoder,
-        } = &mut stack;
+
+        let count = config.replicas.total()
+            + usize::from(config.gateway)
+            + usize::from(redis_binary.is_some());
+        let mut addrs = free_loopback_addrs(count)?.into_iter();
+        let mut next_addr = || addrs.next().expect("one free address per process");
+        // A failed spawn drops the stack, which stops what already runs.
+        let mut stack = Self {
+            gateway: None,
+            stages: Vec::with_capacity(config.replicas.total()),
+            redis: None,
+            redis_server: None,
+            startup_timeout: config.startup_timeout,
+            stop_timeout: config.stop_timeout,
+        };
+        for stage in Stage::ALL {
+            for replica in 0..config.replicas.get(stage) {
+                let addr = next_addr();
+                stack.stages.push(LocalService::spawn(
+                    LocalProcess::Stage { stage, replica },
+                    addr,
+                    config.binaries.get(stage),
+                    stage_args(&config, addr),
+                    config.stop_timeout,
+                )?);
+            }
+        }
+        if let Some(binary) = redis_binary {
+            let addr = next_addr();
+            stack.redis = Some(spawn_redis(&binary, addr, config.stop_timeout)?);
+            stack.redis_server = Some((binary, addr));
+        }
+
         // They load in parallel; the first failure ends the wait (and drops the stack).
-        tokio::try_join!(
-            clip.wait_serving(deadline),
-            prior.wait_serving(deadline),
-            decoder.wait_serving(deadline),
-        )?;
+        let deadline = Instant::now() + config.startup_timeout;
+        let Self { stages, redis, .. } = &mut stack;
+        wait_all_ready(stages.iter_mut().chain(redis.as_mut()).collect(), deadline).await?;
+
+        if config.gateway {
+            let addr = next_addr();
+            let args = gateway_args(&config, addr, &stack);
+            let gateway = stack.gateway.insert(LocalService::spawn(
+                LocalProcess::Gateway,
+                addr,
+                &config.binaries.gateway,
+                args,
+                config.stop_timeout,
+            )?);
+            let deadline = Instant::now() + config.startup_timeout;
+            wait_all_ready(vec![gateway], deadline).await?;
+        }
         Ok(stack)
     }
 
-    /// Where the services listen.
+    /// Where the services listen (the first replica of each stage).
     pub fn endpoints(&self) -> StageEndpoints {
         StageEndpoints::new(
-            format!("http://{}", self.clip.addr),
-            format!("http://{}", self.prior.addr),
-            format!("http://{}", self.decoder.addr),
+            self.first(Stage::Clip).url(),
+            self.first(Stage::Prior).url(),
+            self.first(Stage::Decoder).url(),
         )
     }
 
-    /// The address `stage` listens on.
+    /// The URLs of every replica of `stage`, in replica order.
+    pub fn stage_urls(&self, stage: Stage) -> Vec<String> {
+        self.replicas(stage).map(LocalService::url).collect()
+    }
+
+    /// The gateway's URL (`http://127.0.0.1:PORT`), when the stack runs one.
+    pub fn gateway_url(&self) -> Option<String> {
+        self.gateway.as_ref().map(LocalService::url)
+    }
+
+    /// Redis's URL (`redis://127.0.0.1:PORT/`), when the stack runs it (also while it is
+    /// killed: a restart comes back on the same port).
+    pub fn redis_url(&self) -> Option<String> {
+        self.redis_server.as_ref().map(|(_, addr)| redis_url(*addr))
+    }
+
+    /// The address the first replica of `stage` listens on.
     pub fn addr(&self, stage: Stage) -> SocketAddr {
-        self.service(stage).addr
+        self.first(stage).addr
     }
 
-    /// The process id of `stage`, while it runs.
+    /// The process id of the first replica of `stage`, while it runs.
     pub fn pid(&self, stage: Stage) -> Option<u32> {
-        self.service(stage).child.id()
+        self.first(stage).child.id()
     }
 
-    /// The last lines `stage` printed.
+    /// The last lines the first replica of `stage` printed.
     pub fn output(&self, stage: Stage) -> String {
-        self.service(stage).output.text()
+        self.first(stage).output.text()
     }
 
-    fn service(&self, stage: Stage) -> &LocalService {
-        match stage {
-            Stage::Clip => &self.clip,
-            Stage::Prior => &self.prior,
-            Stage::Decoder => &self.decoder,
+    /// The last lines the gateway printed, when the stack runs one.
+    pub fn gateway_output(&self) -> Option<String> {
+        self.gateway.as_ref().map(|g| g.output.text())
+    }
+
+    /// The last lines Redis printed, when the stack runs it.
+    pub fn redis_output(&self) -> Option<String> {
+        self.redis.as_ref().map(|r| r.output.text())
+    }
+
+    /// SIGKILLs replica `index` of `stage` and reaps it, for fault tests. The gateway is not
+    /// told; [`LocalStack::shutdown`] reports the replica as killed, not as a failure. A replica
+    /// that has already ended is left as it is.
+    pub async fn kill_replica(&mut self, stage: Stage, index: usize) -> Result<()> {
+        let count = self.replicas(stage).count();
+        let service = self
+            .stages
+            .iter_mut()
+            .filter(|s| s.stage() == Some(stage))
+            .nth(index)
+            .ok_or_else(|| {
+                Error::InvalidRequest(format!(
+                    "the {stage} service has {count} replicas; there is no replica {index}"
+                ))
+            })?;
+        service.kill().await
+    }
+
+    /// SIGKILLs Redis and reaps it, for fault tests; [`LocalStack::restart_redis`] brings it back.
+    pub async fn kill_redis(&mut self) -> Result<()> {
+        match &mut self.redis {
+            Some(redis) => redis.kill().await,
+            None => Err(Error::InvalidRequest(
+                "this local stack runs no Redis".to_string(),
+            )),
         }
     }
 
-    /// Stops the services: SIGTERM to all, then waits for each (killing it after the stop
-    /// timeout). Returns how each ended, in pipeline order.
-    pub async fn shutdown(mut self) -> Result<[ExitStatus; 3]> {
-        for service in [&mut self.clip, &mut self.prior, &mut self.decoder] {
+    /// Starts Redis again on its port (stopping it first if it still runs) and waits until it
+    /// answers `PING`. Its contents are gone: it keeps nothing on disk.
+    pub async fn restart_redis(&mut self) -> Result<()> {
+        let Some((binary, addr)) = self.redis_server.clone() else {
+            return Err(Error::InvalidRequest(
+                "this local stack runs no Redis".to_string(),
+            ));
+        };
+        if let Some(mut old) = self.redis.take() {
+            old.terminate();
+            old.wait_stopped().await?;
+        }
+        let redis = self
+            .redis
+            .insert(spawn_redis(&binary, addr, self.stop_timeout)?);
+        wait_all_ready(vec![redis], Instant::now() + self.startup_timeout).await
+    }
+
+    /// The replicas of `stage`, in order.
+    fn replicas(&self, stage: Stage) -> impl Iterator<Item = &LocalService> {
+        self.stages.iter().filter(move |s| s.stage() == Some(stage))
+    }
+
+    /// The first replica of `stage` (every stack has one).
+    fn first(&self, stage: Stage) -> &LocalService {
+        self.replicas(stage)
+            .next()
+            .expect("a local stack runs at least one replica of each stage")
+    }
+
+    /// Stops everything in order: the gateway (so no call reaches a stopping stage), then every
+    /// stage replica at once, then Redis. Each gets SIGTERM and is killed after the stop
+    /// timeout. Returns how each ended, in that order (stages in pipeline and replica order);
+    /// [`ProcessExit::is_clean`] tells whether it ended as intended.
+    pub async fn shutdown(mut self) -> Result<Vec<ProcessExit>> {
+        let mut exits = Vec::new();
+        if let Some(gateway) = &mut self.gateway {
+            gateway.terminate();
+            exits.push(gateway.wait_stopped().await?);
+        }
+        for service in &mut self.stages {
             service.terminate();
         }
-        Ok([
-            self.clip.wait_stopped().await?,
-            self.prior.wait_stopped().await?,
-            self.decoder.wait_stopped().await?,
-        ])
+        for service in &mut self.stages {
+            exits.push(service.wait_stopped().await?);
+        }
+        if let Some(redis) = &mut self.redis {
+            redis.terminate();
+            exits.push(redis.wait_stopped().await?);
+        }
+        Ok(exits)
     }
 }
 
 impl Drop for LocalStack {
-    /// Signals all three first, so they stop in parallel; each service's own drop then waits.
+    /// Stops in the same order as [`LocalStack::shutdown`]; each service's own drop waits.
     fn drop(&mut self) {
-        for service in [&mut self.clip, &mut self.prior, &mut self.decoder] {
+        drop(self.gateway.take());
+        // Signal all stages first, so they stop in parallel.
+        for service in &mut self.stages {
             service.terminate();
+        }
+        self.stages.clear();
+        drop(self.redis.take());
+    }
+}
+
+/// The arguments of a stage service listening on `addr`.
+fn stage_args(config: &LocalStackConfig, addr: SocketAddr) -> Vec<OsString> {
+    let mut args: Vec<OsString> = vec![
+        "--model".into(),
+        config.model.clone().into(),
+        "--listen".into(),
+        addr.to_string().into(),
+    ];
+    if let Some(library) = &config.ort_library {
+        args.extend(["--ort-library".into(), library.clone().into()]);
+    }
+    if let Some(threads) = config.intra_threads {
+        args.extend(["--intra-threads".into(), threads.to_string().into()]);
+    }
+    args
+}
+
+/// The arguments of the gateway listening on `addr`, in front of `stack`'s stages and Redis.
+fn gateway_args(config: &LocalStackConfig, addr: SocketAddr, stack: &LocalStack) -> Vec<OsString> {
+    let mut args: Vec<OsString> = vec!["--listen".into(), addr.to_string().into()];
+    for stage in Stage::ALL {
+        args.push(format!("--{stage}").into());
+        args.push(stack.stage_urls(stage).join(",").into());
+    }
+    if let Some(url) = stack.redis_url() {
+        args.extend(["--redis-url".into(), url.into()]);
+    }
+    args.extend(config.gateway_args.iter().map(OsString::from));
+    args
+}
+
+/// Starts `redis-server` on `addr` (loopback only, nothing persisted).
+fn spawn_redis(binary: &Path, addr: SocketAddr, stop_timeout: Duration) -> Result<LocalService> {
+    let args = [
+        "--port",
+        &addr.port().to_string(),
+        "--bind",
+        &addr.ip().to_string(),
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]
+    .map(OsString::from)
+    .to_vec();
+    LocalService::spawn(LocalProcess::Redis, addr, binary, args, stop_timeout)
+}
+
+/// `redis://IP:PORT/`.
+fn redis_url(addr: SocketAddr) -> String {
+    format!("redis://{addr}/")
+}
+
+/// The first executable file called `name` in the folders of `PATH`.
+fn find_on_path(name: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| {
+            std::fs::metadata(candidate)
+                .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+        })
+}
+
+/// `count` distinct free loopback addresses. The ports are released again before the services
+/// bind them; another process could take one in between, which start-up then reports.
+fn free_loopback_addrs(count: usize) -> Result<Vec<SocketAddr>> {
+    // All are held at once, so they differ.
+    let listeners = (0..count)
+        .map(|_| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .map_err(|e| Error::io("finding a free loopback port", e))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    listeners
+        .iter()
+        .map(|l| {
+            l.local_addr()
+                .map_err(|e| Error::io("reading a listener's address", e))
+        })
+        .collect()
+}
+
+/// Polls every one of `services` until each is ready; fails as soon as one exits, or when
+/// `deadline` passes with one not ready. They are checked in turn, each check short (a refused
+/// connection or a NOT_SERVING answer), so a slow one does not hide another's failure.
+async fn wait_all_ready(services: Vec<&mut LocalService>, deadline: Instant) -> Result<()> {
+    let started = Instant::now();
+    let mut pending = services
+        .into_iter()
+        .map(|service| {
+            let readiness = Readiness::of(service)?;
+            Ok((service, readiness))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    loop {
+        let mut still_pending = Vec::with_capacity(pending.len());
+        for (service, mut readiness) in pending {
+            if let Some(status) = service.poll_exit()? {
+                service.finish_output().await;
+                return Err(service.exited_error(status));
+            }
+            if let Ok(true) = tokio::time::timeout_at(deadline, readiness.is_ready()).await {
+                tracing::debug!(process = %service.process, after = ?started.elapsed(), "ready");
+            } else {
+                still_pending.push((service, readiness));
+            }
+        }
+        pending = still_pending;
+        let Some((first, _)) = pending.first() else {
+            return Ok(());
+        };
+        if Instant::now() >= deadline {
+            return Err(first.not_ready_error(started.elapsed()));
+        }
+        tokio::time::sleep(HEALTH_POLL_INTERVAL).await;
+    }
+}
+
+/// How to tell that a process is ready.
+#[derive(Debug)]
+enum Readiness {
+    /// A stage service: its health under its service name is SERVING.
+    Stage(HealthProbe),
+    /// The gateway: its health under [`GATEWAY_SERVICE`] is SERVING.
+    Gateway {
+        /// Where to connect.
+        endpoint: Endpoint,
+        /// The connection, once one succeeded; dropped after a failed call.
+        client: Option<HealthClient<Channel>>,
+    },
+    /// Redis: it answers `PING` with `+PONG`.
+    Redis(SocketAddr),
+}
+
+impl Readiness {
+    /// The check that fits `service`.
+    fn of(service: &LocalService) -> Result<Self> {
+        Ok(match service.process {
+            LocalProcess::Stage { stage, .. } => {
+                Self::Stage(HealthProbe::new(stage, &service.url())?)
+            }
+            LocalProcess::Gateway => Self::Gateway {
+                endpoint: Endpoint::from_shared(service.url())
+                    .map_err(|e| Error::InvalidRequest(format!("gateway URL: {e}")))?
+                    .connect_timeout(PROBE_TIMEOUT),
+                client: None,
+            },
+            LocalProcess::Redis => Self::Redis(service.addr),
+        })
+    }
+
+    /// Whether the process is ready now.
+    async fn is_ready(&mut self) -> bool {
+        match self {
+            Self::Stage(probe) => probe.is_serving().await,
+            Self::Gateway { endpoint, client } => grpc_serving(endpoint, client).await,
+            Self::Redis(addr) => redis_answers(*addr).await,
         }
     }
 }
 
-/// Three distinct free loopback addresses. The ports are released again before the services
-/// bind them; another process could take one in between, which start-up then reports.
-fn free_loopback_addrs() -> Result<[SocketAddr; 3]> {
-    let bind = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .map_err(|e| Error::io("finding a free loopback port", e))
+/// Whether the gRPC server at `endpoint` reports [`GATEWAY_SERVICE`] SERVING; connects through
+/// `client`, which is reset after a failed call so the next poll reconnects.
+async fn grpc_serving(endpoint: &Endpoint, client: &mut Option<HealthClient<Channel>>) -> bool {
+    let health = match client {
+        Some(health) => health,
+        None => match endpoint.connect().await {
+            Ok(channel) => client.insert(HealthClient::new(channel)),
+            Err(_) => return false,
+        },
     };
-    // All three are held at once, so they differ.
-    let listeners = [bind()?, bind()?, bind()?];
-    let addr = |l: &std::net::TcpListener| {
-        l.local_addr()
-            .map_err(|e| Error::io("reading a listener's address", e))
+    let request = HealthCheckRequest {
+        service: GATEWAY_SERVICE.to_string(),
     };
-    Ok([
-        addr(&listeners[0])?,
-        addr(&listeners[1])?,
-        addr(&listeners[2])?,
-    ])
+    match tokio::time::timeout(PROBE_TIMEOUT, health.check(request)).await {
+        Ok(Ok(response)) => response.into_inner().status == ServingStatus::Serving as i32,
+        Ok(Err(_)) | Err(_) => {
+            *client = None;
+            false
+        }
+    }
+}
+
+/// Whether Redis at `addr` answers `PING` with `+PONG` (not `-LOADING`, not silence).
+async fn redis_answers(addr: SocketAddr) -> bool {
+    let ping = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream.write_all(b"PING\r\n").await?;
+        let mut answer = [0u8; 16];
+        let mut read = 0;
+        while read < 5 {
+            let n = stream.read(&mut answer[read..]).await?;
+            if n == 0 {
+                break;
+            }
+            read += n;
+        }
+        Ok::<_, std::io::Error>(answer[..read].starts_with(b"+PONG"))
+    };
+    matches!(
+        tokio::time::timeout(PROBE_TIMEOUT, ping).await,
+        Ok(Ok(true))
+    )
 }
 
 /// The last [`OUTPUT_LINES`] lines a child printed, shared with the tasks reading its pipes.
@@ -273,11 +801,11 @@ impl OutputTail {
     }
 }
 
-/// One service child process.
+/// One child process of the stack: a stage replica, the gateway or Redis.
 #[derive(Debug)]
 struct LocalService {
-    /// Which service.
-    stage: Stage,
+    /// Which process.
+    process: LocalProcess,
     /// Where it listens.
     addr: SocketAddr,
     /// The process.
@@ -286,6 +814,8 @@ struct LocalService {
     exited: Option<ExitStatus>,
     /// Whether SIGTERM was sent (once is enough: the services treat a second like the first).
     terminated: bool,
+    /// Whether it was SIGKILLed on purpose (a fault test), so its end is not a failure.
+    killed: bool,
     /// Its last output lines.
     output: OutputTail,
     /// The tasks reading its stdout and stderr.
@@ -295,21 +825,16 @@ struct LocalService {
 }
 
 impl LocalService {
-    /// Starts `stage`'s binary listening on `addr`.
-    fn spawn(stage: Stage, addr: SocketAddr, config: &LocalStackConfig) -> Result<Self> {
-        let path = config.binaries.get(stage);
-        let mut command = Command::new(path);
-        command
-            .arg("--model")
-            .arg(&config.model)
-            .arg("--listen")
-            .arg(addr.to_string());
-        if let Some(library) = &config.ort_library {
-            command.arg("--ort-library").arg(library);
-        }
-        if let Some(threads) = config.intra_threads {
-            command.arg("--intra-threads").arg(threads.to_string());
-        }
+    /// Starts `program args` as `process`, listening on `addr`.
+    fn spawn(
+        process: LocalProcess,
+        addr: SocketAddr,
+        program: &Path,
+        args: Vec<OsString>,
+        stop_timeout: Duration,
+    ) -> Result<Self> {
+        let mut command = Command::new(program);
+        command.args(args);
         // Plain log lines in error messages, without anyhow's backtraces (RUST_BACKTRACE=1 turns
         // those on too) unless asked for with RUST_LIB_BACKTRACE.
         command.env("NO_COLOR", "1");
@@ -332,7 +857,7 @@ impl LocalService {
             });
         }
         let mut child = command.spawn().map_err(|source| Error::Spawn {
-            path: path.to_path_buf(),
+            path: program.to_path_buf(),
             source,
         })?;
         let output = OutputTail::default();
@@ -343,17 +868,70 @@ impl LocalService {
         if let Some(stderr) = child.stderr.take() {
             readers.push(output.follow(stderr));
         }
-        tracing::debug!(%stage, %addr, pid = child.id(), "started");
+        tracing::debug!(%process, %addr, pid = child.id(), "started");
         Ok(Self {
-            stage,
+            process,
             addr,
             child,
             exited: None,
             terminated: false,
+            killed: false,
             output,
             readers,
-            stop_timeout: config.stop_timeout,
+            stop_timeout,
         })
+    }
+
+    /// The stage it serves, if it is a stage replica.
+    fn stage(&self) -> Option<Stage> {
+        match self.process {
+            LocalProcess::Stage { stage, .. } => Some(stage),
+            _ => None,
+        }
+    }
+
+    /// Its URL: `http://ADDR` (Redis: `redis://ADDR/`).
+    fn url(&self) -> String {
+        match self.process {
+            LocalProcess::Redis => redis_url(self.addr),
+            _ => format!("http://{}", self.addr),
+        }
+    }
+
+    /// The error for having ended with `status` before it was ready.
+    fn exited_error(&self, status: ExitStatus) -> Error {
+        let output = self.output.text();
+        match self.process {
+            LocalProcess::Stage { stage, .. } => Error::Exited {
+                stage,
+                status,
+                output,
+            },
+            process => Error::ProcessExited {
+                process,
+                status,
+                output,
+            },
+        }
+    }
+
+    /// The error for not being ready `after` this long.
+    fn not_ready_error(&self, after: Duration) -> Error {
+        let (url, output) = (self.url(), self.output.text());
+        match self.process {
+            LocalProcess::Stage { stage, .. } => Error::NotServing {
+                stage,
+                url,
+                after,
+                output,
+            },
+            process => Error::ProcessNotReady {
+                process,
+                url,
+                after,
+                output,
+            },
+        }
     }
 
     /// Whether it has ended (and how), without waiting.
@@ -362,39 +940,9 @@ impl LocalService {
             self.exited = self
                 .child
                 .try_wait()
-                .map_err(|e| Error::io(format!("checking on the {} service", self.stage), e))?;
+                .map_err(|e| Error::io(format!("checking on the {}", self.process), e))?;
         }
         Ok(self.exited)
-    }
-
-    /// Polls health until SERVING; fails if the process ends first or `deadline` passes.
-    async fn wait_serving(&mut self, deadline: Instant) -> Result<()> {
-        let started = Instant::now();
-        let url = format!("http://{}", self.addr);
-        let mut probe = HealthProbe::new(self.stage, &url)?;
-        loop {
-            if let Some(status) = self.poll_exit()? {
-                self.finish_output().await;
-                return Err(Error::Exited {
-                    stage: self.stage,
-                    status,
-                    output: self.output.text(),
-                });
-            }
-            if let Ok(true) = tokio::time::timeout_at(deadline, probe.is_serving()).await {
-                tracing::debug!(stage = %self.stage, after = ?started.elapsed(), "serving");
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                return Err(Error::NotServing {
-                    stage: self.stage,
-                    url,
-                    after: started.elapsed(),
-                    output: self.output.text(),
-                });
-            }
-            tokio::time::sleep(HEALTH_POLL_INTERVAL).await;
-        }
     }
 
     /// Lets the pipe readers take in the last lines of an ended process.
@@ -418,28 +966,56 @@ impl LocalService {
         }
     }
 
-    /// Waits for it to end after [`LocalService::terminate`], killing it after the stop timeout.
-    async fn wait_stopped(&mut self) -> Result<ExitStatus> {
-        if let Some(status) = self.exited {
-            return Ok(status);
+    /// SIGKILLs it, if it still runs, and reaps it; marks it as killed on purpose.
+    async fn kill(&mut self) -> Result<()> {
+        if self.poll_exit()?.is_some() {
+            return Ok(());
         }
-        let context = || format!("stopping the {} service", self.stage);
-        let status = match tokio::time::timeout(self.stop_timeout, self.child.wait()).await {
-            Ok(waited) => waited.map_err(|e| Error::io(context(), e))?,
-            Err(_) => {
-                tracing::warn!(stage = %self.stage, "still running after SIGTERM; killing it");
-                self.child
-                    .kill()
-                    .await
-                    .map_err(|e| Error::io(context(), e))?;
-                self.child
-                    .wait()
-                    .await
-                    .map_err(|e| Error::io(context(), e))?
+        let context = || format!("killing the {}", self.process);
+        self.child
+            .start_kill()
+            .map_err(|e| Error::io(context(), e))?;
+        let status = self
+            .child
+            .wait()
+            .await
+            .map_err(|e| Error::io(context(), e))?;
+        self.exited = Some(status);
+        self.killed = true;
+        tracing::debug!(process = %self.process, "killed");
+        Ok(())
+    }
+
+    /// Waits for it to end after [`LocalService::terminate`], killing it after the stop timeout.
+    async fn wait_stopped(&mut self) -> Result<ProcessExit> {
+        let status = match self.exited {
+            Some(status) => status,
+            None => {
+                let context = || format!("stopping the {}", self.process);
+                let status = match tokio::time::timeout(self.stop_timeout, self.child.wait()).await
+                {
+                    Ok(waited) => waited.map_err(|e| Error::io(context(), e))?,
+                    Err(_) => {
+                        tracing::warn!(process = %self.process, "still running after SIGTERM; killing it");
+                        self.child
+                            .kill()
+                            .await
+                            .map_err(|e| Error::io(context(), e))?;
+                        self.child
+                            .wait()
+                            .await
+                            .map_err(|e| Error::io(context(), e))?
+                    }
+                };
+                self.exited = Some(status);
+                status
             }
         };
-        self.exited = Some(status);
-        Ok(status)
+        Ok(ProcessExit {
+            process: self.process,
+            status,
+            killed: self.killed,
+        })
     }
 }
 
@@ -452,7 +1028,7 @@ impl Drop for LocalService {
         let deadline = std::time::Instant::now() + self.stop_timeout;
         while let Ok(None) = self.poll_exit() {
             if std::time::Instant::now() >= deadline {
-                tracing::warn!(stage = %self.stage, "still running after SIGTERM; killing it");
+                tracing::warn!(process = %self.process, "still running after SIGTERM; killing it");
                 let _ = self.child.start_kill();
                 let _ = self.child.try_wait();
                 break;
@@ -462,5 +1038,82 @@ impl Drop for LocalService {
         for reader in &self.readers {
             reader.abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Replica counts parse from `stage=N` lists and print back the same way.
+    #[test]
+    fn replicas_parse_and_print() {
+        let parsed: StageReplicas = "decoder=2, clip=3".parse().unwrap();
+        assert_eq!(
+            parsed,
+            StageReplicas {
+                clip: 3,
+                prior: 1,
+                decoder: 2
+            }
+        );
+        assert_eq!(parsed.to_string(), "clip=3,prior=1,decoder=2");
+        assert_eq!(parsed.to_string().parse::<StageReplicas>().unwrap(), parsed);
+        assert_eq!(
+            "".parse::<StageReplicas>().unwrap(),
+            StageReplicas::default()
+        );
+        assert_eq!(parsed.total(), 6);
+        for bad in [
+            "decoder=0",
+            "gateway=2",
+            "decoder",
+            "decoder=x",
+            "decoder=-1",
+        ] {
+            let err = bad.parse::<StageReplicas>().unwrap_err().to_string();
+            assert!(err.contains(bad), "{bad}: {err}");
+        }
+    }
+
+    /// Free addresses are distinct loopback ports.
+    #[test]
+    fn free_addresses_differ() {
+        let addrs = free_loopback_addrs(5).unwrap();
+        let mut ports: Vec<_> = addrs.iter().map(|a| a.port()).collect();
+        ports.sort_unstable();
+        ports.dedup();
+        assert_eq!(ports.len(), 5);
+        assert!(addrs.iter().all(|a| a.ip().is_loopback()));
+    }
+
+    /// Redis, when installed: starts, answers PING, is killed (and reported so), comes back on
+    /// the same port, and stops cleanly on SIGTERM.
+    #[tokio::test]
+    async fn redis_starts_is_killed_and_restarts() {
+        let Some(binary) = find_on_path(REDIS_BINARY) else {
+            eprintln!("skipped: {REDIS_BINARY} is not on PATH");
+            return;
+        };
+        let addr = free_loopback_addrs(1).unwrap()[0];
+        let stop = Duration::from_secs(5);
+        let deadline = || Instant::now() + Duration::from_secs(20);
+        let mut redis = spawn_redis(&binary, addr, stop).unwrap();
+        wait_all_ready(vec![&mut redis], deadline()).await.unwrap();
+        assert!(redis_answers(addr).await);
+
+        redis.kill().await.unwrap();
+        assert!(!redis_answers(addr).await);
+        let exit = redis.wait_stopped().await.unwrap();
+        assert!(
+            exit.killed && exit.is_clean() && !exit.status.success(),
+            "{exit:?}"
+        );
+
+        let mut again = spawn_redis(&binary, addr, stop).unwrap();
+        wait_all_ready(vec![&mut again], deadline()).await.unwrap();
+        again.terminate();
+        let exit = again.wait_stopped().await.unwrap();
+        assert!(exit.status.success() && !exit.killed, "{exit:?}");
     }
 }

@@ -1,7 +1,8 @@
 //! `LocalStack` with child processes: its error paths with stand-in scripts (missing model or
 //! binary, a service that dies, one that never serves and is stopped), the `unclip-stages`
 //! command's refusals, and, when the service binaries have been built next to this test (as
-//! `cargo test --workspace` does), a real stack and a real `unclip-stages generate`.
+//! `cargo test --workspace` does), a real stack and a real `unclip-stages generate`, and a stack
+//! with replicas and Redis whose processes are killed and restarted.
 
 mod common;
 
@@ -12,8 +13,8 @@ use std::time::Duration;
 
 use common::{decode_png, karlo_tiny, require_ort};
 use unclip_stages::{
-    Error, LocalStack, LocalStackConfig, ServiceBinaries, Stage, StageClients, TextToImage,
-    text_to_image,
+    Error, LocalProcess, LocalStack, LocalStackConfig, ProcessExit, RedisMode, ServiceBinaries,
+    Stage, StageClients, TextToImage, text_to_image,
 };
 
 /// Writes an executable shell script `name` with `body` into `dir`.
@@ -30,6 +31,7 @@ fn config_of(binary: &Path) -> LocalStackConfig {
         clip: binary.to_path_buf(),
         prior: binary.to_path_buf(),
         decoder: binary.to_path_buf(),
+        gateway: binary.to_path_buf(),
     };
     LocalStackConfig {
         startup_timeout: Duration::from_millis(500),
@@ -195,8 +197,9 @@ async fn real_binaries_serve_and_stop() {
         .collect();
     assert_eq!(images[0].dimensions(), (generated.size, generated.size));
     drop(clients);
-    let statuses = stack.shutdown().await.unwrap();
-    assert!(statuses.iter().all(|s| s.success()), "{statuses:?}");
+    let exits = stack.shutdown().await.unwrap();
+    assert_eq!(exits.len(), 3, "{exits:?}");
+    assert!(exits.iter().all(|e| e.status.success()), "{exits:?}");
 
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("cube.png");
@@ -232,4 +235,88 @@ async fn real_binaries_serve_and_stop() {
         let png = std::fs::read(dir.path().join(format!("cube_{k}.png"))).unwrap();
         assert_eq!(&decode_png(&png), image, "image {k}");
     }
+}
+
+/// Replicas, Redis and the gateway's command line with the real stage binaries: a stand-in
+/// gateway that exits shows the flags it got (every replica URL, Redis, the extra args) in the
+/// error; without a gateway, a replica and Redis are killed, Redis restarts, and the shutdown
+/// reports the killed replica as clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_redis_and_gateway_flags() {
+    let Some(binaries) = built_binaries() else {
+        return;
+    };
+    require_ort();
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = script(dir.path(), "gateway", "echo \"gateway $*\"\nexit 3");
+    let config = LocalStackConfig {
+        intra_threads: Some(1),
+        replicas: "decoder=2".parse().unwrap(),
+        redis: RedisMode::IfInstalled,
+        gateway: true,
+        gateway_args: vec!["--extra".to_string()],
+        binaries: ServiceBinaries {
+            gateway,
+            ..binaries.clone()
+        },
+        ..LocalStackConfig::new(karlo_tiny(), binaries.clone())
+    };
+    let redis = which_redis();
+    let err = LocalStack::start(config.clone()).await.unwrap_err();
+    let Error::ProcessExited {
+        process: LocalProcess::Gateway,
+        output,
+        ..
+    } = &err
+    else {
+        panic!("{err:?}")
+    };
+    assert!(
+        output.contains("--decoder http://127.0.0.1:") && output.contains(",http://127.0.0.1:"),
+        "{output}"
+    );
+    assert!(output.contains("--listen 127.0.0.1:"), "{output}");
+    assert!(output.trim_end().ends_with("--extra"), "{output}");
+    assert_eq!(
+        output.contains("--redis-url redis://127.0.0.1:"),
+        redis,
+        "{output}"
+    );
+
+    let mut stack = LocalStack::start(LocalStackConfig {
+        gateway: false,
+        ..config
+    })
+    .await
+    .unwrap();
+    assert_eq!(stack.stage_urls(Stage::Decoder).len(), 2);
+    assert_eq!(stack.stage_urls(Stage::Clip), [stack.endpoints().clip]);
+    assert_eq!(stack.gateway_url(), None);
+    assert_eq!(stack.redis_url().is_some(), redis);
+    let err = stack.kill_replica(Stage::Decoder, 2).await.unwrap_err();
+    assert!(err.to_string().contains("no replica 2"), "{err}");
+    stack.kill_replica(Stage::Decoder, 1).await.unwrap();
+    if redis {
+        stack.kill_redis().await.unwrap();
+        stack.restart_redis().await.unwrap();
+    }
+    let exits = stack.shutdown().await.unwrap();
+    assert_eq!(exits.len(), 4 + usize::from(redis), "{exits:?}");
+    assert!(exits.iter().all(ProcessExit::is_clean), "{exits:?}");
+    let killed: Vec<_> = exits.iter().filter(|e| e.killed).collect();
+    assert_eq!(killed.len(), 1, "{exits:?}");
+    assert_eq!(
+        killed[0].process,
+        LocalProcess::Stage {
+            stage: Stage::Decoder,
+            replica: 1
+        }
+    );
+}
+
+/// Whether redis-server is on PATH (the stack then runs it with `RedisMode::IfInstalled`).
+fn which_redis() -> bool {
+    std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| dir.join("redis-server").is_file())
+    })
 }

@@ -1,0 +1,200 @@
+//! `unclip` end to end with the real service binaries and gateway on models/shapes, when they
+//! have been built next to this test (`cargo build -p unclip-clip -p unclip-prior
+//! -p unclip-decoder -p unclip-gateway`, or `cargo test --workspace`): `unclip stack` with two
+//! decoder replicas serves `generate` and `stats` and stops cleanly on SIGTERM; `--local` runs a
+//! text diff around one command.
+
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::time::{Duration, Instant};
+
+use unclip_stages::{ServiceBinaries, Stage};
+
+/// The shapes model, once its manifest exists.
+fn shapes() -> Option<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/shapes");
+    dir.join("manifest.json").is_file().then_some(dir)
+}
+
+/// The model, when it and every binary are there (else the test is skipped, saying why).
+fn ready() -> Option<PathBuf> {
+    let binaries = ServiceBinaries::next_to_current_exe().unwrap();
+    let mut missing: Vec<_> = Stage::ALL
+        .iter()
+        .map(|&s| binaries.get(s).to_path_buf())
+        .chain([binaries.gateway.clone()])
+        .filter(|p| !p.is_file())
+        .collect();
+    let model = shapes();
+    if model.is_none() {
+        missing.push("models/shapes/manifest.json".into());
+    }
+    if !missing.is_empty() {
+        eprintln!("skipped: not built or not there: {missing:?}");
+        return None;
+    }
+    assert!(
+        std::env::var_os("UNCLIP_ORT_LIBRARY").is_some(),
+        "UNCLIP_ORT_LIBRARY is not set: point it at libonnxruntime.so.1.N (N >= 31)"
+    );
+    model
+}
+
+/// `unclip` with the test environment's variables that would change its behaviour removed.
+fn unclip(dir: &Path) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_unclip"));
+    command
+        .current_dir(dir)
+        .env_remove("UNCLIP_LOCAL_MODEL")
+        .env_remove("UNCLIP_GATEWAY")
+        .env_remove("UNCLIP_MODEL")
+        .args(["--intra-threads", "1"]);
+    command
+}
+
+/// stdout, after checking that the command succeeded.
+fn succeeded(output: &Output) -> String {
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{:?}\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+/// Whether `path` holds a PNG.
+fn is_png(path: &Path) -> bool {
+    std::fs::read(path).is_ok_and(|bytes| bytes.starts_with(b"\x89PNG\r\n\x1a\n"))
+}
+
+/// `unclip stack` runs until SIGTERM; the listen-info file says where its gateway is, which
+/// serves `generate` and reports both decoder replicas.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stack_serves_until_sigterm() {
+    let Some(model) = ready() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let info = dir.path().join("listen.info");
+    let mut stack = unclip(dir.path())
+        .arg("stack")
+        .arg("--model")
+        .arg(&model)
+        .args(["--decoder-replicas", "2", "--quiet", "--listen-info"])
+        .arg(&info)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+
+    // Scripts wait for the file; so does this test.
+    let started = Instant::now();
+    while !info.is_file() {
+        if let Some(status) = stack.try_wait().unwrap() {
+            let output = stack.wait_with_output().await.unwrap();
+            panic!(
+                "unclip stack exited ({status}): {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        assert!(started.elapsed() < Duration::from_secs(180), "no {info:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let text = std::fs::read_to_string(&info).unwrap();
+    let gateway = text
+        .lines()
+        .find_map(|l| l.strip_prefix("gateway="))
+        .unwrap_or_else(|| panic!("{text}"))
+        .to_string();
+    assert!(gateway.starts_with("http://127.0.0.1:"), "{text}");
+    let decoders = text
+        .lines()
+        .find_map(|l| l.strip_prefix("decoder="))
+        .unwrap();
+    assert_eq!(decoders.split(',').count(), 2, "{text}");
+
+    let output = unclip(dir.path())
+        .args(["--gateway", &gateway, "generate", "a red circle", "-n", "2"])
+        .args(["--seed", "5", "--out", "circle.png"])
+        .output()
+        .await
+        .unwrap();
+    let stdout = succeeded(&output);
+    assert!(stdout.contains("circle-1.png"), "{stdout}");
+    assert!(stdout.contains("seed 5: 2 images in"), "{stdout}");
+    assert!(is_png(&dir.path().join("circle-0.png")));
+    assert!(is_png(&dir.path().join("circle-1.png")));
+
+    let output = unclip(dir.path())
+        .args(["--gateway", &gateway, "stats"])
+        .output()
+        .await
+        .unwrap();
+    let stdout = succeeded(&output);
+    assert_eq!(stdout.matches("\n  decoder ").count(), 2, "{stdout}");
+
+    // SIGTERM: everything stops, the file goes, the status is 0.
+    let pid = stack.id().unwrap() as i32;
+    // SAFETY: kill has no memory-safety preconditions; `pid` is our unreaped child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let output = tokio::time::timeout(Duration::from_secs(60), stack.wait_with_output())
+        .await
+        .expect("unclip stack did not stop after SIGTERM")
+        .unwrap();
+    let stdout = succeeded(&output);
+    assert!(stdout.contains(&format!("gateway {gateway}")), "{stdout}");
+    assert!(!info.exists());
+    let port = gateway.rsplit(':').next().unwrap();
+    assert!(
+        std::net::TcpStream::connect(format!("127.0.0.1:{port}")).is_err(),
+        "the gateway still listens"
+    );
+}
+
+/// `--local` starts the stack for one `diff` and stops it: frames and the animation are written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_runs_one_command() {
+    let Some(model) = ready() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let output = unclip(dir.path())
+        .arg("--local")
+        .arg(&model)
+        .args(["generate", "a red circle", "--seed", "1", "--out", "in.png"])
+        .output()
+        .await
+        .unwrap();
+    succeeded(&output);
+    let output = unclip(dir.path())
+        .arg("--local")
+        .arg(&model)
+        .args([
+            "--redis",
+            "diff",
+            "in.png",
+            "--from",
+            "a red circle",
+            "--to",
+        ])
+        .args([
+            "a blue square",
+            "--frames",
+            "2",
+            "--seed",
+            "3",
+            "--decoder-steps",
+            "5",
+        ])
+        .output()
+        .await
+        .unwrap();
+    let stdout = succeeded(&output);
+    assert!(stdout.contains("diff-1.png"), "{stdout}");
+    assert!(stdout.contains("theta 0.500"), "{stdout}");
+    assert!(is_png(&dir.path().join("diff-0.png")));
+    assert!(is_png(&dir.path().join("diff.apng")));
+}

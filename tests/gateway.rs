@@ -1,0 +1,603 @@
+//! The gateway end to end on the shapes model, across real processes on ephemeral ports: every
+//! capability, the streaming form, the embedding cache in a real redis-server (hits proven by
+//! stage call counts), bad input, and a Python grpcio client generated from `proto/`.
+
+use std::io::Cursor;
+
+use bytes::Bytes;
+use image::{Rgb, RgbImage, Rgba, RgbaImage};
+use tonic::Code;
+use tonic::transport::Channel;
+use unclip_e2e::{
+    StackOptions, calls, gateway, mean_abs_diff, png, python, requests, rgb, stack, stages_of,
+    stats,
+};
+use unclip_proto::v1::gateway_client::GatewayClient;
+use unclip_proto::v1::{
+    DecoderSettings, GenerateRequest, GetInfoRequest, ImagesResponse, InpaintRequest,
+    InterpolateRequest, TextDiffRequest, VariationMode, VaryRequest, images_event,
+};
+
+type Client = GatewayClient<Channel>;
+
+const RED_CIRCLE: &str = "a small red circle in the top left on a white background";
+const BLUE_SQUARE: &str = "a large blue square in the center on a black background";
+
+async fn generate(client: &mut Client, prompt: &str, num_images: u32, seed: u64) -> ImagesResponse {
+    client
+        .generate(GenerateRequest {
+            prompt: prompt.into(),
+            num_images: Some(num_images),
+            seed: Some(seed),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|s| panic!("Generate {prompt:?}: {s}"))
+        .into_inner()
+}
+
+/// The mean colour of a square region.
+fn mean_colour(image: &RgbImage, x0: u32, y0: u32, side: u32) -> [f64; 3] {
+    let mut sum = [0.0; 3];
+    for y in y0..y0 + side {
+        for x in x0..x0 + side {
+            for (c, s) in sum.iter_mut().enumerate() {
+                *s += f64::from(image.get_pixel(x, y)[c]);
+            }
+        }
+    }
+    sum.map(|s| s / f64::from(side * side))
+}
+
+/// Text to image, the cache, variations (fresh and anchored), interpolation, text diffs,
+/// inpainting and the streaming form, all on one stack with Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_capability() {
+    let stack = stack(StackOptions {
+        redis: true,
+        ..Default::default()
+    })
+    .await;
+    let mut client = gateway(&stack).await;
+    let info = client
+        .get_info(GetInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.cache_backend, "redis");
+    assert_eq!(info.model.as_ref().unwrap().model_id, "shapes");
+
+    // --- Text to image: two images, image k from seed + k, the model's output size.
+    let batch = generate(&mut client, BLUE_SQUARE, 2, 11).await;
+    assert_eq!(batch.size, 128);
+    assert_eq!(batch.seed, 11);
+    assert_eq!(
+        batch.images.iter().map(|i| i.seed).collect::<Vec<_>>(),
+        [11, 12]
+    );
+    assert_eq!(
+        stages_of(&batch),
+        [
+            "clip.encode_text",
+            "prior.sample",
+            "decoder.decode",
+            "decoder.upsample[0]",
+            "decoder.upsample[1]"
+        ]
+    );
+    let square = rgb(&batch.images[0].png);
+    assert_eq!(square.dimensions(), (128, 128));
+    // It draws what it is asked: a blue center on a black background.
+    let center = mean_colour(&square, 48, 48, 32);
+    let corner = mean_colour(&square, 0, 0, 12);
+    assert!(center[2] > center[0] + 60.0, "center {center:?}");
+    assert!(corner.iter().all(|&c| c < 60.0), "corner {corner:?}");
+    // Image 1 of the batch is the image generated alone with seed 12.
+    let alone = generate(&mut client, BLUE_SQUARE, 1, 12).await;
+    let diff = mean_abs_diff(&rgb(&alone.images[0].png), &rgb(&batch.images[1].png));
+    assert!(diff < 1.0, "image 1 alone vs in the batch: {diff}");
+
+    // --- The cache: the same prompt and seed again skips CLIP and the prior entirely.
+    let before = stats(&mut client).await;
+    let again = generate(&mut client, BLUE_SQUARE, 2, 11).await;
+    let after = stats(&mut client).await;
+    assert_eq!(calls(&after, "clip"), calls(&before, "clip"));
+    assert_eq!(calls(&after, "prior"), calls(&before, "prior"));
+    assert_eq!(calls(&after, "decoder"), calls(&before, "decoder") + 3);
+    assert!(after.cache_hits >= before.cache_hits + 3, "{after:?}");
+    assert!(after.cache_healthy);
+    assert_eq!(
+        stages_of(&again)[..2],
+        ["clip.encode_text (cached)", "prior.sample (cached)"]
+    );
+    assert_eq!(again.images[0].png, batch.images[0].png);
+    // Another seed reuses the text encoding only.
+    let before = stats(&mut client).await;
+    generate(&mut client, BLUE_SQUARE, 1, 99).await;
+    let after = stats(&mut client).await;
+    assert_eq!(calls(&after, "clip"), calls(&before, "clip"));
+    assert_eq!(calls(&after, "prior"), calls(&before, "prior") + 1);
+
+    // --- Variations of a red circle.
+    let circle = generate(&mut client, RED_CIRCLE, 1, 1).await.images[0]
+        .png
+        .clone();
+    let vary = |mode: VariationMode, eta: Option<f32>, seed: u64| VaryRequest {
+        image: circle.clone(),
+        num_images: Some(2),
+        seed: Some(seed),
+        mode: mode as i32,
+        eta,
+        ..Default::default()
+    };
+    let fresh = client
+        .vary(vary(VariationMode::Fresh, None, 3))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(fresh.images.len(), 2);
+    assert_eq!(stages_of(&fresh)[0], "clip.encode_image");
+    let (a, b) = (rgb(&fresh.images[0].png), rgb(&fresh.images[1].png));
+    assert!(
+        mean_abs_diff(&a, &b) > 0.5,
+        "two variations are different images"
+    );
+    // Red stays red: the embedding carries the colour.
+    let reddest = a.pixels().map(|p| i32::from(p[0]) - i32::from(p[2])).max();
+    assert!(reddest.unwrap() > 100, "no red in the variation");
+
+    // Anchored: the image's own inverted noise; η = 0 reconstructs it, η = 1 moves away.
+    let exact = client
+        .vary(vary(VariationMode::Anchored, Some(0.0), 3))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        stages_of(&exact)[..3],
+        [
+            "clip.encode_image (cached)",
+            "decoder.invert",
+            "decoder.decode"
+        ]
+    );
+    let original = rgb(&circle);
+    let reconstruction = mean_abs_diff(&rgb(&exact.images[0].png), &original);
+    let loose = client
+        .vary(vary(VariationMode::Anchored, Some(1.0), 3))
+        .await
+        .unwrap()
+        .into_inner();
+    let varied = mean_abs_diff(&rgb(&loose.images[0].png), &original);
+    println!(
+        "anchored variation, mean |Δ| from the input: η=0 {reconstruction:.2}, η=1 {varied:.2}"
+    );
+    assert!(reconstruction < 6.0, "η = 0 reconstructs: {reconstruction}");
+    assert!(varied > reconstruction, "η = 1 varies more: {varied}");
+
+    // --- Interpolation: frames at θ = 0, 0.5, 1, all from one noise.
+    let square_png = batch.images[0].png.clone();
+    let interp = client
+        .interpolate(InterpolateRequest {
+            image_a: circle.clone(),
+            image_b: square_png.clone(),
+            frames: Some(3),
+            seed: Some(5),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let thetas: Vec<f32> = interp.images.iter().map(|i| i.theta).collect();
+    assert_eq!(thetas, [0.0, 0.5, 1.0]);
+    assert!(interp.images.iter().all(|i| i.seed == 5));
+    let (first, last) = (rgb(&interp.images[0].png), rgb(&interp.images[2].png));
+    // The ends look like their images: red on white, blue on black.
+    assert!(mean_colour(&first, 0, 100, 20)[0] > 150.0);
+    assert!(mean_colour(&last, 0, 100, 20)[0] < 100.0);
+
+    // --- Text diff: red circle → blue circle; θ = 0 reconstructs, an APNG of every frame.
+    let diff = client
+        .text_diff(TextDiffRequest {
+            image: circle.clone(),
+            source_caption: RED_CIRCLE.into(),
+            target_caption: "a small blue circle in the top left on a white background".into(),
+            frames: Some(3),
+            max_theta: Some(0.5),
+            seed: Some(5),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let thetas: Vec<f32> = diff.images.iter().map(|i| i.theta).collect();
+    assert_eq!(thetas, [0.0, 0.25, 0.5]);
+    let zero = mean_abs_diff(&rgb(&diff.images[0].png), &original);
+    println!("text diff θ = 0, mean |Δ| from the input: {zero:.2}");
+    assert!(zero < 6.0, "θ = 0 reconstructs the image: {zero}");
+    assert_eq!(diff.animation_mime_type, "image/apng");
+    let reader = png::Decoder::new(Cursor::new(diff.animation.to_vec()))
+        .read_info()
+        .unwrap();
+    assert_eq!(reader.info().animation_control().unwrap().num_frames, 3);
+    assert!(stages_of(&diff).contains(&"decoder.invert".to_string()));
+
+    // --- Inpainting: regenerate the right half; the left half comes back exactly.
+    let mask = RgbaImage::from_fn(128, 128, |x, _| {
+        Rgba([0, 0, 0, if x >= 64 { 0 } else { 255 }])
+    });
+    let inpainted = client
+        .inpaint(InpaintRequest {
+            image: circle.clone(),
+            mask: png_rgba(&mask),
+            prompt: "a large green triangle in the center on a white background".into(),
+            seed: Some(4),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let out = rgb(&inpainted.images[0].png);
+    for y in 0..128 {
+        for x in 0..64 {
+            assert_eq!(out.get_pixel(x, y), original.get_pixel(x, y), "({x}, {y})");
+        }
+    }
+
+    // --- Streaming: progress per stage call, a preview after the decoder, then the result,
+    // which equals the unary result for the same request.
+    let mut stream = client
+        .generate_stream(GenerateRequest {
+            prompt: BLUE_SQUARE.into(),
+            seed: Some(11),
+            previews: true,
+            decoder: Some(DecoderSettings::default()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut progress = Vec::new();
+    let mut previews = Vec::new();
+    let mut result = None;
+    while let Some(event) = stream.message().await.unwrap() {
+        assert!(result.is_none(), "nothing follows the result");
+        match event.event.unwrap() {
+            images_event::Event::Progress(p) => progress.push(p),
+            images_event::Event::Preview(p) => previews.push(p),
+            images_event::Event::Result(r) => result = Some(r),
+        }
+    }
+    let result = result.expect("a result event");
+    assert_eq!(result.images[0].png, batch.images[0].png);
+    let last = progress.last().unwrap();
+    assert_eq!((last.calls_done, last.calls_total), (5, 5));
+    assert!(
+        progress
+            .windows(2)
+            .all(|w| w[0].calls_done <= w[1].calls_done)
+    );
+    assert!(
+        progress
+            .iter()
+            .any(|p| p.stage == "decoder" && p.total == 25)
+    );
+    assert_eq!(previews[0].stage, "decoder");
+    assert_eq!(previews[0].size, 32);
+    assert_eq!(rgb(&previews[0].images[0].png).dimensions(), (32, 32));
+
+    let counts = stats(&mut client).await;
+    assert!(requests(&counts, "generate ok") >= 6);
+    stack.shutdown().await.unwrap();
+}
+
+/// Encodes RGBA as PNG.
+fn png_rgba(image: &RgbaImage) -> Bytes {
+    let mut out = Cursor::new(Vec::new());
+    image.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner().into()
+}
+
+/// Every kind of bad input gets INVALID_ARGUMENT naming its field, and the stack stays healthy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_by_field() {
+    let stack = stack(StackOptions::default()).await;
+    let mut client = gateway(&stack).await;
+    let image = png(&RgbImage::from_pixel(64, 64, Rgb([200, 30, 30])));
+    let ok = || GenerateRequest {
+        prompt: RED_CIRCLE.into(),
+        seed: Some(1),
+        ..Default::default()
+    };
+    let generate_cases: Vec<(&str, GenerateRequest)> = vec![
+        (
+            "prompt",
+            GenerateRequest {
+                prompt: String::new(),
+                ..ok()
+            },
+        ),
+        (
+            "prompt",
+            GenerateRequest {
+                prompt: "   ".into(),
+                ..ok()
+            },
+        ),
+        (
+            "prompt",
+            GenerateRequest {
+                prompt: "a".repeat(1001),
+                ..ok()
+            },
+        ),
+        (
+            "num_images",
+            GenerateRequest {
+                num_images: Some(0),
+                ..ok()
+            },
+        ),
+        (
+            "num_images",
+            GenerateRequest {
+                num_images: Some(1000),
+                ..ok()
+            },
+        ),
+        (
+            "prior_guidance_scale",
+            GenerateRequest {
+                prior_guidance_scale: Some(f32::NAN),
+                ..ok()
+            },
+        ),
+        (
+            "prior_steps",
+            GenerateRequest {
+                prior_steps: Some(1),
+                ..ok()
+            },
+        ),
+        (
+            "best_of",
+            GenerateRequest {
+                best_of: Some(1000),
+                ..ok()
+            },
+        ),
+        (
+            "decoder.decoder_guidance_scale",
+            GenerateRequest {
+                decoder: Some(DecoderSettings {
+                    decoder_guidance_scale: Some(f32::INFINITY),
+                    ..Default::default()
+                }),
+                ..ok()
+            },
+        ),
+        (
+            "decoder.upsampler_steps",
+            GenerateRequest {
+                decoder: Some(DecoderSettings {
+                    upsampler_steps: Some(5000),
+                    ..Default::default()
+                }),
+                ..ok()
+            },
+        ),
+    ];
+    for (field, request) in generate_cases {
+        let status = client.generate(request).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{field}: {status:?}");
+        assert!(
+            status.message().starts_with(&format!("{field}: ")),
+            "{field}: {}",
+            status.message()
+        );
+    }
+    let check = |field: &str, status: tonic::Status| {
+        assert_eq!(status.code(), Code::InvalidArgument, "{field}: {status:?}");
+        assert!(
+            status.message().starts_with(&format!("{field}: ")),
+            "{field}: {}",
+            status.message()
+        );
+    };
+    let not_an_image = Bytes::from_static(b"GIF89a is not accepted, and neither is text");
+    check(
+        "image",
+        client
+            .vary(VaryRequest {
+                image: not_an_image.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err(),
+    );
+    check(
+        "eta",
+        client
+            .vary(VaryRequest {
+                image: image.clone(),
+                eta: Some(0.5),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err(),
+    );
+    check(
+        "eta",
+        client
+            .vary(VaryRequest {
+                image: image.clone(),
+                mode: VariationMode::Anchored as i32,
+                eta: Some(2.0),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err(),
+    );
+    check(
+        "image_b",
+        client
+            .interpolate(InterpolateRequest {
+                image_a: image.clone(),
+                image_b: Bytes::new(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err(),
+    );
+    check(
+        "frames",
+        client
+            .interpolate(InterpolateRequest {
+                image_a: image.clone(),
+                image_b: image.clone(),
+                frames: Some(1),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err(),
+    );
+    let diff = || TextDiffRequest {
+        image: image.clone(),
+        source_caption: RED_CIRCLE.into(),
+        target_caption: BLUE_SQUARE.into(),
+        ..Default::default()
+    };
+    for (field, request) in [
+        (
+            "max_theta",
+            TextDiffRequest {
+                max_theta: Some(1.5),
+                ..diff()
+            },
+        ),
+        (
+            "max_theta",
+            TextDiffRequest {
+                max_theta: Some(-0.1),
+                ..diff()
+            },
+        ),
+        (
+            "max_theta",
+            TextDiffRequest {
+                max_theta: Some(f32::NAN),
+                ..diff()
+            },
+        ),
+        (
+            "target_caption",
+            TextDiffRequest {
+                target_caption: RED_CIRCLE.into(),
+                ..diff()
+            },
+        ),
+        (
+            "source_caption",
+            TextDiffRequest {
+                source_caption: String::new(),
+                ..diff()
+            },
+        ),
+        (
+            "frame_delay_ms",
+            TextDiffRequest {
+                frame_delay_ms: Some(0),
+                ..diff()
+            },
+        ),
+    ] {
+        check(field, client.text_diff(request).await.unwrap_err());
+    }
+    let mask_of = |w: u32, h: u32| png(&RgbImage::from_pixel(w, h, Rgb([255, 255, 255])));
+    let inpaint = || InpaintRequest {
+        image: image.clone(),
+        mask: mask_of(64, 64),
+        prompt: RED_CIRCLE.into(),
+        ..Default::default()
+    };
+    for (field, request) in [
+        (
+            "mask",
+            InpaintRequest {
+                mask: mask_of(32, 64),
+                ..inpaint()
+            },
+        ),
+        (
+            "mask",
+            InpaintRequest {
+                mask: not_an_image.clone(),
+                ..inpaint()
+            },
+        ),
+        (
+            "mask",
+            InpaintRequest {
+                mask: png(&RgbImage::new(64, 64)),
+                ..inpaint()
+            },
+        ),
+        (
+            "image",
+            InpaintRequest {
+                image: not_an_image.clone(),
+                ..inpaint()
+            },
+        ),
+        (
+            "prompt",
+            InpaintRequest {
+                prompt: String::new(),
+                ..inpaint()
+            },
+        ),
+    ] {
+        check(field, client.inpaint(request).await.unwrap_err());
+    }
+    // The streaming form refuses the same way (as its only event).
+    let mut stream = client
+        .generate_stream(GenerateRequest {
+            num_images: Some(0),
+            ..ok()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    check("num_images", stream.message().await.unwrap_err());
+
+    // Still healthy: a good request works and nothing reached the stages' error paths.
+    let response = client.generate(ok()).await.unwrap().into_inner();
+    assert_eq!(response.images.len(), 1);
+    let counts = stats(&mut client).await;
+    assert!(
+        counts.replicas.iter().all(|r| r.failures == 0),
+        "{counts:?}"
+    );
+    assert!(requests(&counts, "generate invalid_argument") >= 10);
+    stack.shutdown().await.unwrap();
+}
+
+/// A Python client, generated from `proto/` with grpcio-tools at run time, calls GetInfo,
+/// Generate and GenerateStream and gets INVALID_ARGUMENT for num_images 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_grpcio_client() {
+    let stack = stack(StackOptions::default()).await;
+    let url = stack.gateway_url().unwrap();
+    let address = url.trim_start_matches("http://").to_string();
+    let output = tokio::process::Command::new(python())
+        .arg(unclip_e2e::root().join("tests/python/gateway_client.py"))
+        .args(["--gateway", &address])
+        .output()
+        .await
+        .expect("running the Python client");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("{stdout}{stderr}");
+    assert!(output.status.success(), "the Python client failed");
+    assert!(stdout.contains("python client: all checks passed"));
+    stack.shutdown().await.unwrap();
+}
