@@ -173,7 +173,8 @@ impl DecoderModel {
             .map_err(sampling::internal)?;
         let stepper = Stepper::new(self.repo.manifest().schedulers.upsampler, job.sampler)?;
         let timesteps = stepper.timesteps(job.steps as usize)?;
-        let mut noise = SeededNoise::from_seeds(&job.seeds, NoiseStage::Upsampler(job.stage as u32));
+        let mut noise =
+            SeededNoise::from_seeds(&job.seeds, NoiseStage::Upsampler(job.stage as u32));
         let settings = LoopSettings {
             stepper: &stepper,
             timesteps: &timesteps,
@@ -287,7 +288,6 @@ impl DecoderModel {
         Ok(())
     }
 }
-
 
 /// The response's PNGs and/or tensor for `images` `[N, 3, S, S]`.
 fn respond(

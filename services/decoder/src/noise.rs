@@ -97,10 +97,7 @@ mod tests {
     fn listed_seeds() {
         let mut base = SeededNoise::new(10, 2, NoiseStage::Decoder);
         let mut listed = SeededNoise::from_seeds(&[10, 11], NoiseStage::Decoder);
-        assert_eq!(
-            base.next(&[2, 3]).unwrap(),
-            listed.next(&[2, 3]).unwrap()
-        );
+        assert_eq!(base.next(&[2, 3]).unwrap(), listed.next(&[2, 3]).unwrap());
         let mut same = SeededNoise::from_seeds(&[5, 5], NoiseStage::Decoder);
         let draw = same.next(&[2, 4]).unwrap();
         assert_eq!(draw.index_axis(Axis(0), 0), draw.index_axis(Axis(0), 1));

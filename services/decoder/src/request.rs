@@ -455,10 +455,7 @@ fn seeds(seed: u64, explicit: &[u64], n: usize) -> Result<Vec<u64>, ServiceError
     if explicit.len() != n {
         return Err(ServiceError::invalid(
             "seeds",
-            format!(
-                "must list one seed per image ({n}), got {}",
-                explicit.len()
-            ),
+            format!("must list one seed per image ({n}), got {}", explicit.len()),
         ));
     }
     if seed != 0 {

@@ -284,7 +284,11 @@ async fn listed_seeds_share_noise() {
     let alone = samples(&decode(&mut client, request(&one, 21, vec![])).await.samples);
     assert!(max_abs_diff(&alone, &a) <= 1e-3);
     // The base-seed form of two images differs in its second row.
-    let base = samples(&decode(&mut client, request(&twice, 21, vec![])).await.samples);
+    let base = samples(
+        &decode(&mut client, request(&twice, 21, vec![]))
+            .await
+            .samples,
+    );
     let second = base.slice_axis(Axis(0), (1..2).into()).to_owned();
     assert!(max_abs_diff(&second, &b) > 1e-2);
 
@@ -305,7 +309,11 @@ async fn listed_seeds_share_noise() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
-    assert!(status.message().starts_with("seeds"), "{}", status.message());
+    assert!(
+        status.message().starts_with("seeds"),
+        "{}",
+        status.message()
+    );
     server.stop().await.unwrap();
 }
 
