@@ -61,7 +61,7 @@ pub fn binaries() -> ServiceBinaries {
 }
 
 /// How a test's stack is set up.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct StackOptions {
     /// Processes per stage.
     pub replicas: StageReplicas,
@@ -69,16 +69,6 @@ pub struct StackOptions {
     pub redis: bool,
     /// Extra gateway flags.
     pub gateway_args: Vec<String>,
-}
-
-impl Default for StackOptions {
-    fn default() -> Self {
-        Self {
-            replicas: StageReplicas::default(),
-            redis: false,
-            gateway_args: Vec::new(),
-        }
-    }
 }
 
 /// The shapes model served by real processes: the stages, the gateway and, when asked, Redis.
