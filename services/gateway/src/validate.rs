@@ -83,6 +83,38 @@ pub fn unit(field: &str, value: Option<f32>, default: f32) -> Result<f32> {
     Ok(value)
 }
 
+/// Resolved prior settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PriorSettings {
+    /// Denoising steps.
+    pub steps: u32,
+    /// Guidance scale.
+    pub guidance: f32,
+}
+
+/// The prior's steps (`prior_steps`) and guidance (`prior_guidance_scale`) with the model's
+/// defaults.
+pub fn prior(
+    steps_field: Option<u32>,
+    guidance_field: Option<f32>,
+    prior: &ModelInfo,
+) -> Result<PriorSettings> {
+    let defaults = prior.defaults.unwrap_or_default();
+    Ok(PriorSettings {
+        steps: steps("prior_steps", steps_field, defaults.prior_steps, prior)?,
+        guidance: guidance(
+            "prior_guidance_scale",
+            guidance_field,
+            defaults.prior_guidance_scale,
+        )?,
+    })
+}
+
+/// The seeds of `n` images from `seed`: seed + k.
+pub fn seeds(seed: u64, n: u32) -> Vec<u64> {
+    (0..u64::from(n)).map(|k| seed.wrapping_add(k)).collect()
+}
+
 /// The decoder and upsampler settings of `settings` (field `field`), with the model's defaults,
 /// or `guidance_default` for the decoder's guidance when given.
 pub fn cascade(

@@ -1,6 +1,6 @@
 //! Text to image: the prompt's CLIP encoding → prior samples → decoder → every upsampler stage.
 
-use unclip_proto::v1::{GenerateRequest, ImagesResponse, Sampler};
+use unclip_proto::v1::{GenerateRequest, ImagesResponse};
 
 use crate::error::Result;
 use crate::pipeline::{CascadeJob, PriorJob, Run};
@@ -17,20 +17,14 @@ pub async fn generate(mut run: Run<'_>, request: GenerateRequest) -> Result<Imag
         limits.max_prompt_chars,
     )?;
     let n = validate::count("num_images", request.num_images, 1, 1, limits.max_images)?;
-    let prior_info = &gw.infos.prior;
-    let defaults = prior_info.defaults.unwrap_or_default();
-    let prior_steps = validate::steps(
-        "prior_steps",
+    let prior = validate::prior(
         request.prior_steps,
-        defaults.prior_steps,
-        prior_info,
-    )?;
-    let prior_guidance = validate::guidance(
-        "prior_guidance_scale",
         request.prior_guidance_scale,
-        defaults.prior_guidance_scale,
+        &gw.infos.prior,
     )?;
-    let max_best_of = prior_info
+    let max_best_of = gw
+        .infos
+        .prior
         .limits
         .as_ref()
         .map_or(1, |l| l.max_best_of.max(1));
@@ -54,23 +48,15 @@ pub async fn generate(mut run: Run<'_>, request: GenerateRequest) -> Result<Imag
             negative: negative_text.as_ref(),
             n,
             seed,
-            steps: prior_steps,
-            guidance: prior_guidance,
+            steps: prior.steps,
+            guidance: prior.guidance,
             best_of,
         })
         .await?;
-    let seeds = (0..u64::from(n)).map(|k| seed.wrapping_add(k)).collect();
     let (pngs, seeds) = run
         .cascade(CascadeJob {
-            image_embeds,
             text: Some(text),
-            per_embedding: 1,
-            seeds,
-            sampler: Sampler::Unclip,
-            eta: 0.0,
-            init_noise: None,
-            inpaint: None,
-            settings,
+            ..CascadeJob::new(image_embeds, validate::seeds(seed, n), settings)
         })
         .await?;
     Ok(run.respond(pngs, seeds, None, seed))

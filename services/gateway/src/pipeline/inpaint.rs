@@ -3,7 +3,7 @@
 //! kept pixels after every step, so the last stage returns kept pixels exactly as uploaded (at
 //! the output size). Smaller stages keep a pixel only when everything it covers is kept.
 
-use unclip_proto::v1::{ImagesResponse, InpaintRequest, Sampler};
+use unclip_proto::v1::{ImagesResponse, InpaintRequest};
 
 use crate::error::Result;
 use crate::images::{self, KeepMask};
@@ -21,18 +21,10 @@ pub async fn inpaint(mut run: Run<'_>, request: InpaintRequest) -> Result<Images
     let known = images::square_rgb(&image, side);
     let prompt = validate::prompt("prompt", &request.prompt, limits.max_prompt_chars)?;
     let n = validate::count("num_images", request.num_images, 1, 1, limits.max_images)?;
-    let prior_info = &gw.infos.prior;
-    let defaults = prior_info.defaults.unwrap_or_default();
-    let prior_steps = validate::steps(
-        "prior_steps",
+    let prior = validate::prior(
         request.prior_steps,
-        defaults.prior_steps,
-        prior_info,
-    )?;
-    let prior_guidance = validate::guidance(
-        "prior_guidance_scale",
         request.prior_guidance_scale,
-        defaults.prior_guidance_scale,
+        &gw.infos.prior,
     )?;
     let settings = validate::cascade("decoder", request.decoder.as_ref(), &gw.infos.decoder, None)?;
     let seed = validate::seed(request.seed);
@@ -47,23 +39,16 @@ pub async fn inpaint(mut run: Run<'_>, request: InpaintRequest) -> Result<Images
             negative: None,
             n,
             seed,
-            steps: prior_steps,
-            guidance: prior_guidance,
+            steps: prior.steps,
+            guidance: prior.guidance,
             best_of: 0,
         })
         .await?;
-    let seeds = (0..u64::from(n)).map(|k| seed.wrapping_add(k)).collect();
     let (pngs, seeds) = run
         .cascade(CascadeJob {
-            image_embeds,
             text: Some(text),
-            per_embedding: 1,
-            seeds,
-            sampler: Sampler::Unclip,
-            eta: 0.0,
-            init_noise: None,
             inpaint: Some((known, keep)),
-            settings,
+            ..CascadeJob::new(image_embeds, validate::seeds(seed, n), settings)
         })
         .await?;
     Ok(run.respond(pngs, seeds, None, seed))

@@ -3,7 +3,7 @@
 //! decoder batch.
 
 use ndarray::{Array2, Axis};
-use unclip_proto::v1::{ImagesResponse, InterpolateRequest, Sampler, Tensor};
+use unclip_proto::v1::{ImagesResponse, InterpolateRequest, Tensor};
 use unclip_sampler::slerp::slerp;
 
 use crate::error::{Error, Result};
@@ -44,17 +44,11 @@ pub async fn interpolate(mut run: Run<'_>, request: InterpolateRequest) -> Resul
         .collect();
     let embeds = slerp_rows(&a, &b, &thetas)?;
     let (pngs, seeds) = run
-        .cascade(CascadeJob {
-            image_embeds: Tensor::from_array(&embeds),
-            text: None,
-            per_embedding: 1,
-            seeds: vec![seed; frames as usize],
-            sampler: Sampler::Unclip,
-            eta: 0.0,
-            init_noise: None,
-            inpaint: None,
+        .cascade(CascadeJob::new(
+            Tensor::from_array(&embeds),
+            vec![seed; frames as usize],
             settings,
-        })
+        ))
         .await?;
     Ok(run.respond(pngs, seeds, Some(thetas), seed))
 }

@@ -108,6 +108,24 @@ pub struct CascadeJob {
     pub settings: CascadeSettings,
 }
 
+impl CascadeJob {
+    /// `image_embeds` decoded one image per embedding with the unCLIP sampler from `seeds`,
+    /// conditioned on "", no initial noise, no inpainting.
+    pub fn new(image_embeds: Tensor, seeds: Vec<u64>, settings: CascadeSettings) -> Self {
+        Self {
+            image_embeds,
+            text: None,
+            per_embedding: 1,
+            seeds,
+            sampler: Sampler::Unclip,
+            eta: 0.0,
+            init_noise: None,
+            inpaint: None,
+            settings,
+        }
+    }
+}
+
 /// The names of the stages in progress events and timings.
 pub const CLIP: &str = "clip";
 

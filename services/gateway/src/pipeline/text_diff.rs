@@ -115,15 +115,13 @@ pub async fn text_diff(mut run: Run<'_>, request: TextDiffRequest) -> Result<Ima
     .await?;
     let (pngs, seeds) = run
         .cascade(CascadeJob {
-            image_embeds: Tensor::from_array(&embeds),
-            text: None,
-            per_embedding: 1,
-            seeds: vec![seed; frames as usize],
             sampler: Sampler::Ddim,
-            eta: 0.0,
             init_noise: Some(repeat_rows("decoder.Invert", &noise, frames as usize)?),
-            inpaint: None,
-            settings,
+            ..CascadeJob::new(
+                Tensor::from_array(&embeds),
+                vec![seed; frames as usize],
+                settings,
+            )
         })
         .await?;
     let animation = images::animated_png(&pngs, delay)?;
