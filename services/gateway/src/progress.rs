@@ -57,7 +57,7 @@ impl Reporter {
 
     /// A stage call of `total` units finished (or was served from the cache).
     pub async fn finished(&mut self, stage: &str, total: u32) {
-        self.done = (self.done + 1).min(self.total.max(self.done + 1));
+        self.done += 1;
         let event = self.progress(stage, total, total);
         self.send(event).await;
     }

@@ -24,7 +24,8 @@ DEFAULTS = {
     "prior_steps": 25,
     "decoder_steps": 25,
     "upsampler_steps": 7,
-    "prior_guidance_scale": 4.0,
+    # Karlo uses 4; this prior overshoots above ~4 (8 collapses it), 2-3 is best (docs/shapes-model.md).
+    "prior_guidance_scale": 3.0,
     "decoder_guidance_scale": 8.0,
 }
 
@@ -122,7 +123,7 @@ def build(work: Path, out: Path, defaults: dict[str, Any] | None = None, partial
         for g in graphs:
             export_graph(g, out, fp16=False, scratch=Path(scratch))
             print(f"exported {g.file}")
-    build_tokenizer().save(str(out / "tokenizer.json"))
+    build_tokenizer().save(str(out / "tokenizer.json"), pretty=False)  # compact: 1.7 MB instead of 3.6
 
     # Small tensors that live outside the graphs.
     stats = np.load(work / "prior_stats.npy")

@@ -40,7 +40,7 @@ CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
 CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
 
 # Steps per phase, sized for ~80 minutes on the project's 2-core machine.
-DEFAULT_STEPS = {"clip": 1500, "prior": 3000, "decoder": 6000, "upsampler0": 3000, "upsampler1": 3000, "classifier": 800}
+DEFAULT_STEPS = {"clip": 1500, "prior": 5000, "decoder": 6000, "upsampler0": 3000, "upsampler1": 3000, "classifier": 800}
 BATCH = {"clip": 128, "prior": 64, "decoder": 64, "upsampler0": 32, "upsampler1": 32, "classifier": 64}
 LR = {"clip": 1e-3, "prior": 4e-4, "decoder": 5e-4, "upsampler0": 5e-4, "upsampler1": 5e-4, "classifier": 2e-3}
 N_IMAGES = 30000
