@@ -9,6 +9,9 @@ use unclip_e2e::{StackOptions, calls, gateway, karlo_tiny, requests, stack, stat
 use unclip_proto::v1::{DecoderSettings, GenerateRequest, images_event};
 use unclip_stages::{Stage, StageReplicas};
 
+/// The prompt the tests repeat to hit the cache.
+const RED_CIRCLE: &str = "a small red circle in the center on a white background";
+
 fn request(prompt: &str, seed: u64) -> GenerateRequest {
     GenerateRequest {
         prompt: prompt.into(),
@@ -43,13 +46,7 @@ async fn redis_outage_never_fails_a_request() {
     })
     .await;
     let mut client = gateway(&stack).await;
-    client
-        .generate(request(
-            "a small red circle in the center on a white background",
-            1,
-        ))
-        .await
-        .unwrap();
+    client.generate(request(RED_CIRCLE, 1)).await.unwrap();
     assert!(stats(&mut client).await.cache_healthy);
 
     // One request in flight while Redis is killed, then more while it is down.
@@ -75,13 +72,7 @@ async fn redis_outage_never_fails_a_request() {
         client.generate(request(&prompt, seed)).await.unwrap();
     }
     // A repeated prompt still works (from the stages now).
-    client
-        .generate(request(
-            "a small red circle in the center on a white background",
-            1,
-        ))
-        .await
-        .unwrap();
+    client.generate(request(RED_CIRCLE, 1)).await.unwrap();
     let down = stats(&mut client).await;
     assert!(down.cache_errors > 0, "{down:?}");
     assert!(!down.cache_healthy);
@@ -90,21 +81,9 @@ async fn redis_outage_never_fails_a_request() {
     // Back: after the retry window the cache answers again.
     stack.restart_redis().await.unwrap();
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    client
-        .generate(request(
-            "a small red circle in the center on a white background",
-            7,
-        ))
-        .await
-        .unwrap();
+    client.generate(request(RED_CIRCLE, 7)).await.unwrap();
     let before = stats(&mut client).await;
-    client
-        .generate(request(
-            "a small red circle in the center on a white background",
-            7,
-        ))
-        .await
-        .unwrap();
+    client.generate(request(RED_CIRCLE, 7)).await.unwrap();
     let after = stats(&mut client).await;
     assert!(after.cache_healthy, "{after:?}");
     assert_eq!(
@@ -258,7 +237,7 @@ async fn deadlines_and_cancellation_stop_stage_work() {
             ..Default::default()
         }),
         prior_steps: Some(2),
-        ..request("a small red circle in the center on a white background", 4)
+        ..request(RED_CIRCLE, 4)
     };
     client.generate(quick).await.unwrap();
     stack.shutdown().await.unwrap();

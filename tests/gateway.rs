@@ -228,7 +228,7 @@ async fn every_capability() {
     let inpainted = client
         .inpaint(InpaintRequest {
             image: circle.clone(),
-            mask: png_rgba(&mask),
+            mask: png(&mask),
             prompt: "a large green triangle in the center on a white background".into(),
             seed: Some(4),
             ..Default::default()
@@ -290,11 +290,14 @@ async fn every_capability() {
     stack.shutdown().await.unwrap();
 }
 
-/// Encodes RGBA as PNG.
-fn png_rgba(image: &RgbaImage) -> Bytes {
-    let mut out = Cursor::new(Vec::new());
-    image.write_to(&mut out, image::ImageFormat::Png).unwrap();
-    out.into_inner().into()
+/// Asserts that `status` is INVALID_ARGUMENT with a message that starts with `field`.
+fn check(field: &str, status: tonic::Status) {
+    assert_eq!(status.code(), Code::InvalidArgument, "{field}: {status:?}");
+    assert!(
+        status.message().starts_with(&format!("{field}: ")),
+        "{field}: {}",
+        status.message()
+    );
 }
 
 /// Every kind of bad input gets INVALID_ARGUMENT naming its field, and the stack stays healthy.
@@ -387,79 +390,62 @@ async fn bad_input_is_refused_by_field() {
         ),
     ];
     for (field, request) in generate_cases {
-        let status = client.generate(request).await.unwrap_err();
-        assert_eq!(status.code(), Code::InvalidArgument, "{field}: {status:?}");
-        assert!(
-            status.message().starts_with(&format!("{field}: ")),
-            "{field}: {}",
-            status.message()
-        );
+        check(field, client.generate(request).await.unwrap_err());
     }
-    let check = |field: &str, status: tonic::Status| {
-        assert_eq!(status.code(), Code::InvalidArgument, "{field}: {status:?}");
-        assert!(
-            status.message().starts_with(&format!("{field}: ")),
-            "{field}: {}",
-            status.message()
-        );
-    };
     let not_an_image = Bytes::from_static(b"GIF89a is not accepted, and neither is text");
-    check(
-        "image",
-        client
-            .vary(VaryRequest {
+    let vary = || VaryRequest {
+        image: image.clone(),
+        ..Default::default()
+    };
+    for (field, request) in [
+        (
+            "image",
+            VaryRequest {
                 image: not_an_image.clone(),
-                ..Default::default()
-            })
-            .await
-            .unwrap_err(),
-    );
-    check(
-        "eta",
-        client
-            .vary(VaryRequest {
-                image: image.clone(),
+                ..vary()
+            },
+        ),
+        (
+            "eta",
+            VaryRequest {
                 eta: Some(0.5),
-                ..Default::default()
-            })
-            .await
-            .unwrap_err(),
-    );
-    check(
-        "eta",
-        client
-            .vary(VaryRequest {
-                image: image.clone(),
+                ..vary()
+            },
+        ),
+        (
+            "eta",
+            VaryRequest {
                 mode: VariationMode::Anchored as i32,
                 eta: Some(2.0),
-                ..Default::default()
-            })
-            .await
-            .unwrap_err(),
-    );
-    check(
-        "image_b",
-        client
-            .interpolate(InterpolateRequest {
-                image_a: image.clone(),
+                ..vary()
+            },
+        ),
+    ] {
+        check(field, client.vary(request).await.unwrap_err());
+    }
+    let interpolate = || InterpolateRequest {
+        image_a: image.clone(),
+        image_b: image.clone(),
+        ..Default::default()
+    };
+    for (field, request) in [
+        (
+            "image_b",
+            InterpolateRequest {
                 image_b: Bytes::new(),
-                ..Default::default()
-            })
-            .await
-            .unwrap_err(),
-    );
-    check(
-        "frames",
-        client
-            .interpolate(InterpolateRequest {
-                image_a: image.clone(),
-                image_b: image.clone(),
+                ..interpolate()
+            },
+        ),
+        (
+            "frames",
+            InterpolateRequest {
                 frames: Some(1),
-                ..Default::default()
-            })
-            .await
-            .unwrap_err(),
-    );
+                ..interpolate()
+            },
+        ),
+    ] {
+        check(field, client.interpolate(request).await.unwrap_err());
+    }
     let diff = || TextDiffRequest {
         image: image.clone(),
         source_caption: RED_CIRCLE.into(),

@@ -136,8 +136,11 @@ pub fn rgb(png: &[u8]) -> RgbImage {
         .to_rgb8()
 }
 
-/// Encodes RGB as PNG.
-pub fn png(image: &RgbImage) -> bytes::Bytes {
+/// Encodes an 8-bit image (RGB, RGBA, ...) as PNG.
+pub fn png<P>(image: &image::ImageBuffer<P, Vec<u8>>) -> bytes::Bytes
+where
+    P: image::PixelWithColorType<Subpixel = u8>,
+{
     let mut out = std::io::Cursor::new(Vec::new());
     image
         .write_to(&mut out, image::ImageFormat::Png)

@@ -25,8 +25,11 @@
 //! This is the η = 0 step solved the other way round: with the same ε, `invert_step(s → u)` and
 //! then `step(u → s)` return x_s up to rounding. The ε a model gives at x_s stands in for the
 //! (unknown) ε at x_u, which is the usual DDIM-inversion approximation; evaluate the model at
-//! timestep `max(s, 0)` (see [`inversion_pairs`]). Inversion never clips x̂₀ (clipping would make
-//! it irreversible).
+//! timestep `max(s, 0)` (see [`inversion_pairs`]). With `clip_sample_range` *and*
+//! `use_clipped_model_output` set, the inversion step clips x̂₀ and re-derives ε from it exactly as
+//! the sampling step does (improved-diffusion's `ddim_reverse_sample`), so that the two stay
+//! mirror images even where x̂₀ leaves the range (any step from t ≈ T, where ε errors are
+//! multiplied by 1/√ᾱ); otherwise it never clips. Nothing is clipped from the clean image (s = −1).
 
 use ndarray::{ArrayD, ArrayViewD, Axis, Zip};
 
@@ -199,6 +202,10 @@ impl DdimScheduler {
         batch::per_sample("from_timesteps", from_timesteps.len(), b)?;
         batch::per_sample("to_timesteps", to_timesteps.len(), b)?;
         let n = self.schedule.num_train_timesteps();
+        let clip_range = self
+            .params
+            .clip_sample_range
+            .filter(|_| self.params.use_clipped_model_output);
         let mut out = ArrayD::<f32>::zeros(sample.raw_dim());
         for (i, (&s, &u)) in from_timesteps.iter().zip(to_timesteps).enumerate() {
             if s < -1 || u <= s || u >= n as i64 {
@@ -211,12 +218,20 @@ impl DdimScheduler {
             let (a_s, a_u) = (self.schedule.alpha_prod(s)?, self.schedule.alpha_prod(u)?);
             let (sqrt_a_s, sqrt_b_s) = (a_s.sqrt(), (1.0 - a_s).sqrt());
             let (sqrt_a_u, sqrt_b_u) = (a_u.sqrt(), (1.0 - a_u).sqrt());
+            let clip = clip_range.filter(|_| s >= 0);
             let mut o = out.index_axis_mut(Axis(0), i);
             Zip::from(&mut o)
                 .and(&sample.index_axis(Axis(0), i))
                 .and(&eps.index_axis(Axis(0), i))
                 .for_each(|o, &x, &e| {
                     let x0 = (x - sqrt_b_s * e) / sqrt_a_s;
+                    let (x0, e) = match clip {
+                        Some(r) => {
+                            let x0 = x0.clamp(-r, r);
+                            (x0, (x - sqrt_a_s * x0) / sqrt_b_s)
+                        }
+                        None => (x0, e),
+                    };
                     *o = sqrt_a_u * x0 + sqrt_b_u * e;
                 });
         }

@@ -24,6 +24,9 @@ pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 /// How long a connection attempt may take before it counts as failed.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long one health check may take before it counts as "not serving" (and reconnects).
+const HEALTH_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// How often [`StageClients::wait_serving`] asks again. Loading takes seconds; 50 ms keeps
 /// the wait short without busying the services.
 pub(crate) const HEALTH_POLL_INTERVAL: Duration = Duration::from_millis(50);
@@ -243,8 +246,8 @@ impl StageClients {
 /// can be polled while the service starts.
 #[derive(Debug)]
 pub struct HealthProbe {
-    /// Whose health.
-    stage: Stage,
+    /// The gRPC service name whose health is asked, e.g. `unclip.v1.ClipService`.
+    service: &'static str,
     /// Where to connect.
     endpoint: Endpoint,
     /// The connection, once one succeeded; dropped after a failed call so the next poll
@@ -255,11 +258,19 @@ pub struct HealthProbe {
 impl HealthProbe {
     /// A probe of `stage` at `url` (nothing is connected yet).
     pub fn new(stage: Stage, url: &str) -> Result<Self> {
-        Ok(Self {
-            stage,
-            endpoint: endpoint(stage, url)?,
+        Ok(Self::for_service(
+            stage.service_name(),
+            endpoint(stage, url)?,
+        ))
+    }
+
+    /// A probe of the health of `service` (a fully qualified gRPC service name) at `endpoint`.
+    pub fn for_service(service: &'static str, endpoint: Endpoint) -> Self {
+        Self {
+            service,
+            endpoint,
             client: None,
-        })
+        }
     }
 
     /// Whether the service answers SERVING now; false while it cannot be reached, is still
@@ -275,11 +286,11 @@ impl HealthProbe {
             return false;
         };
         let request = HealthCheckRequest {
-            service: self.stage.service_name().to_string(),
+            service: self.service.to_string(),
         };
-        match client.check(request).await {
-            Ok(response) => response.into_inner().status == ServingStatus::Serving as i32,
-            Err(_) => {
+        match tokio::time::timeout(HEALTH_CHECK_TIMEOUT, client.check(request)).await {
+            Ok(Ok(response)) => response.into_inner().status == ServingStatus::Serving as i32,
+            Ok(Err(_)) | Err(_) => {
                 self.client = None;
                 false
             }

@@ -33,10 +33,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufRead
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tonic::transport::{Channel, Endpoint};
-use tonic_health::pb::HealthCheckRequest;
-use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
+use tonic::transport::Endpoint;
 
 use crate::clients::{HEALTH_POLL_INTERVAL, HealthProbe, Stage, StageEndpoints};
 use crate::error::{Error, Result};
@@ -677,15 +674,8 @@ async fn wait_all_ready(services: Vec<&mut LocalService>, deadline: Instant) -> 
 /// How to tell that a process is ready.
 #[derive(Debug)]
 enum Readiness {
-    /// A stage service: its health under its service name is SERVING.
-    Stage(HealthProbe),
-    /// The gateway: its health under [`GATEWAY_SERVICE`] is SERVING.
-    Gateway {
-        /// Where to connect.
-        endpoint: Endpoint,
-        /// The connection, once one succeeded; dropped after a failed call.
-        client: Option<HealthClient<Channel>>,
-    },
+    /// A stage service or the gateway: its health under its service name is SERVING.
+    Grpc(Box<HealthProbe>),
     /// Redis: it answers `PING` with `+PONG`.
     Redis(SocketAddr),
 }
@@ -695,14 +685,14 @@ impl Readiness {
     fn of(service: &LocalService) -> Result<Self> {
         Ok(match service.process {
             LocalProcess::Stage { stage, .. } => {
-                Self::Stage(HealthProbe::new(stage, &service.url())?)
+                Self::Grpc(Box::new(HealthProbe::new(stage, &service.url())?))
             }
-            LocalProcess::Gateway => Self::Gateway {
-                endpoint: Endpoint::from_shared(service.url())
+            LocalProcess::Gateway => Self::Grpc(Box::new(HealthProbe::for_service(
+                GATEWAY_SERVICE,
+                Endpoint::from_shared(service.url())
                     .map_err(|e| Error::InvalidRequest(format!("gateway URL: {e}")))?
                     .connect_timeout(PROBE_TIMEOUT),
-                client: None,
-            },
+            ))),
             LocalProcess::Redis => Self::Redis(service.addr),
         })
     }
@@ -710,31 +700,8 @@ impl Readiness {
     /// Whether the process is ready now.
     async fn is_ready(&mut self) -> bool {
         match self {
-            Self::Stage(probe) => probe.is_serving().await,
-            Self::Gateway { endpoint, client } => grpc_serving(endpoint, client).await,
+            Self::Grpc(probe) => probe.is_serving().await,
             Self::Redis(addr) => redis_answers(*addr).await,
-        }
-    }
-}
-
-/// Whether the gRPC server at `endpoint` reports [`GATEWAY_SERVICE`] SERVING; connects through
-/// `client`, which is reset after a failed call so the next poll reconnects.
-async fn grpc_serving(endpoint: &Endpoint, client: &mut Option<HealthClient<Channel>>) -> bool {
-    let health = match client {
-        Some(health) => health,
-        None => match endpoint.connect().await {
-            Ok(channel) => client.insert(HealthClient::new(channel)),
-            Err(_) => return false,
-        },
-    };
-    let request = HealthCheckRequest {
-        service: GATEWAY_SERVICE.to_string(),
-    };
-    match tokio::time::timeout(PROBE_TIMEOUT, health.check(request)).await {
-        Ok(Ok(response)) => response.into_inner().status == ServingStatus::Serving as i32,
-        Ok(Err(_)) | Err(_) => {
-            *client = None;
-            false
         }
     }
 }

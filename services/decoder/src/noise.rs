@@ -34,15 +34,10 @@ pub struct SeededNoise {
 impl SeededNoise {
     /// Sources for images `0..count` of a request with `seed` (image k uses `seed + k`).
     pub fn new(seed: u64, count: usize, stage: NoiseStage) -> Self {
-        Self {
-            sources: (0..count as u64)
-                .map(|k| NoiseSource::new(seed, k, stage))
-                .collect(),
-        }
+        let seeds: Vec<u64> = (0..count as u64).map(|k| seed.wrapping_add(k)).collect();
+        Self::from_seeds(&seeds, stage)
     }
-}
 
-impl SeededNoise {
     /// Sources for images with the given seeds: image k draws from `seeds[k]` (equal seeds give
     /// equal noise).
     pub fn from_seeds(seeds: &[u64], stage: NoiseStage) -> Self {

@@ -445,7 +445,6 @@ fn expand(embeds: &Array2<f32>, text: &TextConditioning, rows: &[usize]) -> Imag
     }
 }
 
-/// A given x_T: finite, `[n, 3, side, side]`.
 /// The seed of each of `n` images: `seed + k`, or `explicit` when the request lists them (then
 /// exactly `n`, and `seed` must be 0 so that a request never says two things).
 fn seeds(seed: u64, explicit: &[u64], n: usize) -> Result<Vec<u64>, ServiceError> {
@@ -467,6 +466,7 @@ fn seeds(seed: u64, explicit: &[u64], n: usize) -> Result<Vec<u64>, ServiceError
     Ok(explicit.to_vec())
 }
 
+/// A given x_T: finite, `[n, 3, side, side]`.
 fn latents(
     field: &str,
     tensor: Option<&Tensor>,

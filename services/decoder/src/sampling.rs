@@ -441,50 +441,23 @@ pub fn invert(
     timesteps: &[i64],
     stepper: &Stepper,
 ) -> Result<ArrayD<f32>, ServiceError> {
-    let schedule = stepper.schedule();
+    // The stage's own DDIM settings at η = 0: where sampling clips x̂₀ and re-derives ε, so
+    // does the inversion step.
     let params = DdimParams {
         eta: 0.0,
-        clip_sample_range: None,
-        use_clipped_model_output: false,
+        ..*stepper.ddim.params()
     };
-    let ddim = DdimScheduler::new(schedule.clone(), params).map_err(internal)?;
-    let clip = stepper.ddim.params().clip_sample_range;
+    let ddim = DdimScheduler::new(stepper.schedule().clone(), params).map_err(internal)?;
     let n = image.shape()[0];
     let mut x = image.clone();
     for (from, to, model_t) in inversion_pairs(timesteps) {
         let out = decoder_output(graphs, cond, &x, model_t)?;
         let eps = out.slice_axis(Axis(1), Slice::from(0..LATENT_CHANNELS));
-        let eps = match clip {
-            // From the clean image (from = −1) x̂₀ is the image itself: nothing to clip.
-            Some(range) if from >= 0 => clipped_epsilon(
-                &x,
-                &eps,
-                schedule.alpha_prod(from).map_err(internal)?,
-                range,
-            ),
-            _ => eps.to_owned(),
-        };
         x = ddim
-            .invert_step(&eps.view(), &vec![from; n], &x.view(), &vec![to; n])
+            .invert_step(&eps, &vec![from; n], &x.view(), &vec![to; n])
             .map_err(internal)?;
     }
     Ok(x)
-}
-
-/// ε re-derived from the clipped x̂₀ at a level with ᾱ = `alpha_prod`:
-/// x̂₀ = clamp((x − √(1−ᾱ)·ε)/√ᾱ, ±range), ε' = (x − √ᾱ·x̂₀)/√(1−ᾱ) (equal to ε wherever x̂₀ is
-/// in range).
-fn clipped_epsilon(
-    x: &ArrayD<f32>,
-    eps: &ndarray::ArrayViewD<'_, f32>,
-    alpha_prod: f32,
-    range: f32,
-) -> ArrayD<f32> {
-    let (sqrt_a, sqrt_b) = (alpha_prod.sqrt(), (1.0 - alpha_prod).sqrt());
-    ndarray::Zip::from(x).and(eps).map_collect(|&x, &e| {
-        let x0 = ((x - sqrt_b * e) / sqrt_a).clamp(-range, range);
-        (x - sqrt_a * x0) / sqrt_b
-    })
 }
 
 #[cfg(test)]

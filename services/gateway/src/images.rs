@@ -5,8 +5,8 @@ use std::io::Cursor;
 
 use image::imageops::{self, FilterType};
 use image::{DynamicImage, GenericImageView, RgbImage};
-use ndarray::{Array4, ArrayView4};
-use unclip_sampler::pixels::{byte_to_signed, signed_to_byte};
+use ndarray::Array4;
+use unclip_sampler::pixels::byte_to_signed;
 use unclip_server::image_input::{self, ImageLimits};
 
 use crate::error::{Error, Result};
@@ -45,16 +45,6 @@ pub fn to_model_range(image: &RgbImage) -> Array4<f32> {
     let (w, h) = image.dimensions();
     Array4::from_shape_fn((1, 3, h as usize, w as usize), |(_, c, y, x)| {
         byte_to_signed(image.get_pixel(x as u32, y as u32)[c])
-    })
-}
-
-/// Row `row` of a `[N, 3, H, W]` model-range batch as 8-bit RGB.
-pub fn from_model_range(batch: &ArrayView4<'_, f32>, row: usize) -> RgbImage {
-    let (h, w) = (batch.shape()[2], batch.shape()[3]);
-    RgbImage::from_fn(w as u32, h as u32, |x, y| {
-        image::Rgb(std::array::from_fn(|c| {
-            signed_to_byte(batch[[row, c, y as usize, x as usize]])
-        }))
     })
 }
 
@@ -199,19 +189,31 @@ pub fn animated_png(frames: &[bytes::Bytes], delay_ms: u32) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Encodes 8-bit RGB as PNG.
-pub fn png(image: &RgbImage) -> Result<bytes::Bytes> {
-    let mut out = Cursor::new(Vec::new());
-    image
-        .write_to(&mut out, image::ImageFormat::Png)
-        .map_err(|e| Error::Internal(format!("PNG encoding: {e}")))?;
-    Ok(out.into_inner().into())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use image::{GrayImage, Luma, Rgba, RgbaImage};
+    use ndarray::ArrayView4;
+    use unclip_sampler::pixels::signed_to_byte;
+
+    /// Row `row` of a `[N, 3, H, W]` model-range batch as 8-bit RGB.
+    fn from_model_range(batch: &ArrayView4<'_, f32>, row: usize) -> RgbImage {
+        let (h, w) = (batch.shape()[2], batch.shape()[3]);
+        RgbImage::from_fn(w as u32, h as u32, |x, y| {
+            image::Rgb(std::array::from_fn(|c| {
+                signed_to_byte(batch[[row, c, y as usize, x as usize]])
+            }))
+        })
+    }
+
+    /// Encodes 8-bit RGB as PNG.
+    fn png(image: &RgbImage) -> Result<bytes::Bytes> {
+        let mut out = Cursor::new(Vec::new());
+        image
+            .write_to(&mut out, image::ImageFormat::Png)
+            .map_err(|e| Error::Internal(format!("PNG encoding: {e}")))?;
+        Ok(out.into_inner().into())
+    }
 
     fn limits() -> ImageLimits {
         ImageLimits {

@@ -306,14 +306,13 @@ where
     F: FnMut(Channel, Option<Duration>) -> Fut,
     Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
 {
-    let started = std::time::Instant::now();
     let answered = set
         .call(method, deadline, f)
         .await
         .map_err(|status| Error::Stage { method, status })?;
     let timing = StageTiming {
         stage: stage.to_string(),
-        seconds: started.elapsed().as_secs_f64(),
+        seconds: answered.elapsed.as_secs_f64(),
         cached: false,
         replica: answered.replica,
     };

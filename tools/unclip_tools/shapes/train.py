@@ -280,7 +280,7 @@ def phase_done(work: Path, name: str, steps: int | None = None) -> bool:
     if not p.exists():
         return False
     ck = torch.load(p, weights_only=False, map_location="cpu")
-    return ck["step"] >= (steps if steps is not None else ck.get("steps", ck["step"] + (0 if ck.get("done") else 1)))
+    return ck["step"] >= steps if steps is not None else bool(ck.get("done"))
 
 
 def load_config(work: Path):

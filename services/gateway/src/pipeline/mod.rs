@@ -20,7 +20,7 @@ pub mod vary;
 use bytes::Bytes;
 use ndarray::{Array2, Axis, concatenate};
 use tokio::time::Instant;
-use unclip_cache::Cache;
+use unclip_cache::{Cache, CacheKey};
 use unclip_proto::v1::{
     DType, DecodeRequest, GeneratedImage, ImageFormat, ImagesResponse, InpaintSpec,
     PriorSampleRequest, Sampler, SamplingOptions, StageTiming, Tensor, TextEncoding,
@@ -163,6 +163,39 @@ impl<'a> Run<'a> {
         self.gw.infos.decoder.upsamplers.len() as u32
     }
 
+    /// One CLIP result: from the cache under `key` when a valid entry is there, else from
+    /// `call` (the stage call `method`, checked, then stored); timed as `stage` and reported as
+    /// one "clip" call either way.
+    async fn clip_cached<M, F, Fut>(
+        &mut self,
+        key: CacheKey,
+        (method, stage): (&str, &str),
+        check: impl Fn(&M) -> std::result::Result<(), String> + Copy,
+        call: F,
+    ) -> Result<M>
+    where
+        M: prost::Message + Default,
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<(M, StageTiming)>>,
+    {
+        let value = match self.gw.cache.get::<M>(&key, check).await {
+            Some(hit) => {
+                self.cached(stage);
+                hit
+            }
+            None => {
+                self.reporter.started(CLIP, 1).await;
+                let (value, timing) = call().await?;
+                check(&value).map_err(|e| Error::bad_answer(method, e))?;
+                self.gw.cache.put(&key, &value).await;
+                self.timings.push(timing);
+                value
+            }
+        };
+        self.reporter.finished(CLIP, 1).await;
+        Ok(value)
+    }
+
     /// The CLIP encoding of one prompt, from the cache or `ClipService.EncodeText`.
     pub async fn text(&mut self, prompt: &str) -> Result<TextEncoding> {
         let key = Cache::key(self.version(), "text", &[prompt.as_bytes()]);
@@ -170,26 +203,15 @@ impl<'a> Run<'a> {
             self.embedding_dim(),
             i64::from(self.gw.infos.clip.context_length),
         );
-        let check = move |e: &TextEncoding| check_text(e, d, l);
-        let encoding = match self.gw.cache.get::<TextEncoding>(&key, check).await {
-            Some(hit) => {
-                self.cached("clip.encode_text");
-                hit
-            }
-            None => {
-                self.reporter.started(CLIP, 1).await;
-                let (encoding, timing) = self
-                    .gw
-                    .stages
-                    .encode_text(self.deadline, vec![prompt.to_string()])
-                    .await?;
-                check(&encoding).map_err(|e| Error::bad_answer("clip.EncodeText", e))?;
-                self.gw.cache.put(&key, &encoding).await;
-                self.timings.push(timing);
-                encoding
-            }
-        };
-        self.reporter.finished(CLIP, 1).await;
+        let (stages, deadline) = (&self.gw.stages, self.deadline);
+        let encoding = self
+            .clip_cached(
+                key,
+                ("clip.EncodeText", "clip.encode_text"),
+                move |e: &TextEncoding| check_text(e, d, l),
+                || stages.encode_text(deadline, vec![prompt.to_string()]),
+            )
+            .await?;
         self.truncated |= encoding.truncated.first().copied().unwrap_or(false);
         Ok(encoding)
     }
@@ -199,27 +221,14 @@ impl<'a> Run<'a> {
     pub async fn image_embedding(&mut self, image: &Bytes) -> Result<Tensor> {
         let key = Cache::key(self.version(), "image", &[image]);
         let d = self.embedding_dim();
-        let check = move |t: &Tensor| check_tensor(t, DType::Float32, &[1, d]);
-        let embeds = match self.gw.cache.get::<Tensor>(&key, check).await {
-            Some(hit) => {
-                self.cached("clip.encode_image");
-                hit
-            }
-            None => {
-                self.reporter.started(CLIP, 1).await;
-                let (embeds, timing) = self
-                    .gw
-                    .stages
-                    .encode_image(self.deadline, vec![image.clone()])
-                    .await?;
-                check(&embeds).map_err(|e| Error::bad_answer("clip.EncodeImage", e))?;
-                self.gw.cache.put(&key, &embeds).await;
-                self.timings.push(timing);
-                embeds
-            }
-        };
-        self.reporter.finished(CLIP, 1).await;
-        Ok(embeds)
+        let (stages, deadline) = (&self.gw.stages, self.deadline);
+        self.clip_cached(
+            key,
+            ("clip.EncodeImage", "clip.encode_image"),
+            move |t: &Tensor| check_tensor(t, DType::Float32, &[1, d]),
+            || stages.encode_image(deadline, vec![image.clone()]),
+        )
+        .await
     }
 
     /// `n` prior samples `[n, D]` for one prompt, row k from seed + k: each row from the cache
@@ -255,7 +264,7 @@ impl<'a> Run<'a> {
         if rows.len() == keys.len() {
             self.cached("prior.sample");
             self.reporter.finished(STAGE, job.steps).await;
-            return stack_rows(&rows, d);
+            return stack_rows(&rows);
         }
         self.reporter.started(STAGE, job.steps).await;
         let (response, timing) = self
@@ -477,14 +486,13 @@ fn with_seeds(pngs: &[Bytes], seeds: &[u64]) -> Vec<GeneratedImage> {
 }
 
 /// `[1, D]` rows stacked to `[n, D]`.
-fn stack_rows(rows: &[Tensor], d: i64) -> Result<Tensor> {
+fn stack_rows(rows: &[Tensor]) -> Result<Tensor> {
     let arrays: Vec<_> = rows
         .iter()
         .map(|t| t.to_f32_array().map_err(|e| Error::Internal(e.to_string())))
         .collect::<Result<_>>()?;
     let views: Vec<_> = arrays.iter().map(|a| a.view()).collect();
     let stacked = concatenate(Axis(0), &views).map_err(|e| Error::Internal(e.to_string()))?;
-    debug_assert_eq!(stacked.shape()[1] as i64, d);
     Ok(Tensor::from_array(&stacked))
 }
 
@@ -559,7 +567,7 @@ mod tests {
             ..t.clone()
         };
         assert!(check_tensor(&short, DType::Float32, &[1, 2]).is_err());
-        let stacked = stack_rows(&[t.clone(), t], 2).unwrap();
+        let stacked = stack_rows(&[t.clone(), t]).unwrap();
         assert_eq!(stacked.shape, vec![2, 2]);
     }
 }
