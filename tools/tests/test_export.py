@@ -138,6 +138,33 @@ def test_fp16_export_loads_and_runs(pipelines: tuple[Path, Path], exported: Path
             assert np.abs(g.astype(np.float32) - w).max() <= 2e-2 * max(1.0, np.abs(w).max()), label
 
 
+def test_weights_float16_halves_the_file_and_keeps_float32_io(tmp_path: Path) -> None:
+    """weights_float16: big weights stored as float16 behind Casts; float32 in and out, and the
+    result is the float32 graph's up to float16 rounding of the weights."""
+    import onnx
+
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.GELU(), torch.nn.Linear(256, 8))
+    graph = export.Graph("net", "net.onnx", module, [export.TensorSpec("x", "float", ["batch", 64])],
+                         [export.TensorSpec("y", "float", ["batch", 8])],
+                         lambda b, rng: {"x": rng.standard_normal((b, 64)).astype(np.float32)})
+    full, half = tmp_path / "full", tmp_path / "half"
+    full.mkdir()
+    half.mkdir()
+    export.export_graph(graph, full, fp16=False, scratch=tmp_path)
+    export.export_graph(graph, half, fp16=False, scratch=tmp_path, weights_float16=True)
+    assert (half / "net.onnx").stat().st_size < 0.6 * (full / "net.onnx").stat().st_size
+    big = sorted(i.name + "__float16" for i in onnx.load(str(full / "net.onnx")).graph.initializer if np.prod(i.dims) >= 1024)
+    stored = {i.name: i.data_type for i in onnx.load(str(half / "net.onnx")).graph.initializer}
+    assert len(big) == 2 and sorted(n for n, d in stored.items() if d == onnx.TensorProto.FLOAT16) == big
+    assert any(d == onnx.TensorProto.FLOAT for d in stored.values()), "small tensors (biases) stay float32"
+    x = np.random.default_rng(1).standard_normal((3, 64)).astype(np.float32)
+    (want,) = _session(full / "net.onnx").run(None, {"x": x})
+    (got,) = _session(half / "net.onnx").run(None, {"x": x})
+    assert got.dtype == np.float32 and got.shape == (3, 8)
+    assert 0 < np.abs(got - want).max() <= 1e-2 * max(1.0, np.abs(want).max())
+
+
 def test_large_graphs_get_one_external_data_file(pipelines: tuple[Path, Path], tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """Above the threshold a graph is `<name>.onnx` + `<name>.onnx.data`, both listed and loadable."""

@@ -1,11 +1,12 @@
 """Replay the diffusers recordings in models/karlo-tiny/fixtures against the ONNX graphs.
 
-Light: numpy, onnxruntime, pillow and tokenizers only. Every model call of every case is fed
-through its graph and must reproduce diffusers' outputs within 1e-4; the recordings are also
-checked for the properties fixtures/README.md promises (draw order, step chaining, guidance,
+Light: numpy, onnxruntime, pillow and tokenizers only. Every model call of every full-trace case
+is fed through its graph and must reproduce diffusers' outputs within 1e-4; the recordings are
+also checked for the properties fixtures/README.md promises (draw order, step chaining, guidance,
 final image), the tokenizer and the image preprocessing are checked against them, and a float32
-numpy UnCLIPScheduler replays every scheduler step. The numpy code here doubles as a reference
-for reading the fixtures from another language.
+numpy UnCLIPScheduler replays every scheduler step. Replay cases (noise draws and stage values
+only) are checked for their structure here and replayed free-running in test_sampler.py. The
+numpy code here doubles as a reference for reading the fixtures from another language.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ FIXTURES = KARLO_TINY / "fixtures"
 MANIFEST = json.loads((KARLO_TINY / "manifest.json").read_text())
 INDEX = json.loads((FIXTURES / "index.json").read_text())
 CASES = [entry["case"] for entry in INDEX["cases"]]
+REPLAY_CASES = [entry["case"] for entry in INDEX.get("replay_cases", [])]
+STAGE_STEPS = {"prior": "prior_num_inference_steps", "decoder": "decoder_num_inference_steps",
+               "upsampler": "super_res_num_inference_steps"}
 GRAPH_TOLERANCE = 1e-4
 
 
@@ -178,6 +182,88 @@ def test_recording_structure(name: str) -> None:
     np.testing.assert_allclose(case.value("image"), image, atol=1e-6)
 
 
+# --- replay cases ------------------------------------------------------------------------------
+
+
+def test_index_separates_full_traces_and_replays() -> None:
+    """"cases" holds full traces only, "replay_cases" the replays; together they cover the issue's grid."""
+    replays = INDEX["replay_cases"]
+    assert len(REPLAY_CASES) >= 4 and not set(REPLAY_CASES) & set(CASES), (CASES, REPLAY_CASES)
+    for entry in INDEX["cases"]:
+        assert "trace" not in entry, entry
+        assert "trace" not in load_case(entry["case"]).data, entry["case"]
+    for entry in replays:
+        assert entry["trace"] == "replay", entry
+        full = {k: v for k, v in entry.items() if k != "trace"}
+        assert sorted(full) == sorted(INDEX["cases"][0]), f"{entry['case']}: index fields {sorted(full)}"
+        case = load_case(entry["case"])
+        assert case["trace"] == "replay" and case["case"] == entry["case"] and case["arrays"] == entry["arrays"]
+        assert case["settings"]["seed"] == entry["seed"]
+        assert entry["steps"] == [case["settings"][k] for k in STAGE_STEPS.values() if k in case["settings"]]
+    # Both prompts x both seeds at 25/25/7 and at 2/2/2 (single-prompt text-to-image cases).
+    for steps in ([25, 25, 7], [2, 2, 2]):
+        seen = set()
+        for entry in INDEX["cases"] + replays:
+            settings = load_case(entry["case"])["settings"]
+            if entry["kind"] == "text_to_image" and entry["steps"] == steps and settings["batch"] == 1:
+                seen.add((settings["prompt"][0], entry["seed"]))
+        prompts = {p for p, _ in seen}
+        assert len(prompts) == 2 and seen == {(p, s) for p in prompts for s in (0, 1)}, (steps, sorted(seen))
+
+
+@pytest.mark.parametrize("name", REPLAY_CASES)
+def test_replay_case_structure(name: str) -> None:
+    """A replay case: every noise draw in order with its shape, the stage values, no model calls or steps."""
+    case = load_case(name)
+    settings = case["settings"]
+    batch = settings["batch"]
+    assert case["kind"] == "text_to_image"
+    for key in ("model_calls", "scheduler_steps", "text_encoder_calls"):
+        assert key not in case.data, f"{name}: a replay case has no {key}"
+
+    # The same values as a full case of its kind, with the shapes fixtures/README.md gives.
+    full = load_case(next(c for c in CASES if load_case(c)["kind"] == case["kind"]))
+    assert sorted(case["values"]) == sorted(full["values"]), name
+    shapes = {"prompt_input_ids": (batch, 77), "prompt_attention_mask": (batch, 77),
+              "prompt_text_embeds": (batch, 32), "prompt_last_hidden_state": (batch, 77, 32),
+              "uncond_text_embeds": (batch, 32), "uncond_last_hidden_state": (batch, 77, 32),
+              "prior_latents": (batch, 32), "image_embeddings": (batch, 32), "image_small": (batch, 3, 32, 32),
+              "image_upscaled": (batch, 3, 64, 64), "image": (batch, 64, 64, 3)}
+    assert sorted(shapes) == sorted(case["values"]), name
+    for value, shape in shapes.items():
+        assert case.value(value).shape == shape, f"{name}: {value} has shape {case.value(value).shape}"
+    assert case.value("prompt_input_ids").dtype == np.int64 and case.value("prompt_attention_mask").dtype == np.bool_
+    assert np.abs(case.value("image_small")).max() <= 1.0
+    assert 0.0 <= case.value("image").min() and case.value("image").max() <= 1.0
+
+    # Draw order and shapes: per stage the initial latents, then one draw per step but the last.
+    latents = {"prior": (batch, 32), "decoder": (batch, 3, 32, 32), "upsampler": (batch, 3, 64, 64)}
+    expected = []
+    for stage, shape in latents.items():
+        steps = settings[STAGE_STEPS[stage]]
+        timesteps = case["timesteps"][stage]
+        assert len(timesteps) == steps and timesteps[0] == 999 and timesteps[-1] == 0, (name, stage, timesteps)
+        assert timesteps == sorted(timesteps, reverse=True), (name, stage)
+        expected.append((stage, "initial_latents", None, shape))
+        expected += [(stage, "step", i, shape) for i in range(steps - 1)]
+    noise = case["noise"]
+    assert [(n["stage"], n["kind"], n["step"], tuple(n["shape"])) for n in noise] == expected, name
+    assert [n["index"] for n in noise] == list(range(len(noise)))
+    seqs = [n["seq"] for n in noise]
+    assert seqs == sorted(set(seqs)), f"{name}: noise seq numbers must increase"
+    for n in noise:
+        assert case.get(n["tensor"]).shape == tuple(n["shape"]), (name, n["index"])
+        assert case.get(n["tensor"]).dtype == np.float32
+    # The draws are standard normal (one loose check over all of them) and all distinct.
+    draws = np.concatenate([case.get(n["tensor"]).ravel() for n in noise])
+    assert abs(float(draws.mean())) < 0.05 and abs(float(draws.std()) - 1.0) < 0.05, name
+    assert len({n["tensor"] for n in noise}) == len(noise), f"{name}: repeated noise draws"
+
+    # The npz holds exactly the referenced tensors.
+    referenced = {n["tensor"] for n in noise} | set(case["values"].values())
+    assert referenced == set(case.arrays), f"{name}: unreferenced arrays {sorted(set(case.arrays) - referenced)}"
+
+
 def test_text_to_image_matches_the_diffusers_test_slice() -> None:
     """diffusers' test_unclip ("horse", seed 0, 2/2/2 steps) expects this slice within 1e-2."""
     image = load_case("t2i_horse_seed0_steps2-2-2").value("image")
@@ -194,7 +280,7 @@ def test_tokenizer_json_reproduces_the_recorded_ids() -> None:
 
     tokenizer = Tokenizer.from_file(str(KARLO_TINY / MANIFEST["text"]["tokenizer"]))
     seen = 0
-    for name in CASES:
+    for name in CASES + REPLAY_CASES:
         case = load_case(name)
         prompts = case["settings"].get("prompt", [""] * case["settings"]["batch"])
         encodings = tokenizer.encode_batch(prompts)
@@ -202,7 +288,7 @@ def test_tokenizer_json_reproduces_the_recorded_ids() -> None:
         np.testing.assert_array_equal(np.array([e.attention_mask for e in encodings], dtype=bool),
                                       case.value("prompt_attention_mask"))
         seen += len(prompts)
-    assert seen >= 3
+    assert seen >= 3 + len(REPLAY_CASES)
     long = tokenizer.encode("x " * 200)
     assert len(long.ids) == 77 and long.ids[0] == MANIFEST["text"]["bos_id"] and long.ids[-1] == MANIFEST["text"]["eos_id"]
 

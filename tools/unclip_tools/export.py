@@ -425,10 +425,42 @@ def _declare_shapes(model: Any, graph: Graph) -> None:
                 entry.dim_value = dim
 
 
-def export_graph(graph: Graph, out_dir: Path, fp16: bool, scratch: Path) -> list[str]:
+def store_weights_float16(model: Any, min_elements: int = 1024) -> int:
+    """Store the float32 initializers of at least `min_elements` values as float16, each behind a
+    Cast back to float32; returns how many were converted.
+
+    The file holds half the bytes, while the graph still takes, computes and returns float32
+    (ONNX Runtime folds the casts into float32 weights when it builds the session). The only
+    change is the rounding of each weight to float16 (relative error below 2^-11), so unlike
+    `fp16` this suits CPUs, which lack fast float16 kernels. Small tensors (biases, norms) stay
+    float32.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    casts = []
+    for init in model.graph.initializer:
+        if init.data_type != TensorProto.FLOAT or int(np.prod(init.dims)) < min_elements:
+            continue
+        name = init.name
+        weights = numpy_helper.to_array(init)
+        if not np.all(np.abs(weights) <= np.finfo(np.float16).max):
+            continue  # would overflow float16: keep it exact
+        init.CopyFrom(numpy_helper.from_array(weights.astype(np.float16), f"{name}__float16"))
+        casts.append(helper.make_node("Cast", [f"{name}__float16"], [name], to=TensorProto.FLOAT, name=f"{name}__cast"))
+    if casts:
+        nodes = list(model.graph.node)
+        del model.graph.node[:]
+        model.graph.node.extend(casts + nodes)
+        onnx.checker.check_model(model)
+    return len(casts)
+
+
+def export_graph(graph: Graph, out_dir: Path, fp16: bool, scratch: Path, weights_float16: bool = False) -> list[str]:
     """Export one graph into `out_dir`; returns the files written (graph, and data file if any).
 
-    The graph is always traced in float32. For float16, onnxruntime's converter (the one from
+    `weights_float16` keeps float32 inputs, outputs and arithmetic but stores the large weights
+    as float16 ([`store_weights_float16`]). The graph is always traced in float32. For float16, onnxruntime's converter (the one from
     onnxconverter-common) then rewrites weights and float inputs/outputs to float16 and keeps the
     few precision-sensitive operators in float32 behind Cast nodes. Tracing a `.half()` module
     instead gives invalid graphs: transformers' CLIP upcasts its softmax, and the tracer emits
@@ -459,6 +491,8 @@ def export_graph(graph: Graph, out_dir: Path, fp16: bool, scratch: Path) -> list
         model = convert_float_to_float16(str(raw), keep_io_types=False)
     else:
         model = onnx.load(str(raw))  # pulls in external data the exporter may have scattered
+        if weights_float16:
+            store_weights_float16(model)
     _declare_shapes(model, graph)
     target = out_dir / graph.file
     if _initializer_bytes(model) > EXTERNAL_DATA_THRESHOLD:

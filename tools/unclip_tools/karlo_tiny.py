@@ -236,22 +236,28 @@ def build_image_variation_pipeline() -> UnCLIPImageVariationPipeline:
 
 FIXTURES_FORMAT = "unclip-fixtures/1"
 PROMPTS = ("horse", "A red cube on a blue sphere, 2 shadows!")
-# The fixture cases. A 25/25/7 case takes about 3.8 MB even with every repeated tensor stored
+# The fixture cases, in two forms (fixtures/README.md). FULL: every noise draw, model call and
+# scheduler step. A full 25/25/7 trace takes about 3.8 MB even with every repeated tensor stored
 # once (per step: the decoder's 6-channel output for the CFG pair, the guided output, noise,
-# prev_sample and pred_original_sample), so within the 10 MB budget there is room for one
-# default-steps case; the 2/2/2 cases cover both prompts x both seeds, one batches two prompts.
-# (name, prompts, seed, (prior, decoder, upsampler) steps)
-TEXT_TO_IMAGE_CASES: tuple[tuple[str, tuple[str, ...], int, tuple[int, int, int]], ...] = (
-    ("t2i_horse_seed0_steps25-25-7", (PROMPTS[0],), 0, (25, 25, 7)),
-    ("t2i_horse_seed0_steps2-2-2", (PROMPTS[0],), 0, (2, 2, 2)),
-    ("t2i_horse_seed1_steps2-2-2", (PROMPTS[0],), 1, (2, 2, 2)),
-    ("t2i_red-cube_seed0_steps2-2-2", (PROMPTS[1],), 0, (2, 2, 2)),
-    ("t2i_red-cube_seed1_steps2-2-2", (PROMPTS[1],), 1, (2, 2, 2)),
-    ("t2i_batch2_seed0_steps2-2-2", PROMPTS, 0, (2, 2, 2)),
+# prev_sample and pred_original_sample), so the 10 MB budget holds one. REPLAY: the noise draws
+# and the stage values only (about 0.7 MB at 25/25/7), for free-running replays; the other three
+# default-steps cases and the batch-2 case take this form.
+FULL, REPLAY = "full", "replay"
+# (name, prompts, seed, (prior, decoder, upsampler) steps, form)
+TEXT_TO_IMAGE_CASES: tuple[tuple[str, tuple[str, ...], int, tuple[int, int, int], str], ...] = (
+    ("t2i_horse_seed0_steps25-25-7", (PROMPTS[0],), 0, (25, 25, 7), FULL),
+    ("t2i_horse_seed0_steps2-2-2", (PROMPTS[0],), 0, (2, 2, 2), FULL),
+    ("t2i_horse_seed1_steps2-2-2", (PROMPTS[0],), 1, (2, 2, 2), FULL),
+    ("t2i_red-cube_seed0_steps2-2-2", (PROMPTS[1],), 0, (2, 2, 2), FULL),
+    ("t2i_red-cube_seed1_steps2-2-2", (PROMPTS[1],), 1, (2, 2, 2), FULL),
+    ("t2i_batch2_seed0_steps2-2-2", PROMPTS, 0, (2, 2, 2), REPLAY),
+    ("t2i_horse_seed1_steps25-25-7", (PROMPTS[0],), 1, (25, 25, 7), REPLAY),
+    ("t2i_red-cube_seed0_steps25-25-7", (PROMPTS[1],), 0, (25, 25, 7), REPLAY),
+    ("t2i_red-cube_seed1_steps25-25-7", (PROMPTS[1],), 1, (25, 25, 7), REPLAY),
 )
-# (name, seed, (decoder, upsampler) steps)
-VARIATION_CASES: tuple[tuple[str, int, tuple[int, int]], ...] = (
-    ("variation_seed0_steps2-2", 0, (2, 2)),
+# (name, seed, (decoder, upsampler) steps, form)
+VARIATION_CASES: tuple[tuple[str, int, tuple[int, int], str], ...] = (
+    ("variation_seed0_steps2-2", 0, (2, 2), FULL),
 )
 VARIATION_IMAGE = "variation_input.png"
 # 48x40: not square and not 32 px, so the image processor's resize and center crop both act.
@@ -527,6 +533,34 @@ def record_case(pipeline: Any, kind: str, call: dict[str, Any], seed: int,
     return case, store.arrays
 
 
+def replay_form(case: dict[str, Any], arrays: dict[str, np.ndarray]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """A full recording reduced to its replay form: noise draws, values, settings and timesteps.
+
+    The model calls and scheduler steps (and `text_encoder_calls`, which points into the model
+    calls) are left out: a replay reproduces them by running the loops on the recorded draws.
+    The kept tensors are stored anew, so the npz holds only them: the noise first, in draw order,
+    then the values in their order. Noise records keep their `seq` from the full recording.
+    """
+    store = TensorStore()
+
+    def keep(ref: Any) -> Any:
+        if isinstance(ref, str):
+            return store.put(arrays[ref])
+        return {**ref, "concat": [keep(part) for part in ref["concat"]]}
+
+    replay: dict[str, Any] = {}
+    for key, value in case.items():
+        if key == "noise":
+            replay[key] = [{**entry, "tensor": keep(entry["tensor"])} for entry in value]
+        elif key == "values":
+            replay[key] = {name: keep(ref) for name, ref in value.items()}
+        elif key not in ("text_encoder_calls", "model_calls", "scheduler_steps"):
+            replay[key] = value
+        if key == "kind":
+            replay["trace"] = REPLAY
+    return replay, store.arrays
+
+
 def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """np.savez_compressed, but byte-for-byte reproducible (fixed zip timestamps, sorted keys)."""
     import io
@@ -550,8 +584,13 @@ def variation_input_image() -> Any:
     return Image.fromarray(pixels, mode="RGB")
 
 
-def record_fixtures(folder: Path, pipeline_dir: Path, variation_dir: Path) -> list[dict[str, Any]]:
-    """Run diffusers' pipelines on the fixture cases; write `<case>.json` + `<case>.npz` per case and index.json."""
+def record_fixtures(folder: Path, pipeline_dir: Path,
+                    variation_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Run diffusers' pipelines on the fixture cases; write `<case>.json` + `<case>.npz` per case.
+
+    Returns the index entries of the full-trace cases and of the replay cases (index.json's
+    "cases" and "replay_cases").
+    """
     from PIL import Image
 
     from .export import load_image_variation_pipeline, load_text_to_image_pipeline
@@ -562,32 +601,40 @@ def record_fixtures(folder: Path, pipeline_dir: Path, variation_dir: Path) -> li
     for pipe in (text_to_image, variation):
         pipe.set_progress_bar_config(disable=True)
 
-    cases: list[tuple[str, str, Any, dict[str, Any], int, int]] = []
-    for name, prompts, seed, steps in TEXT_TO_IMAGE_CASES:
+    cases: list[tuple[str, str, Any, dict[str, Any], int, int, str]] = []
+    for name, prompts, seed, steps, form in TEXT_TO_IMAGE_CASES:
         call = {"prompt": list(prompts), "num_images_per_prompt": 1, "prior_num_inference_steps": steps[0],
                 "decoder_num_inference_steps": steps[1], "super_res_num_inference_steps": steps[2],
                 "prior_guidance_scale": 4.0, "decoder_guidance_scale": 8.0}
-        cases.append((name, "text_to_image", text_to_image, call, seed, len(prompts)))
+        cases.append((name, "text_to_image", text_to_image, call, seed, len(prompts), form))
     variation_input_image().save(folder / VARIATION_IMAGE)
     image = Image.open(folder / VARIATION_IMAGE).convert("RGB")
-    for name, seed, steps in VARIATION_CASES:
+    for name, seed, steps, form in VARIATION_CASES:
         call = {"image": image, "num_images_per_prompt": 1, "decoder_num_inference_steps": steps[0],
                 "super_res_num_inference_steps": steps[1], "decoder_guidance_scale": 8.0}
-        cases.append((name, "image_variation", variation, call, seed, 1))
+        cases.append((name, "image_variation", variation, call, seed, 1, form))
 
-    index = []
-    for name, kind, pipe, call, seed, batch in cases:
+    full: list[dict[str, Any]] = []
+    replay: list[dict[str, Any]] = []
+    for name, kind, pipe, call, seed, batch, form in cases:
         case, arrays = record_case(pipe, kind, call, seed, batch)
         if kind == "image_variation":
             case["settings"]["image"] = VARIATION_IMAGE
         case = {"format": FIXTURES_FORMAT, "case": name, "kind": kind, "arrays": f"{name}.npz", **case}
+        entry = {"case": name, "kind": kind, "json": f"{name}.json", "arrays": f"{name}.npz",
+                 "seed": seed, "steps": [s for k, s in call.items() if k.endswith("_num_inference_steps")]}
+        recorded = (f"{len(case['model_calls'])} model calls, {len(case['scheduler_steps'])} scheduler steps, "
+                    f"{len(case['noise'])} noise draws")
+        if form == REPLAY:
+            case, arrays = replay_form(case, arrays)
+            replay.append({**entry, "trace": REPLAY})
+            recorded += f"; kept in replay form: {len(case['noise'])} noise draws, {len(case['values'])} values"
+        else:
+            full.append(entry)
         (folder / f"{name}.json").write_text(json.dumps(case, indent=1) + "\n")
         save_npz(folder / f"{name}.npz", arrays)
-        index.append({"case": name, "kind": kind, "json": f"{name}.json", "arrays": f"{name}.npz",
-                      "seed": seed, "steps": [s for k, s in call.items() if k.endswith("_num_inference_steps")]})
-        print(f"recorded {name}: {len(case['model_calls'])} model calls, {len(case['scheduler_steps'])} scheduler "
-              f"steps, {len(case['noise'])} noise draws, {len(arrays)} arrays")
-    return index
+        print(f"recorded {name}: {recorded}, {len(arrays)} arrays")
+    return full, replay
 
 
 # ---------------------------------------------------------------------------------------------
@@ -652,15 +699,19 @@ FIXTURES_README = """\
 # karlo-tiny parity fixtures
 
 Recordings of diffusers' own unCLIP pipelines running the karlo-tiny weights of this repository
-(diffusers 0.42.1, torch 2.15, CPU, float32): every noise draw, every model call and every
-scheduler step, in order. Written by `python -m unclip_tools karlo-tiny --out models/karlo-tiny`
+(diffusers 0.42.1, torch 2.15, CPU, float32), in two forms: full traces (every noise draw, every
+model call and every scheduler step, in order) and replays (the noise draws and the stage
+results only). Written by `python -m unclip_tools karlo-tiny --out models/karlo-tiny`
 (tools/unclip_tools/karlo_tiny.py); replayed through the ONNX graphs by
-tools/tests/test_karlo_tiny_fixtures.py, which is also a worked example of reading them.
-Files are hashed in ../manifest.json: regenerate, do not edit.
+tools/tests/test_karlo_tiny_fixtures.py (full traces; also a worked example of reading them),
+tools/tests/test_sampler.py and the services' tests (both forms). Files are hashed in
+../manifest.json: regenerate, do not edit.
 
 ## Files
 
-- `index.json`: `{"format": "unclip-fixtures/1", "cases": [{"case", "kind", "json", "arrays", "seed", "steps"}]}`
+- `index.json`: `{"format": "unclip-fixtures/1", "cases": [{"case", "kind", "json", "arrays", "seed", "steps"}],
+  "replay_cases": [{..., "trace": "replay"}]}`: `cases` lists the full traces, `replay_cases`
+  the replays (same fields plus `"trace": "replay"`)
 - `<case>.json`: what happened; tensors appear as references (below)
 - `<case>.npz`: the tensors, a zip of `t0000.npy`, `t0001.npy`, ... (numpy's `np.load`, Rust's
   `ndarray_npy::NpzReader`; key `t0000` is member `t0000.npy`)
@@ -671,9 +722,27 @@ Files are hashed in ../manifest.json: regenerate, do not edit.
 
 {cases}
 
-A default-steps (25/25/7) text-to-image case takes about 3.8 MB even with repeated tensors stored
-once, so the 10 MB budget holds one; the 2/2/2 cases cover both prompts and both seeds, and
-`t2i_batch2_*` runs both prompts in one call (B = 2).
+The 2/2/2 cases cover both prompts and both seeds, `t2i_batch2_*` runs both prompts in one call
+(B = 2), and the default-steps (25/25/7) cases cover both prompts and both seeds too.
+
+## Two forms: full traces and replays
+
+The folder has a budget of 10 MB (`du -b`; now {total}). A **full trace** of a default-steps
+case takes {full_size} even with every repeated tensor stored once: per step it holds the
+decoder's 6-channel output for the CFG pair, the guided output, the noise, `prev_sample` and
+`pred_original_sample`, float32 values that barely compress. So one default-steps case is a
+full trace (`{full_case}`) and the other three are **replays**, of {replay_size} each
+(mostly their noise: 25 decoder draws of 12 KB, 7 upsampler draws of 48 KB); the batch-2 case
+is a replay too ({batch_size}; 1.2 MB as a full trace), to stay within the budget.
+
+A replay case (`"trace": "replay"` in its JSON and its index entry) has the keys of a full case
+except `model_calls`, `scheduler_steps` and `text_encoder_calls` (which points into the model
+calls): `format`, `case`, `kind`, `trace`, `arrays`, `pipeline`, `settings`, `timesteps`, `noise`
+(every draw, in order, same records as below; `seq` keeps its number from the full recording,
+whose gaps were the model calls and scheduler steps) and `values` (the same names as below).
+Its npz holds only those tensors: the noise draws first, then the values. It is checked by
+running the whole loops on the recorded draws (free running, "Replaying" below) and comparing
+the stage results with `values`.
 
 ## Tensors and references
 
@@ -695,13 +764,14 @@ masks bool. A reference is one of:
 | key | content |
 |---|---|
 | `format`, `case`, `kind`, `arrays` | "unclip-fixtures/1"; the case name; "text_to_image" or "image_variation"; its npz |
+| `trace` | replay cases only: "replay" (full traces have no `trace` key) |
 | `pipeline` | the diffusers class that ran (UnCLIPPipeline, UnCLIPImageVariationPipeline) |
 | `settings` | the call: prompt list, steps per stage, guidance scales, num_images_per_prompt, `seed` (`torch.Generator('cpu').manual_seed(seed)`), `batch` B = images in the call, output_type "np"; variation: `image` = the PNG |
 | `timesteps` | per stage ("prior", "decoder", "upsampler"): the timesteps in the order run |
-| `text_encoder_calls` | indices into `model_calls` of the prompt's ("cond") and of ""'s ("uncond") text-encoder call |
+| `text_encoder_calls` | full traces only: indices into `model_calls` of the prompt's ("cond") and of ""'s ("uncond") text-encoder call |
 | `noise` | every `randn_tensor` draw, in draw order |
-| `model_calls` | every network call, in call order |
-| `scheduler_steps` | every `UnCLIPScheduler.step`, in order |
+| `model_calls` | full traces only: every network call, in call order |
+| `scheduler_steps` | full traces only: every `UnCLIPScheduler.step`, in order |
 | `values` | named intermediate tensors (below) |
 
 Every record of `noise`, `model_calls` and `scheduler_steps` has `seq`, its position in one
@@ -782,19 +852,55 @@ For variation cases the "prompt" is "" for every image, so the prompt and uncond
    a random generator. Every stage then agrees closely, but the final image may drift (up to
    ~0.06 seen): at t = 999 epsilon errors are multiplied by 1/sqrt(alpha_prod_999), about
    2e4, before x0 is clipped. Use per-step comparisons for tight checks.
+4. **Replay cases**: the whole loop of 3. on the recorded draws, its stage results compared
+   with `values`. A step's epsilon gain, c_x0 * sqrt(1 - alpha_prod_t) / sqrt(alpha_prod_t), is
+   largest on a stage's first step: about 1.3e3 for the decoder at 25 steps (999 -> 957), 5.2e3
+   for the upsampler at 7 steps (999 -> 832), 2e4 at 2 steps (999 -> 0). Seen with the ONNX
+   graphs (Python reference sampler and the Rust services): `prior_latents` within 3e-6;
+   at 25/25/7 `image_small` and `image_upscaled` within about 5e-5, `image` within 4e-5 except
+   in `t2i_red-cube_seed1_*` (3e-3, with 0.3% of its values more than 1e-4 off); at 2/2/2
+   within 6e-6.
+   The tests hold a stage to 1e-4 where its largest gain is below 2000, else to 1e-4 + gain x
+   3e-6 (the graphs' agreement with torch) with at most 1% of the values more than 1e-4 off.
 """
 
 
+def _case_size(folder: Path, entry: dict[str, Any]) -> int:
+    """Bytes of a case's JSON and npz (apparent size, as `du -b` counts it)."""
+    return (folder / entry["json"]).stat().st_size + (folder / entry["arrays"]).stat().st_size
+
+
 def _cases_table(index: list[dict[str, Any]], folder: Path) -> str:
-    rows = ["| case | pipeline | prompts (B) | seed | steps | json + npz |", "|---|---|---|---|---|---|"]
+    rows = ["| case | form | pipeline | prompts (B) | seed | steps | json + npz |", "|---|---|---|---|---|---|---|"]
     for entry in index:
         case = json.loads((folder / entry["json"]).read_text())
         settings = case["settings"]
         prompts = ", ".join(json.dumps(p) for p in settings.get("prompt", [])) or f"image {settings.get('image')}"
-        size = (folder / entry["json"]).stat().st_size + (folder / entry["arrays"]).stat().st_size
-        rows.append(f"| `{entry['case']}` | {case['pipeline']} | {prompts} ({settings['batch']}) | {entry['seed']} | "
-                    f"{'/'.join(map(str, entry['steps']))} | {size / 1e6:.2f} MB |")
+        rows.append(f"| `{entry['case']}` | {entry.get('trace', FULL)} | {case['pipeline']} | {prompts} "
+                    f"({settings['batch']}) | {entry['seed']} | {'/'.join(map(str, entry['steps']))} | "
+                    f"{_case_size(folder, entry) / 1e6:.2f} MB |")
     return "\n".join(rows)
+
+
+def fixtures_readme(full: list[dict[str, Any]], replay: list[dict[str, Any]], folder: Path) -> str:
+    """fixtures/README.md, with the cases table and the measured sizes filled in."""
+    megabytes = lambda n: f"{n / 1e6:.2f} MB"  # noqa: E731
+    default_steps = [25, 25, 7]
+    (full_default,) = [e for e in full if e["steps"] == default_steps]
+    replay_default = [_case_size(folder, e) for e in replay if e["steps"] == default_steps]
+    (batch,) = [e for e in replay if e["case"].startswith("t2i_batch2_")]
+    smallest, largest = megabytes(min(replay_default)), megabytes(max(replay_default))
+    replay_size = smallest if smallest == largest else f"{smallest} to {largest}"
+    others = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and p.name != "README.md")
+    text = ""
+    for _ in range(3):  # the total includes this README itself
+        text = (FIXTURES_README.replace("{cases}", _cases_table(full + replay, folder))
+                .replace("{total}", megabytes(others + len(text.encode())))
+                .replace("{full_size}", megabytes(_case_size(folder, full_default)))
+                .replace("{full_case}", full_default["case"])
+                .replace("{replay_size}", replay_size)
+                .replace("{batch_size}", megabytes(_case_size(folder, batch))))
+    return text
 
 
 # ---------------------------------------------------------------------------------------------
@@ -829,9 +935,10 @@ def build_karlo_tiny(out: Path) -> dict[str, Any]:
         print(f"saved the tiny pipelines (save_pretrained) under {tmp}")
         export_repository(pipeline_dir, staging, "karlo-tiny", variation_dir=variation_dir)
         fixtures = staging / "fixtures"
-        index = record_fixtures(fixtures, pipeline_dir, variation_dir)
-    (fixtures / "index.json").write_text(json.dumps({"format": FIXTURES_FORMAT, "cases": index}, indent=1) + "\n")
-    (fixtures / "README.md").write_text(FIXTURES_README.replace("{cases}", _cases_table(index, fixtures)))
+        full, replay = record_fixtures(fixtures, pipeline_dir, variation_dir)
+    index = {"format": FIXTURES_FORMAT, "cases": full, "replay_cases": replay}
+    (fixtures / "index.json").write_text(json.dumps(index, indent=1) + "\n")
+    (fixtures / "README.md").write_text(fixtures_readme(full, replay, fixtures))
     (staging / "README.md").write_text(MODEL_README)
     # Every file is hashed: git must never rewrite line endings in this folder.
     (staging / ".gitattributes").write_text("# files are hashed in manifest.json: keep bytes as they are\n* -text\n")
@@ -844,7 +951,7 @@ def build_karlo_tiny(out: Path) -> dict[str, Any]:
     if out.exists():
         shutil.rmtree(out)
     staging.rename(out)
-    print(f"fixtures: {len(index)} cases, {used / 1e6:.1f} MB on disk")
+    print(f"fixtures: {len(full)} full traces, {len(replay)} replays, {used / 1e6:.1f} MB on disk")
     print(f"wrote {out}: karlo-tiny {written['version']}, {len(written['files'])} files")
     return written
 

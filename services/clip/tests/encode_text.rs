@@ -19,22 +19,16 @@ async fn encode(server: &TestServer, prompts: &[&str]) -> Result<TextEncoding, t
     Ok(response.into_inner().encoding.expect("an encoding"))
 }
 
-/// Every text-to-image fixture's prompts encode to the recorded ids, mask, text_embeds and
-/// last_hidden_state (within 1e-5), and "" to the recorded unconditional encoding.
-#[tokio::test]
-async fn matches_recorded_encodings() {
-    let server = TestServer::serving(&[]).await;
-    let cases = Fixture::cases("text_to_image");
-    assert!(
-        cases.len() >= 2,
-        "expected text-to-image fixtures, found {cases:?}"
-    );
+/// Encodes each case's prompts, and "" as often, and compares with the recorded ids, mask,
+/// text_embeds and last_hidden_state (within 1e-5); returns the largest float difference.
+async fn check_recorded_encodings(server: &TestServer, cases: &[String]) -> f32 {
+    let mut worst: f32 = 0.0;
     for case in cases {
-        let mut fixture = Fixture::open(&case);
+        let mut fixture = Fixture::open(case);
         let prompts: Vec<String> =
             serde_json::from_value(fixture.json["settings"]["prompt"].clone()).unwrap();
         let prompts: Vec<&str> = prompts.iter().map(String::as_str).collect();
-        let got = encode(&server, &prompts).await.unwrap();
+        let got = encode(server, &prompts).await.unwrap();
 
         let ids = got.input_ids.unwrap().to_array::<i64>().unwrap();
         assert_eq!(ids, fixture.i64("prompt_input_ids"), "{case}: input_ids");
@@ -47,9 +41,11 @@ async fn matches_recorded_encodings() {
         let embeds = got.text_embeds.unwrap().to_f32_array().unwrap();
         let d = max_abs_diff(&embeds, &fixture.f32("prompt_text_embeds"));
         assert!(d <= 1e-5, "{case}: text_embeds differ by {d}");
+        worst = worst.max(d);
         let hidden = got.last_hidden_state.unwrap().to_f32_array().unwrap();
         let d = max_abs_diff(&hidden, &fixture.f32("prompt_last_hidden_state"));
         assert!(d <= 1e-5, "{case}: last_hidden_state differ by {d}");
+        worst = worst.max(d);
         assert_eq!(got.truncated, vec![false; prompts.len()], "{case}");
         let counts: Vec<u32> = mask
             .axis_iter(Axis(0))
@@ -59,14 +55,51 @@ async fn matches_recorded_encodings() {
 
         // The unconditional branch: "" for every row of the batch.
         let empty = vec![""; prompts.len()];
-        let got = encode(&server, &empty).await.unwrap();
+        let got = encode(server, &empty).await.unwrap();
         let embeds = got.text_embeds.unwrap().to_f32_array().unwrap();
         let d = max_abs_diff(&embeds, &fixture.f32("uncond_text_embeds"));
         assert!(d <= 1e-5, "{case}: uncond text_embeds differ by {d}");
+        worst = worst.max(d);
         let hidden = got.last_hidden_state.unwrap().to_f32_array().unwrap();
         let d = max_abs_diff(&hidden, &fixture.f32("uncond_last_hidden_state"));
         assert!(d <= 1e-5, "{case}: uncond last_hidden_state differ by {d}");
+        worst = worst.max(d);
     }
+    worst
+}
+
+/// Every full-trace text-to-image fixture's prompts encode to the recorded ids, mask,
+/// text_embeds and last_hidden_state (within 1e-5), and "" to the recorded unconditional
+/// encoding.
+#[tokio::test]
+async fn matches_recorded_encodings() {
+    let server = TestServer::serving(&[]).await;
+    let cases = Fixture::cases("text_to_image");
+    assert!(
+        cases.len() >= 2,
+        "expected text-to-image fixtures, found {cases:?}"
+    );
+    let worst = check_recorded_encodings(&server, &cases).await;
+    println!("{} full-trace cases: max |diff| {worst:.1e}", cases.len());
+    server.stop().await.unwrap();
+}
+
+/// The same for the replay cases (noise draws and recorded values only): the default-steps
+/// cases of both prompts and seeds and the batch of both prompts (B = 2).
+#[tokio::test]
+async fn matches_recorded_encodings_of_replay_cases() {
+    let server = TestServer::serving(&[]).await;
+    let cases = Fixture::replay_cases("text_to_image");
+    assert!(
+        cases.len() >= 4,
+        "expected the replay cases of index.json, found {cases:?}"
+    );
+    assert!(
+        cases.iter().any(|c| c.starts_with("t2i_batch2_")),
+        "the batch-2 case is a replay case: {cases:?}"
+    );
+    let worst = check_recorded_encodings(&server, &cases).await;
+    println!("{} replay cases: max |diff| {worst:.1e}", cases.len());
     server.stop().await.unwrap();
 }
 

@@ -8,7 +8,8 @@
 //!   inputs (1e-6) and ends at the recorded latents;
 //! * free running: the loop over the real prior.onnx ends at the recorded latents (1e-4) and
 //!   embeddings (karlo-tiny's clip mean/std are 0, so those are all 0: the latents are the
-//!   informative comparison).
+//!   informative comparison), for the full traces and for the replay cases (noise draws and
+//!   values only: the default-steps cases of both prompts and seeds, and the batch of two).
 //!
 //! Run with `--nocapture` to see the measured differences.
 
@@ -36,9 +37,9 @@ struct PriorRecord {
     timesteps: Vec<i64>,
     /// Initial latents, then one draw per step with t > 0.
     noise: Vec<Array2<f32>>,
-    /// The prior model calls, in order.
+    /// The prior model calls, in order (none for a replay case).
     calls: Vec<Value>,
-    /// The prior scheduler steps, in order.
+    /// The prior scheduler steps, in order (none for a replay case).
     steps: Vec<Value>,
 }
 
@@ -48,14 +49,18 @@ fn two(a: ArrayD<f32>) -> Array2<f32> {
 
 fn prior_record(case: &str, fixture: &mut Fixture) -> PriorRecord {
     let json = fixture.json.clone();
+    let replay = json["trace"] == "replay";
     let of_stage = |list: &str| -> Vec<Value> {
-        json[list]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|v| v["stage"] == "prior" || v["component"] == "prior")
-            .cloned()
-            .collect()
+        match json[list].as_array() {
+            Some(records) => records
+                .iter()
+                .filter(|v| v["stage"] == "prior" || v["component"] == "prior")
+                .cloned()
+                .collect(),
+            // Replay cases keep only the noise and the values.
+            None if replay && list != "noise" => Vec::new(),
+            None => panic!("{case}: the fixture has no {list}"),
+        }
     };
     let noise = of_stage("noise")
         .iter()
@@ -247,6 +252,41 @@ async fn replayed_loop_assembles_recorded_inputs() {
     );
 }
 
+/// The free-running prior loop over `executor` on one case's recorded draws: (latents
+/// difference, embeddings difference, steps). Every recorded draw must be used.
+async fn free_run(
+    sampler: &PriorSampler,
+    executor: &SessionExecutor,
+    case: &str,
+) -> (f32, f32, usize) {
+    let mut fixture = Fixture::open(case);
+    let record = prior_record(case, &mut fixture);
+    let settings = PriorSettings {
+        steps: record.timesteps.len(),
+        guidance_scale: record.guidance_scale,
+    };
+    // Initial latents, then one draw per step except the last (t = 0).
+    assert_eq!(record.noise.len(), settings.steps, "{case}: prior draws");
+    let mut noise = PriorNoise::explicit(record.noise.clone());
+    let out = sampler
+        .sample(executor, &record.text, None, settings, &mut noise)
+        .await
+        .unwrap();
+    assert!(
+        matches!(&noise, PriorNoise::Explicit(rest) if rest.is_empty()),
+        "{case}: not every recorded draw was used"
+    );
+    let latents = max_abs_diff(
+        &out.latents.clone().into_dyn(),
+        &fixture.f32("prior_latents"),
+    );
+    let embeds = max_abs_diff(
+        &out.image_embeds.clone().into_dyn(),
+        &fixture.f32("image_embeddings"),
+    );
+    (latents, embeds, settings.steps)
+}
+
 /// Over the real prior graph with the recorded noise, the loop ends within 1e-4 of diffusers'
 /// latents and embeddings.
 #[tokio::test]
@@ -256,32 +296,41 @@ async fn free_running_loop_matches_recorded_latents() {
     let executor = prior_executor(&repo);
     let mut worst: f32 = 0.0;
     for case in Fixture::cases("text_to_image") {
-        let mut fixture = Fixture::open(&case);
-        let record = prior_record(&case, &mut fixture);
-        let settings = PriorSettings {
-            steps: record.timesteps.len(),
-            guidance_scale: record.guidance_scale,
-        };
-        let mut noise = PriorNoise::explicit(record.noise.clone());
-        let out = sampler
-            .sample(&executor, &record.text, None, settings, &mut noise)
-            .await
-            .unwrap();
-        let latents = max_abs_diff(
-            &out.latents.clone().into_dyn(),
-            &fixture.f32("prior_latents"),
-        );
-        let embeds = max_abs_diff(
-            &out.image_embeds.clone().into_dyn(),
-            &fixture.f32("image_embeddings"),
-        );
+        let (latents, embeds, steps) = free_run(&sampler, &executor, &case).await;
         eprintln!(
-            "free running {case} ({} steps): latents {latents:e}, embeddings {embeds:e}",
-            settings.steps
+            "free running {case} ({steps} steps): latents {latents:e}, embeddings {embeds:e}"
         );
         assert!(latents <= 1e-4, "{case}: latents differ by {latents:e}");
         assert!(embeds <= 1e-4, "{case}: embeddings differ by {embeds:e}");
         worst = worst.max(latents);
     }
     eprintln!("free running: max final-latent diff {worst:e}");
+}
+
+/// The replay cases (recorded noise and values only): over the real prior graph, the loop on
+/// the recorded draws ends within 1e-4 of the recorded latents and image embeddings.
+#[tokio::test]
+async fn free_running_loop_matches_replay_cases() {
+    let repo = repository();
+    let sampler = PriorSampler::from_repository(&repo).unwrap();
+    let executor = prior_executor(&repo);
+    let cases = Fixture::replay_cases("text_to_image");
+    assert!(
+        cases.len() >= 4,
+        "expected the replay cases of index.json, found {cases:?}"
+    );
+    let mut worst: f32 = 0.0;
+    for case in &cases {
+        let (latents, embeds, steps) = free_run(&sampler, &executor, case).await;
+        eprintln!(
+            "free running replay {case} ({steps} steps): latents {latents:e}, embeddings {embeds:e}"
+        );
+        assert!(latents <= 1e-4, "{case}: latents differ by {latents:e}");
+        assert!(embeds <= 1e-4, "{case}: embeddings differ by {embeds:e}");
+        worst = worst.max(latents);
+    }
+    eprintln!(
+        "free running, {} replay cases: max final-latent diff {worst:e}",
+        cases.len()
+    );
 }

@@ -185,15 +185,27 @@ impl Fixture {
         Fixture { json, npz }
     }
 
-    /// Every case of index.json of `kind` ("text_to_image" or "image_variation").
+    /// Every full-trace case of index.json ("cases") of `kind` ("text_to_image" or
+    /// "image_variation").
     pub fn cases(kind: &str) -> Vec<String> {
+        Self::listed("cases", kind)
+    }
+
+    /// Every replay case of index.json ("replay_cases": noise draws and `values` only, no model
+    /// calls or scheduler steps) of `kind`.
+    pub fn replay_cases(kind: &str) -> Vec<String> {
+        Self::listed("replay_cases", kind)
+    }
+
+    /// The cases of index.json's `list` of `kind`.
+    fn listed(list: &str, kind: &str) -> Vec<String> {
         let index: serde_json::Value = serde_json::from_str(
             &std::fs::read_to_string(karlo_tiny().join("fixtures/index.json")).unwrap(),
         )
         .unwrap();
-        index["cases"]
+        index[list]
             .as_array()
-            .unwrap()
+            .unwrap_or_else(|| panic!("index.json has no \"{list}\" list"))
             .iter()
             .filter(|c| c["kind"] == kind)
             .map(|c| c["case"].as_str().unwrap().to_string())

@@ -236,17 +236,38 @@ impl Fixture {
         }
     }
 
-    /// Every case of index.json.
+    /// Every full-trace case of index.json ("cases").
     pub fn cases() -> Vec<String> {
+        Self::listed("cases")
+    }
+
+    /// Every replay case of index.json ("replay_cases": noise draws and `values` only, no model
+    /// calls or scheduler steps).
+    pub fn replay_cases() -> Vec<String> {
+        Self::listed("replay_cases")
+    }
+
+    /// The cases of index.json's `list`.
+    fn listed(list: &str) -> Vec<String> {
         let index: Value = serde_json::from_str(
             &std::fs::read_to_string(karlo_tiny().join("fixtures/index.json")).unwrap(),
         )
         .unwrap();
-        index["cases"]
+        index[list]
             .as_array()
-            .unwrap()
+            .unwrap_or_else(|| panic!("index.json has no \"{list}\" list"))
             .iter()
             .map(|c| c["case"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// The timesteps of `stage` ("prior", "decoder" or "upsampler"), in the order run.
+    pub fn timesteps(&self, stage: &str) -> Vec<i64> {
+        self.json["timesteps"][stage]
+            .as_array()
+            .unwrap_or_else(|| panic!("no {stage} timesteps"))
+            .iter()
+            .map(|t| t.as_i64().unwrap())
             .collect()
     }
 
