@@ -239,9 +239,24 @@ def test_fixture_replay_teacher_forced(sampler: UnclipSampler, case: str) -> Non
         _close(f"upsampler output[{i}]", out, fx.get(call["outputs"]["out_sample"]), STEP_TOLERANCE, worst)
         _check_step(sampler, "upsampler", fx, step, worst)
     final = fx.get(steps[-1]["prev_sample"])
-    image = np.clip(final * np.float32(0.5) + np.float32(0.5), 0, 1).transpose(0, 2, 3, 1)
+    image = _pipeline_image(final)
     _close("image", image, fx.value("image"), 1e-6, worst)
     print(f"\n{case}: worst |diff| " + ", ".join(f"{k} {v:.1e}" for k, v in sorted(worst.items()) if v))
+
+
+def _pipeline_image(x: np.ndarray) -> np.ndarray:
+    """The pipeline's float output image from the last upsampler sample: clamp(x/2 + 0.5, 0, 1), NHWC."""
+    return np.clip(x * np.float32(0.5) + np.float32(0.5), 0, 1).transpose(0, 2, 3, 1)
+
+
+def _text_to_image(sampler: UnclipSampler, s: dict[str, Any], noise: ReplayNoise, trace: Any = None) -> np.ndarray:
+    """The sampler's text-to-image with a recording's settings `s`, drawing from `noise`."""
+    return sampler.text_to_image_array(
+        s["prompt"], num_images=s["num_images_per_prompt"],
+        prior_steps=s["prior_num_inference_steps"], decoder_steps=s["decoder_num_inference_steps"],
+        upsampler_steps=s["super_res_num_inference_steps"], prior_guidance_scale=s["prior_guidance_scale"],
+        decoder_guidance_scale=s["decoder_guidance_scale"], noise_source=noise, trace=trace,
+    )
 
 
 @pytest.mark.parametrize("case", _cases())
@@ -251,12 +266,7 @@ def test_fixture_replay_free_running(sampler: UnclipSampler, case: str) -> None:
     noise = ReplayNoise(fx.noise_draws())
     s = fx.settings
     if fx.kind == "text_to_image":
-        out = sampler.text_to_image_array(
-            s["prompt"], num_images=s["num_images_per_prompt"],
-            prior_steps=s["prior_num_inference_steps"], decoder_steps=s["decoder_num_inference_steps"],
-            upsampler_steps=s["super_res_num_inference_steps"], prior_guidance_scale=s["prior_guidance_scale"],
-            decoder_guidance_scale=s["decoder_guidance_scale"], noise_source=noise,
-        )
+        out = _text_to_image(sampler, s, noise)
     else:
         out = sampler.variation_array(
             Image.open(FIXTURES / s["image"]), num_images=s["num_images_per_prompt"],
@@ -265,7 +275,7 @@ def test_fixture_replay_free_running(sampler: UnclipSampler, case: str) -> None:
         )
     assert noise.names == fx.noise_names()
     assert noise.remaining == 0
-    image = np.clip(out * np.float32(0.5) + np.float32(0.5), 0, 1).transpose(0, 2, 3, 1)
+    image = _pipeline_image(out)
     want = fx.value("image")
     assert image.shape == want.shape
     diff = np.abs(image - want)
@@ -316,19 +326,14 @@ def test_replay_case_free_running(sampler: UnclipSampler, case: str) -> None:
 
     worst: dict[str, float] = {}
     cond = _conditioning(sampler, fx, worst)  # the recorded encodings of the prompts and of ""
-    out = sampler.text_to_image_array(
-        s["prompt"], num_images=s["num_images_per_prompt"],
-        prior_steps=s["prior_num_inference_steps"], decoder_steps=s["decoder_num_inference_steps"],
-        upsampler_steps=s["super_res_num_inference_steps"], prior_guidance_scale=s["prior_guidance_scale"],
-        decoder_guidance_scale=s["decoder_guidance_scale"], noise_source=noise, trace=trace,
-    )
+    out = _text_to_image(sampler, s, noise, trace)
     assert noise.names == fx.noise_names()
     assert noise.remaining == 0
     assert cond.batch == s["batch"] == out.shape[0]
     for stage in ("prior", "decoder", "upsampler"):
         timesteps = fx.record["timesteps"][stage]
         assert timesteps == sampler.schedulers[stage].set_timesteps(len(timesteps)).tolist(), stage
-    seen["image"] = np.clip(out * np.float32(0.5) + np.float32(0.5), 0, 1).transpose(0, 2, 3, 1)
+    seen["image"] = _pipeline_image(out)
 
     for name in ("prior_latents", "image_embeddings"):
         _close(name, seen[name], fx.value(name), REPLAY_TOLERANCE, worst)

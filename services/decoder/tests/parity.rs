@@ -15,6 +15,7 @@
 mod common;
 
 use std::collections::VecDeque;
+use std::sync::atomic::AtomicBool;
 
 use common::{Fixture, karlo_tiny, load_graphs, max_abs_diff};
 use ndarray::{Array1, ArrayD, Axis, Ix2, Ix3};
@@ -22,6 +23,7 @@ use serde_json::Value;
 use unclip_decoder::conditioning::{
     ImageConditioning, TextProjInputs, TextProjOutputs, Unconditional, plan,
 };
+use unclip_decoder::graphs::Graphs;
 use unclip_decoder::noise::NoiseDraws;
 use unclip_decoder::sampling::{
     self, DecoderCall, DecoderGraphs, LoopSettings, SamplerKind, StepTrace, Stepper,
@@ -339,15 +341,7 @@ fn replayed_loops_assemble_the_recorded_inputs() {
         let image_upscaled = f.value("image_upscaled");
         let decoder_steps = steps(&mut f, "decoder");
         let upsampler_steps = steps(&mut f, "upsampler");
-        let timesteps = |stage: &str| -> Vec<i64> {
-            f.json["timesteps"][stage]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|t| t.as_i64().unwrap())
-                .collect()
-        };
-        let (dec_t, up_t) = (timesteps("decoder"), timesteps("upsampler"));
+        let (dec_t, up_t) = (f.timesteps("decoder"), f.timesteps("upsampler"));
         let mut dec_noise = recorded_noise(&mut f, "decoder");
         let mut up_noise = recorded_noise(&mut f, "upsampler");
 
@@ -467,81 +461,136 @@ fn step_bounds(config: SchedulerConfig, timesteps: &[i64], errors: &[f32]) -> Ve
         .collect()
 }
 
+/// karlo-tiny's real decoder and upsampler graphs with their steppers, for loops that run free
+/// on recorded noise.
+struct FreeRunner {
+    repo: ModelRepository,
+    graphs: Graphs,
+    decoder: Stepper,
+    upsampler: Stepper,
+    uncond: Unconditional,
+    resizer: BicubicResizer,
+}
+
+impl FreeRunner {
+    fn new() -> Self {
+        let (repo, graphs) = load_graphs(&karlo_tiny());
+        let (decoder, upsampler) = steppers(&repo);
+        let uncond = unconditional(&repo);
+        let (i, o) = repo.sizes().upsampler_sizes[0];
+        let resizer = BicubicResizer::new((i, i), (o, o)).unwrap();
+        Self {
+            repo,
+            graphs,
+            decoder,
+            upsampler,
+            uncond,
+            resizer,
+        }
+    }
+
+    /// The text projection and the decoder loop for case `f` at `timesteps`, drawing from
+    /// `noise`; `observer` sees every step.
+    fn decode(
+        &self,
+        f: &mut Fixture,
+        timesteps: &[i64],
+        noise: &mut RecordedNoise,
+        observer: &mut dyn FnMut(&StepTrace<'_>),
+    ) -> ArrayD<f32> {
+        let never = AtomicBool::new(false);
+        let mut calls = self.graphs.calls(&never);
+        let sizes = self.repo.sizes();
+        let (scale, cond) = (guidance(f), conditioning(f));
+        let conditioned = sampling::condition(
+            &mut calls,
+            plan(&cond, &self.uncond, scale, sizes.decoder_context_length),
+        )
+        .unwrap();
+        let settings = LoopSettings {
+            stepper: &self.decoder,
+            timesteps,
+            init_noise: None,
+            inpaint: None,
+        };
+        sampling::decode(
+            &mut calls,
+            &conditioned,
+            sizes.decoder_image_size,
+            noise,
+            &settings,
+            observer,
+        )
+        .unwrap()
+    }
+
+    /// The upsampler loop at `timesteps` on the bicubic upscale of `image_small`, drawing from
+    /// `noise`; `observer` sees every step.
+    fn upsample(
+        &self,
+        image_small: &ArrayD<f32>,
+        timesteps: &[i64],
+        noise: &mut RecordedNoise,
+        observer: &mut dyn FnMut(&StepTrace<'_>),
+    ) -> ArrayD<f32> {
+        let never = AtomicBool::new(false);
+        let settings = LoopSettings {
+            stepper: &self.upsampler,
+            timesteps,
+            init_noise: None,
+            inpaint: None,
+        };
+        sampling::upsample(
+            &mut self.graphs.calls(&never),
+            0,
+            &self.resizer.resize(&image_small.view()).unwrap(),
+            noise,
+            &settings,
+            observer,
+        )
+        .unwrap()
+    }
+}
+
 /// The loops over the real ONNX graphs with only diffusers' noise replayed: each step within
 /// 1e-4 of diffusers where the update does not amplify ε (see [`step_bounds`]), and the
 /// end-to-end image difference reported.
 #[test]
 fn free_running_loops_track_diffusers() {
-    let (repo, graphs) = load_graphs(&karlo_tiny());
-    let (decoder, upsampler) = steppers(&repo);
-    let uncond = unconditional(&repo);
-    let sizes = repo.sizes().clone();
-    let never = std::sync::atomic::AtomicBool::new(false);
-    let resizer = {
-        let (i, o) = sizes.upsampler_sizes[0];
-        BicubicResizer::new((i, i), (o, o)).unwrap()
-    };
+    let runner = FreeRunner::new();
     let (mut worst_step, mut worst_amplified) = (0.0f32, 0.0f32);
     for case in Fixture::cases() {
         let mut f = Fixture::open(&case);
-        let scale = guidance(&f);
-        let cond = conditioning(&mut f);
         let image_small = f.value("image_small");
         let image = f.value("image");
         let decoder_steps = steps(&mut f, "decoder");
         let upsampler_steps = steps(&mut f, "upsampler");
         let dec_t: Vec<i64> = decoder_steps.iter().map(|s| s.timestep).collect();
         let up_t: Vec<i64> = upsampler_steps.iter().map(|s| s.timestep).collect();
-        let mut calls = graphs.calls(&never);
 
-        let conditioned = sampling::condition(
-            &mut calls,
-            plan(&cond, &uncond, scale, sizes.decoder_context_length),
-        )
-        .unwrap();
-        let settings = LoopSettings {
-            stepper: &decoder,
-            timesteps: &dec_t,
-            init_noise: None,
-            inpaint: None,
-        };
         let mut dec_errors = Vec::new();
-        let small = sampling::decode(
-            &mut calls,
-            &conditioned,
-            sizes.decoder_image_size,
-            &mut recorded_noise(&mut f, "decoder"),
-            &settings,
+        let mut noise = recorded_noise(&mut f, "decoder");
+        let small = runner.decode(
+            &mut f,
+            &dec_t,
+            &mut noise,
             &mut step_errors(&decoder_steps, &mut dec_errors),
-        )
-        .unwrap();
-
+        );
         // The upsampler stage on diffusers' own decoder result (per-stage parity) ...
-        let settings = LoopSettings {
-            stepper: &upsampler,
-            timesteps: &up_t,
-            ..settings
-        };
         let mut up_errors = Vec::new();
-        let staged = sampling::upsample(
-            &mut calls,
-            0,
-            &resizer.resize(&image_small.view()).unwrap(),
+        let staged = runner.upsample(
+            &image_small,
+            &up_t,
             &mut recorded_noise(&mut f, "upsampler"),
-            &settings,
             &mut step_errors(&upsampler_steps, &mut up_errors),
-        )
-        .unwrap();
+        );
         // ... and end to end on ours.
-        let end_to_end = sampling::upsample(
-            &mut calls,
-            0,
-            &resizer.resize(&small.view()).unwrap(),
+        let end_to_end = runner.upsample(
+            &small,
+            &up_t,
             &mut recorded_noise(&mut f, "upsampler"),
-            &settings,
             &mut sampling::ignore_steps,
-        )
-        .unwrap();
+        );
         let image_diff = max_abs_diff(&to_image(&end_to_end), &image);
         let staged_diff = max_abs_diff(&to_image(&staged), &image);
         println!(
@@ -555,13 +604,13 @@ fn free_running_loops_track_diffusers() {
         for (stage, config, errors, timesteps) in [
             (
                 "decoder",
-                repo.manifest().schedulers.decoder,
+                runner.repo.manifest().schedulers.decoder,
                 &dec_errors,
                 &dec_t,
             ),
             (
                 "upsampler",
-                repo.manifest().schedulers.upsampler,
+                runner.repo.manifest().schedulers.upsampler,
                 &up_errors,
                 &up_t,
             ),
@@ -632,15 +681,7 @@ fn fraction_off(a: &ArrayD<f32>, b: &ArrayD<f32>) -> f32 {
 /// ~2·10⁴, 6.1e-2) with at most 1% of the values off by more than 1e-4.
 #[test]
 fn free_running_replay_cases_reproduce_the_recorded_images() {
-    let (repo, graphs) = load_graphs(&karlo_tiny());
-    let (decoder, upsampler) = steppers(&repo);
-    let uncond = unconditional(&repo);
-    let sizes = repo.sizes().clone();
-    let never = std::sync::atomic::AtomicBool::new(false);
-    let resizer = {
-        let (i, o) = sizes.upsampler_sizes[0];
-        BicubicResizer::new((i, i), (o, o)).unwrap()
-    };
+    let runner = FreeRunner::new();
     let cases = Fixture::replay_cases();
     assert!(
         cases.len() >= 4,
@@ -653,65 +694,27 @@ fn free_running_replay_cases_reproduce_the_recorded_images() {
             f.json.get("scheduler_steps").is_none() && f.json.get("model_calls").is_none(),
             "{case}: a replay case records no steps or calls"
         );
-        let scale = guidance(&f);
-        let cond = conditioning(&mut f);
         let image_small = f.value("image_small");
         let image_upscaled = f.value("image_upscaled");
         let image = f.value("image");
         let (dec_t, up_t) = (f.timesteps("decoder"), f.timesteps("upsampler"));
-        let mut calls = graphs.calls(&never);
 
-        let conditioned = sampling::condition(
-            &mut calls,
-            plan(&cond, &uncond, scale, sizes.decoder_context_length),
-        )
-        .unwrap();
-        let settings = LoopSettings {
-            stepper: &decoder,
-            timesteps: &dec_t,
-            init_noise: None,
-            inpaint: None,
-        };
         let mut noise = recorded_noise(&mut f, "decoder");
-        let small = sampling::decode(
-            &mut calls,
-            &conditioned,
-            sizes.decoder_image_size,
-            &mut noise,
-            &settings,
-            &mut sampling::ignore_steps,
-        )
-        .unwrap();
+        let small = runner.decode(&mut f, &dec_t, &mut noise, &mut sampling::ignore_steps);
         assert!(noise.0.is_empty(), "{case}: every decoder draw used");
-        let upscaled = resizer.resize(&small.view()).unwrap();
+        let upscaled = runner.resizer.resize(&small.view()).unwrap();
 
-        let settings = LoopSettings {
-            stepper: &upsampler,
-            timesteps: &up_t,
-            ..settings
-        };
         let mut noise = recorded_noise(&mut f, "upsampler");
-        let end_to_end = sampling::upsample(
-            &mut calls,
-            0,
-            &upscaled,
-            &mut noise,
-            &settings,
-            &mut sampling::ignore_steps,
-        )
-        .unwrap();
+        let end_to_end = runner.upsample(&small, &up_t, &mut noise, &mut sampling::ignore_steps);
         assert!(noise.0.is_empty(), "{case}: every upsampler draw used");
-        let staged = sampling::upsample(
-            &mut calls,
-            0,
-            &resizer.resize(&image_small.view()).unwrap(),
+        let staged = runner.upsample(
+            &image_small,
+            &up_t,
             &mut recorded_noise(&mut f, "upsampler"),
-            &settings,
             &mut sampling::ignore_steps,
-        )
-        .unwrap();
+        );
 
-        let schedulers = &repo.manifest().schedulers;
+        let schedulers = &runner.repo.manifest().schedulers;
         let (dec_bound, dec_gain) = stage_bound(schedulers.decoder, &dec_t);
         let (up_bound, up_gain) = stage_bound(schedulers.upsampler, &up_t);
         let results = [

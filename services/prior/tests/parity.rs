@@ -20,7 +20,7 @@ use std::sync::Mutex;
 use common::{Fixture, karlo_tiny, max_abs_diff, require_ort};
 use ndarray::{Array2, ArrayD, Ix2, Ix3};
 use serde_json::Value;
-use unclip_prior::sampler::{PriorInputs, PriorNoise, PriorSampler, PriorSettings};
+use unclip_prior::sampler::{PriorInputs, PriorNoise, PriorOutput, PriorSampler, PriorSettings};
 use unclip_runtime::{ModelRepository, SessionConfig, SessionExecutor, init_environment};
 use unclip_server::ServiceError;
 use unclip_server::validate::TextConditioning;
@@ -227,14 +227,7 @@ async fn replayed_loop_assembles_recorded_inputs() {
                 worst_input = worst_input.max(diff);
             }
         }
-        let latents = max_abs_diff(
-            &out.latents.clone().into_dyn(),
-            &fixture.f32("prior_latents"),
-        );
-        let embeds = max_abs_diff(
-            &out.image_embeds.clone().into_dyn(),
-            &fixture.f32("image_embeddings"),
-        );
+        let (latents, embeds) = final_diffs(&out, &mut fixture);
         assert!(
             latents <= 1e-5,
             "{}: latents differ by {latents:e}",
@@ -276,15 +269,22 @@ async fn free_run(
         matches!(&noise, PriorNoise::Explicit(rest) if rest.is_empty()),
         "{case}: not every recorded draw was used"
     );
-    let latents = max_abs_diff(
-        &out.latents.clone().into_dyn(),
-        &fixture.f32("prior_latents"),
-    );
-    let embeds = max_abs_diff(
-        &out.image_embeds.clone().into_dyn(),
-        &fixture.f32("image_embeddings"),
-    );
+    let (latents, embeds) = final_diffs(&out, &mut fixture);
     (latents, embeds, settings.steps)
+}
+
+/// How far a loop's result is from the recorded `prior_latents` and `image_embeddings`.
+fn final_diffs(out: &PriorOutput, fixture: &mut Fixture) -> (f32, f32) {
+    (
+        max_abs_diff(
+            &out.latents.clone().into_dyn(),
+            &fixture.f32("prior_latents"),
+        ),
+        max_abs_diff(
+            &out.image_embeds.clone().into_dyn(),
+            &fixture.f32("image_embeddings"),
+        ),
+    )
 }
 
 /// Over the real prior graph with the recorded noise, the loop ends within 1e-4 of diffusers'
