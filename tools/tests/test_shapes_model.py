@@ -52,3 +52,22 @@ def test_draws_what_it_is_asked(caption: str, seed: int) -> None:
     want = parse_caption(caption)
     got = read_image(img)
     assert (got.color, got.background, got.position) == (want["color"], want["background"], want["position"])
+
+
+@pytest.mark.heavy
+def test_quality_report_text_is_what_its_generator_makes_of_its_figures() -> None:
+    """docs/shapes-quality.md is `quality.markdown` of docs/shapes-quality.json, with the defaults
+    its reproduce line names: the prose and the figures cannot drift apart."""
+    pytest.importorskip("torch")
+    import argparse
+    import json
+
+    from unclip_tools.shapes import quality
+
+    docs = MODEL.parents[1] / "docs"
+    figures = json.loads((docs / "shapes-quality.json").read_text())
+    assert figures["model_version"] == load_manifest(MODEL)["version"]
+    parser = argparse.ArgumentParser()
+    quality.add_arguments(parser, "quality-report")
+    text = quality.markdown(figures, parser.parse_args([]), "shapes-quality.png")
+    assert (docs / "shapes-quality.md").read_text() == text
