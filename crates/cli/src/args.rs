@@ -61,6 +61,11 @@ pub struct GlobalArgs {
     #[arg(long, short, global = true)]
     pub verbose: bool,
 
+    /// Also write each stage's images before the last as they arrive, next to --out: the
+    /// decoder's as STEM.decoder.png (STEM.decoder-K.png for several), then STEM.upsampler0.png...
+    #[arg(long, global = true)]
+    pub previews: bool,
+
     /// Deadline of the call in seconds; the gateway stops its stage work when it passes.
     #[arg(
         long,

@@ -1,6 +1,7 @@
 //! The gateway connection, the calls' deadline, and how a gRPC error reads to a user
 //! (`INVALID_ARGUMENT: num_images: must be 1..=10, got 0`).
 
+use std::path::Path;
 use std::time::Duration;
 
 use tonic::transport::{Channel, Endpoint};
@@ -9,6 +10,7 @@ use unclip_proto::v1::gateway_client::GatewayClient;
 use unclip_proto::v1::{ImagesEvent, ImagesResponse, images_event};
 use unclip_stages::clients::MAX_MESSAGE_BYTES;
 
+use crate::output::{ImageKind, write_preview};
 use crate::progress::ProgressView;
 
 /// How long connecting to the gateway may take.
@@ -46,6 +48,9 @@ pub enum ClientError {
     /// The call failed with a status.
     #[error(transparent)]
     Rpc(#[from] RpcError),
+    /// A preview image could not be written.
+    #[error("{0:#}")]
+    Preview(anyhow::Error),
     /// The stream ended without its result.
     #[error("the gateway's stream ended without a result")]
     NoResult,
@@ -110,18 +115,27 @@ pub fn with_deadline<T>(message: T, timeout: Duration) -> tonic::Request<T> {
     request
 }
 
-/// Reads a streaming call to its end: progress events into `view`, previews skipped, the
-/// result returned.
+/// Reads a streaming call to its end: progress events into `view`, previews written for
+/// `previews` (the output file, when asked for them) as they arrive, the result returned.
 pub async fn collect(
     mut stream: Streaming<ImagesEvent>,
     view: &ProgressView,
+    previews: Option<(&Path, ImageKind)>,
 ) -> Result<ImagesResponse, ClientError> {
     let mut result = None;
     while let Some(event) = stream.message().await.map_err(RpcError)? {
         match event.event {
             Some(images_event::Event::Progress(progress)) => view.update(&progress),
             Some(images_event::Event::Result(response)) => result = Some(response),
-            Some(images_event::Event::Preview(_)) | None => {}
+            Some(images_event::Event::Preview(preview)) => {
+                if let Some((out, kind)) = previews {
+                    let lines = write_preview(&preview, out, kind).map_err(ClientError::Preview)?;
+                    for line in lines {
+                        view.println(&line);
+                    }
+                }
+            }
+            None => {}
         }
     }
     view.finish();

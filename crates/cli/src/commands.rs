@@ -2,7 +2,7 @@
 //! ([`Call::prepare`]), so a typo fails before any service starts; then [`Call::execute`] calls
 //! the streaming RPC with a progress bar and writes the files.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use tonic::Status;
@@ -150,7 +150,9 @@ impl Call {
                 };
                 let view = ProgressView::new(global.quiet);
                 let started = Instant::now();
-                let response = within(timeout, call.stream(&mut client, timeout, &view)).await?;
+                let previews = global.previews.then_some((out.as_path(), kind));
+                let response =
+                    within(timeout, call.stream(&mut client, timeout, &view, previews)).await?;
                 let elapsed = started.elapsed();
                 view.finish();
                 if response.prompt_truncated {
@@ -172,37 +174,47 @@ impl Call {
         Ok(())
     }
 
-    /// Sends an images call as its streaming RPC and reads the stream to its result.
+    /// Sends an images call as its streaming RPC (asking for previews when they are to be
+    /// written) and reads the stream to its result.
     async fn stream(
         self,
         client: &mut GatewayClient<Channel>,
         timeout: Duration,
         view: &ProgressView,
+        previews: Option<(&Path, ImageKind)>,
     ) -> Result<ImagesResponse, ClientError> {
+        let want = previews.is_some();
         let answer = match self {
-            Call::Generate { request, .. } => {
+            Call::Generate { mut request, .. } => {
+                request.previews = want;
                 client
                     .generate_stream(with_deadline(request, timeout))
                     .await
             }
-            Call::Vary { request, .. } => client.vary_stream(with_deadline(request, timeout)).await,
-            Call::Interpolate { request, .. } => {
+            Call::Vary { mut request, .. } => {
+                request.previews = want;
+                client.vary_stream(with_deadline(request, timeout)).await
+            }
+            Call::Interpolate { mut request, .. } => {
+                request.previews = want;
                 client
                     .interpolate_stream(with_deadline(request, timeout))
                     .await
             }
-            Call::TextDiff { request, .. } => {
+            Call::TextDiff { mut request, .. } => {
+                request.previews = want;
                 client
                     .text_diff_stream(with_deadline(request, timeout))
                     .await
             }
-            Call::Inpaint { request, .. } => {
+            Call::Inpaint { mut request, .. } => {
+                request.previews = want;
                 client.inpaint_stream(with_deadline(request, timeout)).await
             }
             Call::Info | Call::Stats => unreachable!("not a streaming call"),
         };
         let stream = answer.map_err(RpcError)?.into_inner();
-        collect(stream, view).await
+        collect(stream, view, previews).await
     }
 }
 

@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use unclip_proto::v1::{GatewayInfo, GatewayStats, GeneratedImage, ImagesResponse, ReplicaInfo};
+use unclip_proto::v1::{
+    GatewayInfo, GatewayStats, GeneratedImage, ImagesResponse, Preview, ReplicaInfo,
+};
 
 /// The file of image `k` of `count`: `out` itself for one image, else `STEM-k.EXT` next to it
 /// (`.png` when `out` has no extension).
@@ -25,6 +27,38 @@ pub fn output_path(out: &Path, k: usize, count: usize) -> PathBuf {
 pub fn animation_path(out: &Path) -> PathBuf {
     let stem = out.file_stem().unwrap_or_default().to_string_lossy();
     out.with_file_name(format!("{stem}.apng"))
+}
+
+/// The file of preview image `k` of `count` from `stage`: `STEM.STAGE.EXT`, or
+/// `STEM.STAGE-k.EXT` for several, next to `out` (the stage's name kept to letters and digits).
+pub fn preview_path(out: &Path, stage: &str, k: usize, count: usize) -> PathBuf {
+    let stem = out.file_stem().unwrap_or_default().to_string_lossy();
+    let ext = out
+        .extension()
+        .map_or_else(|| "png".into(), |e| e.to_string_lossy());
+    let stage: String = stage.chars().filter(char::is_ascii_alphanumeric).collect();
+    output_path(
+        &out.with_file_name(format!("{stem}.{stage}.{ext}")),
+        k,
+        count,
+    )
+}
+
+/// Writes a stream's preview images for `out`; returns one line per file.
+pub fn write_preview(
+    preview: &Preview,
+    out: &Path,
+    kind: ImageKind,
+) -> anyhow::Result<Vec<String>> {
+    let count = preview.images.len();
+    let mut lines = Vec::with_capacity(count);
+    for (k, image) in preview.images.iter().enumerate() {
+        let path = preview_path(out, &preview.stage, k, count);
+        write_file(&path, &image.png)?;
+        let line = image_line(&path, image, preview.size, kind);
+        lines.push(format!("{line} [{} preview]", preview.stage));
+    }
+    Ok(lines)
 }
 
 /// Fails unless the folder `out` goes into exists, so no work is done for nothing.
@@ -256,6 +290,14 @@ mod tests {
             Path::new("a.b-1.png")
         );
         assert_eq!(animation_path(out), Path::new("dir/out.apng"));
+        assert_eq!(
+            preview_path(out, "decoder", 0, 1),
+            Path::new("dir/out.decoder.png")
+        );
+        assert_eq!(
+            preview_path(out, "upsampler[0]", 1, 2),
+            Path::new("dir/out.upsampler0-1.png")
+        );
         assert_eq!(animation_path(Path::new("diff")), Path::new("diff.apng"));
     }
 

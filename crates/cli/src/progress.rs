@@ -56,6 +56,11 @@ impl ProgressView {
         self.bar.set_message(progress_message(progress));
     }
 
+    /// Prints a line on stdout without tearing the bar.
+    pub fn println(&self, line: &str) {
+        self.bar.suspend(|| println!("{line}"));
+    }
+
     /// Removes the bar (before the results are printed).
     pub fn finish(&self) {
         self.bar.finish_and_clear();

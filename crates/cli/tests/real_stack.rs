@@ -2,7 +2,7 @@
 //! have been built next to this test (`cargo build -p unclip-clip -p unclip-prior
 //! -p unclip-decoder -p unclip-gateway`, or `cargo test --workspace`): `unclip stack` with two
 //! decoder replicas serves `generate` and `stats` and stops cleanly on SIGTERM; `--local` runs a
-//! text diff around one command.
+//! generate with previews and a text diff, each around one command.
 
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
@@ -67,6 +67,13 @@ fn succeeded(output: &Output) -> String {
 /// Whether `path` holds a PNG.
 fn is_png(path: &Path) -> bool {
     std::fs::read(path).is_ok_and(|bytes| bytes.starts_with(b"\x89PNG\r\n\x1a\n"))
+}
+
+/// The width a PNG's header gives.
+fn png_width(path: &Path) -> u32 {
+    assert!(is_png(path), "{} is not a PNG", path.display());
+    let bytes = std::fs::read(path).unwrap();
+    u32::from_be_bytes(bytes[16..20].try_into().unwrap())
 }
 
 /// `unclip stack` runs until SIGTERM; the listen-info file says where its gateway is, which
@@ -154,7 +161,8 @@ async fn stack_serves_until_sigterm() {
     );
 }
 
-/// `--local` starts the stack for one `diff` and stops it: frames and the animation are written.
+/// `--local` starts the stack for one command and stops it: `generate --previews` writes the
+/// decoder's base image first, then the image; `diff` writes frames and the animation.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_runs_one_command() {
     let Some(model) = ready() else {
@@ -165,10 +173,23 @@ async fn local_runs_one_command() {
         .arg("--local")
         .arg(&model)
         .args(["generate", "a red circle", "--seed", "1", "--out", "in.png"])
+        .arg("--previews")
         .output()
         .await
         .unwrap();
-    succeeded(&output);
+    let stdout = succeeded(&output);
+    // The decoder's base image arrived as a preview before the final one: 32 px, not 128.
+    let preview = dir.path().join("in.decoder.png");
+    assert!(
+        stdout.contains("in.decoder.png (32×32, seed 1) [decoder preview]"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.find("in.decoder.png") < stdout.find("wrote in.png"),
+        "{stdout}"
+    );
+    assert_eq!(png_width(&preview), 32);
+    assert_eq!(png_width(&dir.path().join("in.png")), 128);
     let output = unclip(dir.path())
         .arg("--local")
         .arg(&model)
