@@ -15,7 +15,8 @@ use unclip_e2e::{
 use unclip_proto::v1::gateway_client::GatewayClient;
 use unclip_proto::v1::{
     DecoderSettings, GenerateRequest, GetInfoRequest, ImagesResponse, InpaintRequest,
-    InterpolateRequest, TextDiffRequest, VariationMode, VaryRequest, images_event,
+    InterpolateRequest, Preview, Progress, TextDiffRequest, VariationMode, VaryRequest,
+    images_event,
 };
 
 type Client = GatewayClient<Channel>;
@@ -245,29 +246,17 @@ async fn every_capability() {
 
     // --- Streaming: progress per stage call, a preview after the decoder, then the result,
     // which equals the unary result for the same request.
-    let mut stream = client
-        .generate_stream(GenerateRequest {
+    let (progress, previews, result) = generate_stream(
+        &mut client,
+        GenerateRequest {
             prompt: BLUE_SQUARE.into(),
             seed: Some(11),
             previews: true,
             decoder: Some(DecoderSettings::default()),
             ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut progress = Vec::new();
-    let mut previews = Vec::new();
-    let mut result = None;
-    while let Some(event) = stream.message().await.unwrap() {
-        assert!(result.is_none(), "nothing follows the result");
-        match event.event.unwrap() {
-            images_event::Event::Progress(p) => progress.push(p),
-            images_event::Event::Preview(p) => previews.push(p),
-            images_event::Event::Result(r) => result = Some(r),
-        }
-    }
-    let result = result.expect("a result event");
+        },
+    )
+    .await;
     assert_eq!(result.images[0].png, batch.images[0].png);
     let last = progress.last().unwrap();
     assert_eq!((last.calls_done, last.calls_total), (5, 5));
@@ -276,10 +265,43 @@ async fn every_capability() {
             .windows(2)
             .all(|w| w[0].calls_done <= w[1].calls_done)
     );
+    // Steps within each stage call, as the stage services stream them: the decoder's 25 and
+    // each upsampler's 7 move forward from 0 to the end. The prior's sample is cached from
+    // the unary call: one event, at its end.
+    assert_eq!(stage_steps(&progress, "prior", 25), [25]);
+    for (stage, total) in [("decoder", 25), ("upsampler[0]", 7), ("upsampler[1]", 7)] {
+        let steps = stage_steps(&progress, stage, total);
+        assert_eq!(steps.first(), Some(&0), "{stage}: {steps:?}");
+        let between = steps.iter().filter(|&&s| 0 < s && s < total).count();
+        println!("{stage}: {between} progress events between the first and the last step");
+        if stage == "decoder" {
+            assert!(
+                between > 0,
+                "{stage}: no step reported within the call: {steps:?}"
+            );
+        }
+    }
+    // A new seed: the prior runs, and its steps arrive too.
+    let (progress, _, _) = generate_stream(
+        &mut client,
+        GenerateRequest {
+            prompt: BLUE_SQUARE.into(),
+            seed: Some(911),
+            decoder: Some(DecoderSettings {
+                decoder_steps: Some(2),
+                upsampler_steps: Some(2),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    )
+    .await;
+    let steps = stage_steps(&progress, "prior", 25);
+    let between = steps.iter().filter(|&&s| 0 < s && s < 25).count();
+    println!("prior: {between} progress events between the first and the last step");
     assert!(
-        progress
-            .iter()
-            .any(|p| p.stage == "decoder" && p.total == 25)
+        between > 0,
+        "prior: no step reported within the call: {steps:?}"
     );
     assert_eq!(previews[0].stage, "decoder");
     assert_eq!(previews[0].size, 32);
@@ -288,6 +310,40 @@ async fn every_capability() {
     let counts = stats(&mut client).await;
     assert!(requests(&counts, "generate ok") >= 6);
     stack.shutdown().await.unwrap();
+}
+
+/// A GenerateStream call read to its end: progress, previews, then the result (which must be
+/// last).
+async fn generate_stream(
+    client: &mut Client,
+    request: GenerateRequest,
+) -> (Vec<Progress>, Vec<Preview>, ImagesResponse) {
+    let mut stream = client.generate_stream(request).await.unwrap().into_inner();
+    let (mut progress, mut previews, mut result) = (Vec::new(), Vec::new(), None);
+    while let Some(event) = stream.message().await.unwrap() {
+        assert!(result.is_none(), "nothing follows the result");
+        match event.event.unwrap() {
+            images_event::Event::Progress(p) => progress.push(p),
+            images_event::Event::Preview(p) => previews.push(p),
+            images_event::Event::Result(r) => result = Some(r),
+        }
+    }
+    (progress, previews, result.expect("a result event"))
+}
+
+/// The steps `stage` reported, each out of `total`, moving forward and ending at `total`.
+fn stage_steps(progress: &[Progress], stage: &str, total: u32) -> Vec<u32> {
+    let steps: Vec<u32> = progress
+        .iter()
+        .filter(|p| p.stage == stage)
+        .map(|p| {
+            assert_eq!(p.total, total, "{stage}: {p:?}");
+            p.step
+        })
+        .collect();
+    assert!(steps.windows(2).all(|w| w[0] <= w[1]), "{stage}: {steps:?}");
+    assert_eq!(steps.last(), Some(&total), "{stage}: {steps:?}");
+    steps
 }
 
 /// Asserts that `status` is INVALID_ARGUMENT with a message that starts with `field`.

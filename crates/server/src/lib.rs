@@ -11,6 +11,7 @@
 //! | [`error`] | [`ServiceError`] and its one mapping to `tonic::Status` |
 //! | [`validate`] | request checks: counts, tensors, text encodings |
 //! | [`info`] | the `ModelInfo` every `GetInfo` returns |
+//! | [`steps`] | step progress of a loop and the `...Stream` form of a stage RPC that sends it |
 //!
 //! # How a service uses it
 //!
@@ -64,9 +65,11 @@ pub mod info;
 pub mod logging;
 pub mod serve;
 pub mod shutdown;
+pub mod steps;
 pub mod validate;
 
 pub use args::RuntimeArgs;
 pub use error::ServiceError;
 pub use serve::{ModelSlot, ServeArgs, ServeConfig, serve};
 pub use shutdown::shutdown_signal;
+pub use steps::{EventStream, StepEvent, Steps, stream_steps};

@@ -13,7 +13,7 @@ use ndarray::{Array2, ArrayD, Ix4};
 use unclip_proto::v1::{DecodeResponse, ImageFormat, InvertResponse, Tensor, UpsampleResponse};
 use unclip_runtime::{Device, ModelRepository, init_environment};
 use unclip_sampler::{BicubicResizer, NoiseStage};
-use unclip_server::ServiceError;
+use unclip_server::{ServiceError, Steps};
 
 use crate::conditioning::{ImageConditioning, Unconditional, plan};
 use crate::config::Config;
@@ -21,7 +21,7 @@ use crate::graphs::Graphs;
 use crate::images::encode_pngs;
 use crate::noise::SeededNoise;
 use crate::request::{Context, DecodeJob, InvertJob, Limits, UpsampleJob};
-use crate::sampling::{self, LoopSettings, SamplerKind, Stepper, ignore_steps};
+use crate::sampling::{self, LoopSettings, SamplerKind, Stepper};
 
 /// The decoder, its text projection and the super-resolution cascade, ready to serve.
 #[derive(Debug)]
@@ -114,11 +114,12 @@ impl DecoderModel {
         }
     }
 
-    /// Runs a Decode.
+    /// Runs a Decode, reporting its steps to `steps`.
     pub fn decode(
         &self,
         job: DecodeJob,
         cancelled: &AtomicBool,
+        steps: &Steps,
     ) -> Result<DecodeResponse, ServiceError> {
         let sizes = self.repo.sizes();
         let stepper = Stepper::new(self.repo.manifest().schedulers.decoder, job.sampler)?;
@@ -146,7 +147,7 @@ impl DecoderModel {
             sizes.decoder_image_size,
             &mut noise,
             &settings,
-            &mut ignore_steps,
+            &mut |trace| steps.report(trace.index + 1, timesteps.len()),
         )?;
         let (images, samples) = respond(images, job.format)?;
         Ok(DecodeResponse {
@@ -158,11 +159,12 @@ impl DecoderModel {
         })
     }
 
-    /// Runs an Upsample.
+    /// Runs an Upsample, reporting its steps to `steps`.
     pub fn upsample(
         &self,
         job: UpsampleJob,
         cancelled: &AtomicBool,
+        steps: &Steps,
     ) -> Result<UpsampleResponse, ServiceError> {
         let resizer = self
             .resizers
@@ -187,7 +189,7 @@ impl DecoderModel {
             &upscaled,
             &mut noise,
             &settings,
-            &mut ignore_steps,
+            &mut |trace| steps.report(trace.index + 1, timesteps.len()),
         )?;
         let (images, samples) = respond(images, job.format)?;
         Ok(UpsampleResponse {
@@ -198,11 +200,12 @@ impl DecoderModel {
         })
     }
 
-    /// Runs an Invert.
+    /// Runs an Invert, reporting its steps to `steps`.
     pub fn invert(
         &self,
         job: InvertJob,
         cancelled: &AtomicBool,
+        steps: &Steps,
     ) -> Result<InvertResponse, ServiceError> {
         let sizes = self.repo.sizes();
         let stepper = Stepper::new(
@@ -220,7 +223,15 @@ impl DecoderModel {
                 sizes.decoder_context_length,
             ),
         )?;
-        let noise = sampling::invert(&mut graphs, &cond, &job.images, &timesteps, &stepper)?;
+        let total = timesteps.len();
+        let noise = sampling::invert(
+            &mut graphs,
+            &cond,
+            &job.images,
+            &timesteps,
+            &stepper,
+            &mut |k| steps.report(k, total),
+        )?;
         Ok(InvertResponse {
             noise: Some(Tensor::from_array(&noise)),
             steps: job.steps as i32,
@@ -248,7 +259,7 @@ impl DecoderModel {
             format: ImageFormat::PngAndTensor,
         };
         let decoded = self
-            .decode(job, &never)
+            .decode(job, &never, &Steps::none())
             .map_err(|e| anyhow::anyhow!("warm-up Decode failed: {e}"))?;
         let mut low_res = decoded
             .samples
@@ -270,7 +281,7 @@ impl DecoderModel {
                 format: ImageFormat::Tensor,
             };
             let out = self
-                .upsample(job, &never)
+                .upsample(job, &never, &Steps::none())
                 .map_err(|e| anyhow::anyhow!("warm-up Upsample (stage {stage}) failed: {e}"))?;
             low_res = out
                 .samples

@@ -440,6 +440,7 @@ pub fn invert(
     image: &ArrayD<f32>,
     timesteps: &[i64],
     stepper: &Stepper,
+    on_step: &mut dyn FnMut(usize),
 ) -> Result<ArrayD<f32>, ServiceError> {
     // The stage's own DDIM settings at η = 0: where sampling clips x̂₀ and re-derives ε, so
     // does the inversion step.
@@ -450,12 +451,13 @@ pub fn invert(
     let ddim = DdimScheduler::new(stepper.schedule().clone(), params).map_err(internal)?;
     let n = image.shape()[0];
     let mut x = image.clone();
-    for (from, to, model_t) in inversion_pairs(timesteps) {
+    for (k, (from, to, model_t)) in inversion_pairs(timesteps).into_iter().enumerate() {
         let out = decoder_output(graphs, cond, &x, model_t)?;
         let eps = out.slice_axis(Axis(1), Slice::from(0..LATENT_CHANNELS));
         x = ddim
             .invert_step(&eps, &vec![from; n], &x.view(), &vec![to; n])
             .map_err(internal)?;
+        on_step(k + 1);
     }
     Ok(x)
 }
@@ -668,7 +670,7 @@ mod tests {
                 error,
             };
             let timesteps = stepper.timesteps(25).unwrap();
-            let x_t = invert(&mut model, &cond, &image, &timesteps, &stepper).unwrap();
+            let x_t = invert(&mut model, &cond, &image, &timesteps, &stepper, &mut |_| {}).unwrap();
             let settings = LoopSettings {
                 stepper: &stepper,
                 timesteps: &timesteps,
@@ -830,7 +832,15 @@ mod tests {
         let image = ArrayD::from_shape_fn(IxDyn(&[1, 3, 4, 4]), |d| {
             0.1 * d[3] as f32 - 0.2 * d[1] as f32
         });
-        let x_t = invert(&mut ConstEps, &cond, &image, &timesteps, &stepper).unwrap();
+        let x_t = invert(
+            &mut ConstEps,
+            &cond,
+            &image,
+            &timesteps,
+            &stepper,
+            &mut |_| {},
+        )
+        .unwrap();
         let settings = LoopSettings {
             stepper: &stepper,
             timesteps: &timesteps,

@@ -6,13 +6,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 use unclip_proto::v1::decoder_service_server::DecoderService;
 use unclip_proto::v1::{
-    DecodeRequest, DecodeResponse, GetInfoRequest, InvertRequest, InvertResponse, ModelInfo,
-    RequestLimits, UpsampleRequest, UpsampleResponse,
+    DecodeEvent, DecodeRequest, DecodeResponse, GetInfoRequest, InvertEvent, InvertRequest,
+    InvertResponse, ModelInfo, RequestLimits, UpsampleEvent, UpsampleRequest, UpsampleResponse,
+    decode_event, invert_event, upsample_event,
 };
 use unclip_server::info::model_info;
-use unclip_server::{ModelSlot, ServiceError};
+use unclip_server::steps::deadline_of;
+use unclip_server::{EventStream, ModelSlot, ServiceError, StepEvent, Steps, stream_steps};
 
 use crate::model::DecoderModel;
 use crate::request::{Limits, MIN_STEPS};
@@ -21,7 +24,7 @@ use crate::request::{Limits, MIN_STEPS};
 pub const SERVICE_NAME: &str = "unclip.v1.DecoderService";
 
 /// The handlers' shared state: the model once loaded, and the limits.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct DecoderApi {
     /// Filled once loading and warm-up have succeeded; until then calls get UNAVAILABLE.
     slot: ModelSlot<DecoderModel>,
@@ -62,6 +65,83 @@ impl DecoderApi {
             .await
             .map_err(|e| ServiceError::Internal(format!("the request's task failed: {e}")))?
     }
+
+    /// A Decode, its steps reported to `steps`.
+    async fn decode_with(
+        &self,
+        request: DecodeRequest,
+        steps: Steps,
+    ) -> Result<DecodeResponse, ServiceError> {
+        self.blocking(move |model, limits, cancelled| {
+            let job = model.context(limits).decode(&request)?;
+            tracing::debug!(
+                images = job.cond.image_embeds.nrows(),
+                steps = job.steps,
+                sampler = ?job.sampler,
+                "decoding"
+            );
+            model.decode(job, cancelled, &steps)
+        })
+        .await
+    }
+
+    /// An Upsample, its steps reported to `steps`.
+    async fn upsample_with(
+        &self,
+        request: UpsampleRequest,
+        steps: Steps,
+    ) -> Result<UpsampleResponse, ServiceError> {
+        self.blocking(move |model, limits, cancelled| {
+            let job = model.context(limits).upsample(&request)?;
+            tracing::debug!(
+                stage = job.stage,
+                images = job.low_res.shape()[0],
+                steps = job.steps,
+                "upsampling"
+            );
+            model.upsample(job, cancelled, &steps)
+        })
+        .await
+    }
+
+    /// An Invert, its steps reported to `steps`.
+    async fn invert_with(
+        &self,
+        request: InvertRequest,
+        steps: Steps,
+    ) -> Result<InvertResponse, ServiceError> {
+        self.blocking(move |model, limits, cancelled| {
+            let job = model.context(limits).invert(&request)?;
+            model.invert(job, cancelled, &steps)
+        })
+        .await
+    }
+
+    /// The streaming form of a call: `run(api, request, steps)` in a task whose steps and
+    /// result become `event`s, bounded by the request's deadline.
+    fn streamed<Q, R, E, Fut>(
+        &self,
+        request: Request<Q>,
+        run: fn(Self, Q, Steps) -> Fut,
+        event: fn(StepEvent<R>) -> E,
+    ) -> Response<EventStream<E>>
+    where
+        Q: Send + 'static,
+        R: Send + 'static,
+        E: Send + 'static,
+        Fut: Future<Output = Result<R, ServiceError>> + Send + 'static,
+    {
+        let deadline = deadline_of(&request);
+        let request = request.into_inner();
+        let api = self.clone();
+        let span = tracing::Span::current();
+        let stream = stream_steps(
+            deadline,
+            move |steps| async move { Ok(run(api, request, steps).await?) }.instrument(span),
+            event,
+        );
+        Response::new(stream)
+    }
 }
 
 #[tonic::async_trait]
@@ -71,18 +151,8 @@ impl DecoderService for DecoderApi {
         &self,
         request: Request<DecodeRequest>,
     ) -> Result<Response<DecodeResponse>, Status> {
-        let request = request.into_inner();
         let response = self
-            .blocking(move |model, limits, cancelled| {
-                let job = model.context(limits).decode(&request)?;
-                tracing::debug!(
-                    images = job.cond.image_embeds.nrows(),
-                    steps = job.steps,
-                    sampler = ?job.sampler,
-                    "decoding"
-                );
-                model.decode(job, cancelled)
-            })
+            .decode_with(request.into_inner(), Steps::none())
             .await?;
         Ok(Response::new(response))
     }
@@ -92,18 +162,8 @@ impl DecoderService for DecoderApi {
         &self,
         request: Request<UpsampleRequest>,
     ) -> Result<Response<UpsampleResponse>, Status> {
-        let request = request.into_inner();
         let response = self
-            .blocking(move |model, limits, cancelled| {
-                let job = model.context(limits).upsample(&request)?;
-                tracing::debug!(
-                    stage = job.stage,
-                    images = job.low_res.shape()[0],
-                    steps = job.steps,
-                    "upsampling"
-                );
-                model.upsample(job, cancelled)
-            })
+            .upsample_with(request.into_inner(), Steps::none())
             .await?;
         Ok(Response::new(response))
     }
@@ -113,14 +173,67 @@ impl DecoderService for DecoderApi {
         &self,
         request: Request<InvertRequest>,
     ) -> Result<Response<InvertResponse>, Status> {
-        let request = request.into_inner();
         let response = self
-            .blocking(move |model, limits, cancelled| {
-                let job = model.context(limits).invert(&request)?;
-                model.invert(job, cancelled)
-            })
+            .invert_with(request.into_inner(), Steps::none())
             .await?;
         Ok(Response::new(response))
+    }
+
+    type DecodeStreamStream = EventStream<DecodeEvent>;
+
+    #[tracing::instrument(skip_all)]
+    async fn decode_stream(
+        &self,
+        request: Request<DecodeRequest>,
+    ) -> Result<Response<Self::DecodeStreamStream>, Status> {
+        Ok(self.streamed(
+            request,
+            |api, request, steps| async move { api.decode_with(request, steps).await },
+            |event| DecodeEvent {
+                event: Some(match event {
+                    StepEvent::Progress(p) => decode_event::Event::Progress(p),
+                    StepEvent::Result(r) => decode_event::Event::Result(r),
+                }),
+            },
+        ))
+    }
+
+    type UpsampleStreamStream = EventStream<UpsampleEvent>;
+
+    #[tracing::instrument(skip_all)]
+    async fn upsample_stream(
+        &self,
+        request: Request<UpsampleRequest>,
+    ) -> Result<Response<Self::UpsampleStreamStream>, Status> {
+        Ok(self.streamed(
+            request,
+            |api, request, steps| async move { api.upsample_with(request, steps).await },
+            |event| UpsampleEvent {
+                event: Some(match event {
+                    StepEvent::Progress(p) => upsample_event::Event::Progress(p),
+                    StepEvent::Result(r) => upsample_event::Event::Result(r),
+                }),
+            },
+        ))
+    }
+
+    type InvertStreamStream = EventStream<InvertEvent>;
+
+    #[tracing::instrument(skip_all)]
+    async fn invert_stream(
+        &self,
+        request: Request<InvertRequest>,
+    ) -> Result<Response<Self::InvertStreamStream>, Status> {
+        Ok(self.streamed(
+            request,
+            |api, request, steps| async move { api.invert_with(request, steps).await },
+            |event| InvertEvent {
+                event: Some(match event {
+                    StepEvent::Progress(p) => invert_event::Event::Progress(p),
+                    StepEvent::Result(r) => invert_event::Event::Result(r),
+                }),
+            },
+        ))
     }
 
     async fn get_info(

@@ -674,3 +674,103 @@ async fn shapes_cascade_and_inversion() {
     );
     server.stop().await.unwrap();
 }
+
+/// Reads a `...Stream` to its end: the (step, total) of every progress event, then the result,
+/// which must come last.
+async fn drain<E, R>(
+    mut stream: tonic::Streaming<E>,
+    split: fn(E) -> Result<R, (u32, u32)>,
+) -> (Vec<(u32, u32)>, R) {
+    let (mut steps, mut result) = (Vec::new(), None);
+    while let Some(event) = stream.message().await.unwrap() {
+        assert!(result.is_none(), "nothing follows the result");
+        match split(event) {
+            Ok(r) => result = Some(r),
+            Err(step) => steps.push(step),
+        }
+    }
+    (steps, result.expect("a result"))
+}
+
+/// Progress only moves forward, always out of `total`, and ends at `total`.
+fn check_steps(what: &str, steps: &[(u32, u32)], total: u32) {
+    assert!(steps.iter().all(|&(_, t)| t == total), "{what}: {steps:?}");
+    assert!(
+        steps.windows(2).all(|w| w[0].0 < w[1].0),
+        "{what}: {steps:?}"
+    );
+    assert_eq!(steps.last(), Some(&(total, total)), "{what}: {steps:?}");
+}
+
+/// DecodeStream, UpsampleStream and InvertStream report their steps, then answer exactly what
+/// the unary RPCs answer; a bad request ends the stream with the unary RPC's status.
+#[tokio::test]
+async fn streams_report_steps_then_the_same_answer() {
+    use unclip_proto::v1::{decode_event, invert_event, upsample_event};
+    let server = TestServer::serving(&[]).await;
+    let mut client = server.decoder().await;
+
+    let request = DecodeRequest {
+        image_embeds: Some(Tensor::from_array(&embeddings(2, 32, 3))),
+        seed: 9,
+        sampling: sampling(Sampler::Unclip, 6, 0.0),
+        format: ImageFormat::PngAndTensor as i32,
+        ..Default::default()
+    };
+    let unary = decode(&mut client, request.clone()).await;
+    let stream = client.decode_stream(request).await.unwrap().into_inner();
+    let (steps, streamed) = drain(stream, |e| match e.event.unwrap() {
+        decode_event::Event::Progress(p) => Err((p.step, p.total)),
+        decode_event::Event::Result(r) => Ok(r),
+    })
+    .await;
+    check_steps("decode", &steps, 6);
+    assert_eq!(streamed, unary);
+
+    let request = UpsampleRequest {
+        stage: 0,
+        samples: unary.samples.clone(),
+        seed: 9,
+        sampling: sampling(Sampler::Unclip, 3, 0.0),
+        ..Default::default()
+    };
+    let unary_up = client.upsample(request.clone()).await.unwrap().into_inner();
+    let stream = client.upsample_stream(request).await.unwrap().into_inner();
+    let (steps, streamed) = drain(stream, |e| match e.event.unwrap() {
+        upsample_event::Event::Progress(p) => Err((p.step, p.total)),
+        upsample_event::Event::Result(r) => Ok(r),
+    })
+    .await;
+    check_steps("upsample", &steps, 3);
+    assert_eq!(streamed, unary_up);
+
+    let request = InvertRequest {
+        samples: unary.samples.clone(),
+        image_embeds: Some(Tensor::from_array(&embeddings(2, 32, 3))),
+        steps: 5,
+        ..Default::default()
+    };
+    let unary_inv = client.invert(request.clone()).await.unwrap().into_inner();
+    let stream = client.invert_stream(request).await.unwrap().into_inner();
+    let (steps, streamed) = drain(stream, |e| match e.event.unwrap() {
+        invert_event::Event::Progress(p) => Err((p.step, p.total)),
+        invert_event::Event::Result(r) => Ok(r),
+    })
+    .await;
+    check_steps("invert", &steps, 5);
+    assert_eq!(streamed, unary_inv);
+
+    // Refused like Decode: the stream's status is the unary call's.
+    let bad = DecodeRequest {
+        sampling: sampling(Sampler::Unclip, 1, 0.0),
+        ..Default::default()
+    };
+    let unary_status = client.decode(bad.clone()).await.unwrap_err();
+    let stream_status = match client.decode_stream(bad).await {
+        Ok(response) => response.into_inner().message().await.unwrap_err(),
+        Err(status) => status,
+    };
+    assert_eq!(stream_status.code(), tonic::Code::InvalidArgument);
+    assert_eq!(stream_status.message(), unary_status.message());
+    server.stop().await.unwrap();
+}

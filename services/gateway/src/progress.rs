@@ -1,9 +1,11 @@
-//! Progress of one request: the events a streaming call sends (stage started and finished,
-//! previews), and nothing at all for a unary call.
+//! Progress of one request: the events a streaming call sends (stage started, each step the
+//! stage service streams back, stage finished, previews), and nothing at all for a unary call.
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tonic::Status;
 use unclip_proto::v1::{GeneratedImage, ImagesEvent, Preview, Progress, images_event};
+
+use crate::stages::StepSink;
 
 /// Where a request's events go.
 #[derive(Debug)]
@@ -60,6 +62,40 @@ impl Reporter {
         self.done += 1;
         let event = self.progress(stage, total, total);
         self.send(event).await;
+    }
+
+    /// For one stage call: where its service's steps go and where they are read, when this
+    /// request streams (a unary request makes unary stage calls: `(None, None)`).
+    pub fn step_channel(&self) -> (Option<StepSink>, Option<watch::Receiver<(u32, u32)>>) {
+        if self.events.is_none() {
+            return (None, None);
+        }
+        let (sink, steps) = watch::channel((0, 0));
+        (Some(sink), Some(steps))
+    }
+
+    /// Awaits the stage call `call`, sending every step read from `steps` (the latest when
+    /// steps come faster than the client reads) as a Progress event of `stage`.
+    pub async fn forward_steps<T>(
+        &mut self,
+        stage: &str,
+        steps: Option<watch::Receiver<(u32, u32)>>,
+        call: impl Future<Output = T>,
+    ) -> T {
+        let Some(mut steps) = steps else {
+            return call.await;
+        };
+        tokio::pin!(call);
+        loop {
+            tokio::select! {
+                output = &mut call => return output,
+                Ok(()) = steps.changed() => {
+                    let (step, total) = *steps.borrow_and_update();
+                    let event = self.progress(stage, step, total);
+                    self.send(event).await;
+                }
+            }
+        }
     }
 
     /// Intermediate images of `stage`, `size` pixels square.

@@ -5,7 +5,9 @@
 use std::future::Future;
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio::time::Instant;
+use tonic::Streaming;
 use tonic::transport::Channel;
 use unclip_proto::v1::clip_service_client::ClipServiceClient;
 use unclip_proto::v1::decoder_service_client::DecoderServiceClient;
@@ -13,7 +15,8 @@ use unclip_proto::v1::prior_service_client::PriorServiceClient;
 use unclip_proto::v1::{
     DecodeRequest, DecodeResponse, EncodeImageRequest, EncodeTextRequest, GetInfoRequest,
     InvertRequest, InvertResponse, ModelInfo, PriorSampleRequest, PriorSampleResponse, StageTiming,
-    Tensor, TextEncoding, UpsampleRequest, UpsampleResponse,
+    StepProgress, Tensor, TextEncoding, UpsampleRequest, UpsampleResponse, decode_event,
+    invert_event, prior_sample_event, upsample_event,
 };
 use unclip_replicas::{ReplicaConfig, ReplicaSet, request};
 
@@ -212,11 +215,12 @@ impl Stages {
         Ok((embeds, timing))
     }
 
-    /// `PriorService.Sample`.
+    /// `PriorService.Sample`, or `SampleStream` with its steps sent to `steps`.
     pub async fn sample(
         &self,
         deadline: Option<Instant>,
         message: PriorSampleRequest,
+        steps: Option<&StepSink>,
     ) -> Result<(PriorSampleResponse, StageTiming)> {
         timed(
             &self.prior,
@@ -225,18 +229,29 @@ impl Stages {
             deadline,
             |ch, t| {
                 let mut client = self.prior_client(ch);
-                let message = message.clone();
-                async move { client.sample(request(message, t)).await }
+                let message = request(message.clone(), t);
+                async move {
+                    let Some(steps) = steps else {
+                        return client.sample(message).await;
+                    };
+                    let stream = client.sample_stream(message).await?.into_inner();
+                    read_steps(stream, steps, |e| match e.event? {
+                        prior_sample_event::Event::Progress(p) => Some(Err(p)),
+                        prior_sample_event::Event::Result(r) => Some(Ok(r)),
+                    })
+                    .await
+                }
             },
         )
         .await
     }
 
-    /// `DecoderService.Decode`.
+    /// `DecoderService.Decode`, or `DecodeStream` with its steps sent to `steps`.
     pub async fn decode(
         &self,
         deadline: Option<Instant>,
         message: DecodeRequest,
+        steps: Option<&StepSink>,
     ) -> Result<(DecodeResponse, StageTiming)> {
         timed(
             &self.decoder,
@@ -245,18 +260,29 @@ impl Stages {
             deadline,
             |ch, t| {
                 let mut client = self.decoder_client(ch);
-                let message = message.clone();
-                async move { client.decode(request(message, t)).await }
+                let message = request(message.clone(), t);
+                async move {
+                    let Some(steps) = steps else {
+                        return client.decode(message).await;
+                    };
+                    let stream = client.decode_stream(message).await?.into_inner();
+                    read_steps(stream, steps, |e| match e.event? {
+                        decode_event::Event::Progress(p) => Some(Err(p)),
+                        decode_event::Event::Result(r) => Some(Ok(r)),
+                    })
+                    .await
+                }
             },
         )
         .await
     }
 
-    /// `DecoderService.Upsample`.
+    /// `DecoderService.Upsample`, or `UpsampleStream` with its steps sent to `steps`.
     pub async fn upsample(
         &self,
         deadline: Option<Instant>,
         message: UpsampleRequest,
+        steps: Option<&StepSink>,
     ) -> Result<(UpsampleResponse, StageTiming)> {
         let name = format!("decoder.upsample[{}]", message.stage);
         timed(
@@ -266,18 +292,29 @@ impl Stages {
             deadline,
             |ch, t| {
                 let mut client = self.decoder_client(ch);
-                let message = message.clone();
-                async move { client.upsample(request(message, t)).await }
+                let message = request(message.clone(), t);
+                async move {
+                    let Some(steps) = steps else {
+                        return client.upsample(message).await;
+                    };
+                    let stream = client.upsample_stream(message).await?.into_inner();
+                    read_steps(stream, steps, |e| match e.event? {
+                        upsample_event::Event::Progress(p) => Some(Err(p)),
+                        upsample_event::Event::Result(r) => Some(Ok(r)),
+                    })
+                    .await
+                }
             },
         )
         .await
     }
 
-    /// `DecoderService.Invert`.
+    /// `DecoderService.Invert`, or `InvertStream` with its steps sent to `steps`.
     pub async fn invert(
         &self,
         deadline: Option<Instant>,
         message: InvertRequest,
+        steps: Option<&StepSink>,
     ) -> Result<(InvertResponse, StageTiming)> {
         timed(
             &self.decoder,
@@ -286,12 +323,47 @@ impl Stages {
             deadline,
             |ch, t| {
                 let mut client = self.decoder_client(ch);
-                let message = message.clone();
-                async move { client.invert(request(message, t)).await }
+                let message = request(message.clone(), t);
+                async move {
+                    let Some(steps) = steps else {
+                        return client.invert(message).await;
+                    };
+                    let stream = client.invert_stream(message).await?.into_inner();
+                    read_steps(stream, steps, |e| match e.event? {
+                        invert_event::Event::Progress(p) => Some(Err(p)),
+                        invert_event::Event::Result(r) => Some(Ok(r)),
+                    })
+                    .await
+                }
             },
         )
         .await
     }
+}
+
+/// Where a streaming stage call's steps go: (step, total), the latest only.
+pub type StepSink = watch::Sender<(u32, u32)>;
+
+/// Reads a stage's `...Stream` to its result, sending its steps to `steps` on the way.
+/// `split` reads an event as a step (`Err`) or the result (`Ok`); `None` skips it. A stream
+/// that ends without a result answers INTERNAL (not retried).
+async fn read_steps<E, R>(
+    mut stream: Streaming<E>,
+    steps: &StepSink,
+    split: fn(E) -> Option<std::result::Result<R, StepProgress>>,
+) -> std::result::Result<tonic::Response<R>, tonic::Status> {
+    while let Some(event) = stream.message().await? {
+        match split(event) {
+            Some(Ok(result)) => return Ok(tonic::Response::new(result)),
+            Some(Err(progress)) => {
+                steps.send_replace((progress.step, progress.total));
+            }
+            None => {}
+        }
+    }
+    Err(tonic::Status::internal(
+        "the stage's stream ended without a result",
+    ))
 }
 
 /// One call through `set`, with its timing.

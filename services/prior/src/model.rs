@@ -12,8 +12,8 @@ use std::time::Instant;
 use anyhow::Context;
 use ndarray::{Array2, Axis};
 use unclip_runtime::{Device, ModelRepository, SessionExecutor, init_environment};
-use unclip_server::ServiceError;
 use unclip_server::validate::TextConditioning;
+use unclip_server::{ServiceError, Steps};
 
 use crate::config::Config;
 use crate::sampler::{
@@ -140,7 +140,7 @@ impl PriorModel {
             },
         };
         let result = self
-            .sample(job)
+            .sample(job, &Steps::none())
             .await
             .map_err(|e| anyhow::anyhow!("warm-up Sample failed: {e}"))?;
         anyhow::ensure!(
@@ -157,7 +157,12 @@ impl PriorModel {
 
     /// Runs a validated request: B × num_images × best_of rows, each with its own seed, in
     /// chunks of at most `max_rows_per_call`, then keeps the best candidate of each image.
-    pub async fn sample(&self, job: SampleJob) -> Result<SampleResult, ServiceError> {
+    /// `steps` hears of every step of every chunk.
+    pub async fn sample(
+        &self,
+        job: SampleJob,
+        steps: &Steps,
+    ) -> Result<SampleResult, ServiceError> {
         let (b, images, best_of) = (job.text.len(), job.num_images, job.best_of.max(1));
         let per_prompt = images * best_of;
         let total = b * per_prompt;
@@ -169,18 +174,21 @@ impl PriorModel {
 
         let dim = self.sampler.embedding_dim();
         let mut embeds = Array2::<f32>::zeros((total, dim));
-        for start in (0..total).step_by(self.max_rows_per_call) {
+        let loop_steps = job.settings.steps;
+        let all_steps = total.div_ceil(self.max_rows_per_call) * loop_steps;
+        for (chunk, start) in (0..total).step_by(self.max_rows_per_call).enumerate() {
             let end = (start + self.max_rows_per_call).min(total);
             let text = select_rows(&job.text, &prompt_of_row[start..end]);
             let mut noise = PriorNoise::seeded(seeds[start..end].iter().copied());
             let out = self
                 .sampler
-                .sample(
+                .sample_observed(
                     &self.prior,
                     &text,
                     job.negative.as_ref(),
                     job.settings,
                     &mut noise,
+                    &mut |k| steps.report(chunk * loop_steps + k, all_steps),
                 )
                 .await?;
             put_rows(&mut embeds, start, &out.image_embeds);

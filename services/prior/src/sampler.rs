@@ -414,6 +414,20 @@ impl PriorSampler {
         settings: PriorSettings,
         noise: &mut PriorNoise,
     ) -> Result<PriorOutput, ServiceError> {
+        self.sample_observed(network, text, negative, settings, noise, &mut |_| {})
+            .await
+    }
+
+    /// [`Self::sample`], calling `on_step(k)` after the k-th step (1-based).
+    pub async fn sample_observed<N: PriorNetwork>(
+        &self,
+        network: &N,
+        text: &TextConditioning,
+        negative: Option<&UncondEncoding>,
+        settings: PriorSettings,
+        noise: &mut PriorNoise,
+        on_step: &mut (dyn FnMut(usize) + Send),
+    ) -> Result<PriorOutput, ServiceError> {
         let (rows, dim) = (text.len(), self.embedding_dim());
         if text.text_embeds.ncols() != dim {
             return Err(ServiceError::Internal(format!(
@@ -455,6 +469,7 @@ impl PriorSampler {
                 .prev_sample
                 .into_dimensionality()
                 .expect("the step keeps [N, D]");
+            on_step(i + 1);
         }
         let image_embeds = self.unnormalize(latents.view());
         Ok(PriorOutput {

@@ -4,13 +4,16 @@
 //! its limit, so a bad request never reaches the graph and the service stays healthy.
 
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 use unclip_proto::v1::prior_service_server::PriorService;
 use unclip_proto::v1::{
-    GetInfoRequest, ModelInfo, PriorSampleRequest, PriorSampleResponse, RequestLimits, Tensor,
+    GetInfoRequest, ModelInfo, PriorSampleEvent, PriorSampleRequest, PriorSampleResponse,
+    RequestLimits, Tensor, prior_sample_event,
 };
 use unclip_server::info::model_info;
+use unclip_server::steps::deadline_of;
 use unclip_server::validate::{self, text_encoding};
-use unclip_server::{ModelSlot, ServiceError};
+use unclip_server::{EventStream, ModelSlot, ServiceError, StepEvent, Steps, stream_steps};
 
 use crate::model::{PriorModel, SampleJob};
 use crate::sampler::{PriorSettings, UncondEncoding};
@@ -37,7 +40,7 @@ pub struct Limits {
 }
 
 /// The handlers' shared state: the model once loaded, and the limits.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct PriorApi {
     /// Filled once loading and warm-up have succeeded; until then calls get UNAVAILABLE.
     model: ModelSlot<PriorModel>,
@@ -125,6 +128,28 @@ impl PriorApi {
             },
         })
     }
+    /// Validates `request` and runs it, reporting its steps to `steps`.
+    async fn run(
+        &self,
+        request: &PriorSampleRequest,
+        steps: &Steps,
+    ) -> Result<PriorSampleResponse, ServiceError> {
+        let model = self.model.get()?;
+        let job = self.validate(&model, request)?;
+        let span = tracing::Span::current();
+        span.record("num_images", job.num_images);
+        span.record("best_of", job.best_of);
+        span.record("steps", job.settings.steps);
+        let settings = job.settings;
+        let result = model.sample(job, steps).await?;
+        Ok(PriorSampleResponse {
+            image_embeds: Some(Tensor::from_array(&result.image_embeds)),
+            seeds: result.seeds,
+            scores: result.scores,
+            steps: settings.steps as i32,
+            guidance_scale: settings.guidance_scale,
+        })
+    }
 }
 
 #[tonic::async_trait]
@@ -134,22 +159,32 @@ impl PriorService for PriorApi {
         &self,
         request: Request<PriorSampleRequest>,
     ) -> Result<Response<PriorSampleResponse>, Status> {
+        let response = self.run(request.get_ref(), &Steps::none()).await?;
+        Ok(Response::new(response))
+    }
+
+    type SampleStreamStream = EventStream<PriorSampleEvent>;
+
+    #[tracing::instrument(skip_all, fields(num_images, best_of, steps))]
+    async fn sample_stream(
+        &self,
+        request: Request<PriorSampleRequest>,
+    ) -> Result<Response<Self::SampleStreamStream>, Status> {
+        let deadline = deadline_of(&request);
         let request = request.into_inner();
-        let model = self.model.get()?;
-        let job = self.validate(&model, &request)?;
+        let api = self.clone();
         let span = tracing::Span::current();
-        span.record("num_images", job.num_images);
-        span.record("best_of", job.best_of);
-        span.record("steps", job.settings.steps);
-        let settings = job.settings;
-        let result = model.sample(job).await?;
-        Ok(Response::new(PriorSampleResponse {
-            image_embeds: Some(Tensor::from_array(&result.image_embeds)),
-            seeds: result.seeds,
-            scores: result.scores,
-            steps: settings.steps as i32,
-            guidance_scale: settings.guidance_scale,
-        }))
+        let stream = stream_steps(
+            deadline,
+            move |steps| async move { Ok(api.run(&request, &steps).await?) }.instrument(span),
+            |event| PriorSampleEvent {
+                event: Some(match event {
+                    StepEvent::Progress(p) => prior_sample_event::Event::Progress(p),
+                    StepEvent::Result(r) => prior_sample_event::Event::Result(r),
+                }),
+            },
+        );
+        Ok(Response::new(stream))
     }
 
     async fn get_info(

@@ -10,7 +10,9 @@ use common::{Fixture, TestServer, assert_status, max_abs_diff, synthetic_encodin
 use ndarray::{Array2, ArrayD, Ix2};
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
-use unclip_proto::v1::{PriorSampleRequest, PriorSampleResponse, Tensor, TextEncoding};
+use unclip_proto::v1::{
+    PriorSampleRequest, PriorSampleResponse, Tensor, TextEncoding, prior_sample_event,
+};
 
 async fn sample(
     server: &TestServer,
@@ -379,4 +381,48 @@ async fn bad_requests_name_field_and_limit() {
     );
     assert!(sample(&server, good()).await.is_ok());
     server.stop().await.unwrap();
+}
+
+/// SampleStream sends one StepProgress per step, counting the steps of every chunk of the
+/// batch, then the answer Sample gives; a bad request ends the stream with Sample's status.
+#[tokio::test]
+async fn sample_stream_reports_steps_then_the_same_answer() {
+    // 2 prompts × 2 images in chunks of 3 rows: two loops of 4 steps.
+    let server = TestServer::serving(&["--max-rows-per-call", "3"]).await;
+    let mut client = server.prior().await;
+    let req = PriorSampleRequest {
+        steps: 4,
+        best_of: 1,
+        ..request(two_prompts(), 2, 7)
+    };
+    let unary = sample(&server, req.clone()).await.unwrap();
+    let mut stream = client.sample_stream(req).await.unwrap().into_inner();
+    let (mut steps, mut result) = (Vec::new(), None);
+    while let Some(event) = stream.message().await.unwrap() {
+        assert!(result.is_none(), "nothing follows the result");
+        match event.event.expect("an event") {
+            prior_sample_event::Event::Progress(p) => steps.push((p.step, p.total)),
+            prior_sample_event::Event::Result(r) => result = Some(r),
+        }
+    }
+    let result = result.expect("a result");
+    assert_eq!(embeds(&result), embeds(&unary));
+    assert_eq!(result.seeds, unary.seeds);
+    assert!(steps.iter().all(|&(_, total)| total == 8), "{steps:?}");
+    assert!(steps.windows(2).all(|w| w[0].0 < w[1].0), "{steps:?}");
+    assert_eq!(steps.last(), Some(&(8, 8)), "{steps:?}");
+
+    let bad = PriorSampleRequest {
+        steps: 1,
+        ..request(two_prompts(), 1, 0)
+    };
+    let outcome = match client.sample_stream(bad).await {
+        Ok(response) => response.into_inner().message().await.map(|_| ()),
+        Err(status) => Err(status),
+    };
+    assert_status(
+        outcome,
+        Code::InvalidArgument,
+        "steps: must be 2..=1000 (0 for the default 25), got 1",
+    );
 }

@@ -267,22 +267,21 @@ impl<'a> Run<'a> {
             return stack_rows(&rows);
         }
         self.reporter.started(STAGE, job.steps).await;
-        let (response, timing) = self
-            .gw
-            .stages
-            .sample(
-                self.deadline,
-                PriorSampleRequest {
-                    text: Some(job.text.clone()),
-                    negative: job.negative.cloned(),
-                    num_images: job.n,
-                    seed: job.seed,
-                    steps: job.steps,
-                    guidance_scale: Some(job.guidance),
-                    best_of: job.best_of,
-                },
-            )
-            .await?;
+        let (sink, steps) = self.reporter.step_channel();
+        let call = self.gw.stages.sample(
+            self.deadline,
+            PriorSampleRequest {
+                text: Some(job.text.clone()),
+                negative: job.negative.cloned(),
+                num_images: job.n,
+                seed: job.seed,
+                steps: job.steps,
+                guidance_scale: Some(job.guidance),
+                best_of: job.best_of,
+            },
+            sink.as_ref(),
+        );
+        let (response, timing) = self.reporter.forward_steps(STAGE, steps, call).await?;
         self.timings.push(timing);
         let embeds = response
             .image_embeds
@@ -337,29 +336,28 @@ impl<'a> Run<'a> {
         const DECODER: &str = "decoder";
         let settings = job.settings;
         self.reporter.started(DECODER, settings.decoder_steps).await;
-        let (decoded, timing) = self
-            .gw
-            .stages
-            .decode(
-                self.deadline,
-                DecodeRequest {
-                    image_embeds: Some(job.image_embeds.clone()),
-                    text: job.text.clone(),
-                    num_images: job.per_embedding,
-                    seed: 0,
-                    seeds: job.seeds.clone(),
-                    sampling: Some(SamplingOptions {
-                        sampler: job.sampler as i32,
-                        steps: settings.decoder_steps,
-                        eta: job.eta,
-                    }),
-                    guidance_scale: Some(settings.decoder_guidance),
-                    init_noise: job.init_noise.clone(),
-                    inpaint: inpaint_at(decoder_size),
-                    format: format(stages == 0, previews),
-                },
-            )
-            .await?;
+        let (sink, steps) = self.reporter.step_channel();
+        let call = self.gw.stages.decode(
+            self.deadline,
+            DecodeRequest {
+                image_embeds: Some(job.image_embeds.clone()),
+                text: job.text.clone(),
+                num_images: job.per_embedding,
+                seed: 0,
+                seeds: job.seeds.clone(),
+                sampling: Some(SamplingOptions {
+                    sampler: job.sampler as i32,
+                    steps: settings.decoder_steps,
+                    eta: job.eta,
+                }),
+                guidance_scale: Some(settings.decoder_guidance),
+                init_noise: job.init_noise.clone(),
+                inpaint: inpaint_at(decoder_size),
+                format: format(stages == 0, previews),
+            },
+            sink.as_ref(),
+        );
+        let (decoded, timing) = self.reporter.forward_steps(DECODER, steps, call).await?;
         self.timings.push(timing);
         self.reporter
             .finished(DECODER, settings.decoder_steps)
@@ -377,27 +375,26 @@ impl<'a> Run<'a> {
             let input = samples
                 .take()
                 .ok_or_else(|| Error::bad_answer("decoder", "no samples tensor"))?;
-            let (up, timing) = self
-                .gw
-                .stages
-                .upsample(
-                    self.deadline,
-                    UpsampleRequest {
-                        stage: stage as u32,
-                        samples: Some(input),
-                        seed: 0,
-                        seeds: job.seeds.clone(),
-                        sampling: Some(SamplingOptions {
-                            sampler: Sampler::Unclip as i32,
-                            steps: settings.upsampler_steps,
-                            eta: 0.0,
-                        }),
-                        inpaint: inpaint_at(side),
-                        format: format(last, previews),
-                        ..Default::default()
-                    },
-                )
-                .await?;
+            let (sink, steps) = self.reporter.step_channel();
+            let call = self.gw.stages.upsample(
+                self.deadline,
+                UpsampleRequest {
+                    stage: stage as u32,
+                    samples: Some(input),
+                    seed: 0,
+                    seeds: job.seeds.clone(),
+                    sampling: Some(SamplingOptions {
+                        sampler: Sampler::Unclip as i32,
+                        steps: settings.upsampler_steps,
+                        eta: 0.0,
+                    }),
+                    inpaint: inpaint_at(side),
+                    format: format(last, previews),
+                    ..Default::default()
+                },
+                sink.as_ref(),
+            );
+            let (up, timing) = self.reporter.forward_steps(&name, steps, call).await?;
             self.timings.push(timing);
             self.reporter
                 .finished(&name, settings.upsampler_steps)

@@ -91,20 +91,19 @@ pub async fn invert(
 ) -> Result<Tensor> {
     const STAGE: &str = "decoder.invert";
     run.reporter.started(STAGE, steps).await;
-    let (inverted, timing) = run
-        .gw
-        .stages
-        .invert(
-            run.deadline,
-            InvertRequest {
-                samples: Some(Tensor::from_array(&x0)),
-                image_embeds: Some(image_embeds.clone()),
-                steps,
-                guidance_scale: Some(guidance),
-                ..Default::default()
-            },
-        )
-        .await?;
+    let (sink, step_events) = run.reporter.step_channel();
+    let call = run.gw.stages.invert(
+        run.deadline,
+        InvertRequest {
+            samples: Some(Tensor::from_array(&x0)),
+            image_embeds: Some(image_embeds.clone()),
+            steps,
+            guidance_scale: Some(guidance),
+            ..Default::default()
+        },
+        sink.as_ref(),
+    );
+    let (inverted, timing) = run.reporter.forward_steps(STAGE, step_events, call).await?;
     run.timings.push(timing);
     run.reporter.finished(STAGE, steps).await;
     inverted

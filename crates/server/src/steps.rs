@@ -1,0 +1,217 @@
+//! Step progress of a stage call: what a sampling loop reports ([`Steps`]) and the
+//! server-streaming form of a stage RPC that sends it ([`stream_steps`]): a `StepProgress`
+//! event after each step, then the result, or the call's error status.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+use unclip_proto::v1::StepProgress;
+pub use unclip_replicas::deadline_of;
+
+/// Where a loop reports its steps: nowhere (unary calls, warm-up, tests) or a stream.
+/// Reporting never waits: a slow client sees the latest step, not every one.
+#[derive(Debug, Clone, Default)]
+pub struct Steps(Option<watch::Sender<(u32, u32)>>);
+
+impl Steps {
+    /// Reports nothing.
+    pub fn none() -> Self {
+        Self(None)
+    }
+
+    /// `done` of `total` steps are done.
+    pub fn report(&self, done: usize, total: usize) {
+        if let Some(sender) = &self.0 {
+            let clamp = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+            sender.send_replace((clamp(done), clamp(total)));
+        }
+    }
+}
+
+/// A boxed stream of a streaming RPC's events, as tonic's generated traits take them.
+pub type EventStream<E> = Pin<Box<dyn tokio_stream::Stream<Item = Result<E, Status>> + Send>>;
+
+/// What [`stream_steps`] sends: a step, or the result.
+#[derive(Debug)]
+pub enum StepEvent<R> {
+    /// A step finished.
+    Progress(StepProgress),
+    /// The call's response, sent last.
+    Result(R),
+}
+
+/// Runs `work` (given a [`Steps`] to report to) as a spawned task and streams its steps, then
+/// its result (each wrapped in the RPC's event message by `event`), or its error as the
+/// stream's status.
+///
+/// - Steps are sent when they change; the last step is sent before the result.
+/// - The stream's client going away drops `work` (a blocking loop stops at its next model
+///   call through its cancel flag), as tonic does with a unary handler's future.
+/// - Past `deadline` (the request's `grpc-timeout`, which tonic enforces for unary calls
+///   only) `work` is dropped and the stream ends with DEADLINE_EXCEEDED.
+pub fn stream_steps<R, E, W, Fut>(
+    deadline: Option<Instant>,
+    work: W,
+    event: fn(StepEvent<R>) -> E,
+) -> EventStream<E>
+where
+    R: Send + 'static,
+    E: Send + 'static,
+    W: FnOnce(Steps) -> Fut,
+    Fut: Future<Output = Result<R, Status>> + Send + 'static,
+{
+    let (sender, mut steps) = watch::channel((0, 0));
+    let work = work(Steps(Some(sender)));
+    let (events, receiver) = mpsc::channel(4);
+    tokio::spawn(async move {
+        let expired = async {
+            match deadline {
+                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(work, expired);
+        let mut last = (0, 0);
+        let outcome = loop {
+            tokio::select! {
+                outcome = &mut work => break outcome,
+                Ok(()) = steps.changed() => {
+                    let now = *steps.borrow_and_update();
+                    last = now;
+                    let progress = StepProgress { step: now.0, total: now.1 };
+                    if events.send(Ok(event(StepEvent::Progress(progress)))).await.is_err() {
+                        return; // the client went away: dropping `work` stops it
+                    }
+                }
+                () = events.closed() => return,
+                () = &mut expired => {
+                    break Err(Status::deadline_exceeded("the request's deadline passed"));
+                }
+            }
+        };
+        // The loop may have finished between two looks at `steps`.
+        let now = *steps.borrow();
+        if outcome.is_ok() && now != last {
+            let progress = StepProgress {
+                step: now.0,
+                total: now.1,
+            };
+            let _ = events.send(Ok(event(StepEvent::Progress(progress)))).await;
+        }
+        let _ = events
+            .send(outcome.map(|r| event(StepEvent::Result(r))))
+            .await;
+    });
+    Box::pin(ReceiverStream::new(receiver))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tokio_stream::StreamExt;
+
+    fn event(e: StepEvent<&'static str>) -> String {
+        match e {
+            StepEvent::Progress(p) => format!("{}/{}", p.step, p.total),
+            StepEvent::Result(r) => r.to_string(),
+        }
+    }
+
+    /// Every step of a loop that pauses between steps arrives, then the result.
+    #[tokio::test]
+    async fn steps_then_result() {
+        let stream = stream_steps(
+            None,
+            |steps| async move {
+                for i in 1..=3 {
+                    steps.report(i, 3);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Ok("done")
+            },
+            event,
+        );
+        let got: Vec<String> = stream.map(|e| e.unwrap()).collect().await;
+        assert_eq!(got, ["1/3", "2/3", "3/3", "done"]);
+    }
+
+    /// A loop too fast to watch still reports its last step before the result.
+    #[tokio::test]
+    async fn last_step_always_sent() {
+        let stream = stream_steps(
+            None,
+            |steps| async move {
+                for i in 1..=50 {
+                    steps.report(i, 50);
+                }
+                Ok("done")
+            },
+            event,
+        );
+        let got: Vec<String> = stream.map(|e| e.unwrap()).collect().await;
+        assert_eq!(got[got.len() - 2..], ["50/50", "done"]);
+    }
+
+    /// An error ends the stream as its status; a passed deadline as DEADLINE_EXCEEDED.
+    #[tokio::test]
+    async fn errors_and_deadlines() {
+        let stream = stream_steps(
+            None,
+            |_| async { Err::<&str, _>(Status::invalid_argument("steps: must be 2..=1000")) },
+            event,
+        );
+        let got: Vec<_> = stream.collect().await;
+        assert_eq!(got.len(), 1);
+        let status = got.into_iter().next().unwrap().unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+
+        let deadline = Instant::now() + Duration::from_millis(50);
+        let stream = stream_steps(
+            Some(deadline),
+            |_| async {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                Ok("late")
+            },
+            event,
+        );
+        let got: Vec<_> = stream.collect().await;
+        let status = got.into_iter().last().unwrap().unwrap_err();
+        assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
+    }
+
+    /// Dropping the stream drops the work.
+    #[tokio::test]
+    async fn client_going_away_drops_the_work() {
+        struct Flag(std::sync::Arc<std::sync::atomic::AtomicBool>);
+        impl Drop for Flag {
+            fn drop(&mut self) {
+                self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        let dropped = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = Flag(dropped.clone());
+        let stream = stream_steps(
+            None,
+            move |_| async move {
+                let _flag = flag;
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                Ok("never")
+            },
+            event,
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(stream);
+        for _ in 0..100 {
+            if dropped.load(std::sync::atomic::Ordering::SeqCst) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the work was not dropped after the stream was");
+    }
+}
