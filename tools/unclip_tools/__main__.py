@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "render": ("unclip_tools.shapes.render", "render shapes-dataset captions to PNG"),
     "train-shapes": ("unclip_tools.shapes.train", "train the tiny shapes unCLIP (resumable)"),
     "export-shapes": ("unclip_tools.shapes.export", "export trained shapes checkpoints to models/shapes"),
+    "bench": ("unclip_tools.bench", "time the reference sampler on unclip bench's requests (the Python baseline)"),
     "quality-report": ("unclip_tools.shapes.quality", "score generated images against captions and write the report"),
 }
 

@@ -130,6 +130,9 @@ pub enum Command {
     Info,
     /// The gateway's counters: calls per replica, cache hits and misses, requests.
     Stats,
+    /// A load test of Generate: throughput, latency percentiles and the mean time of every
+    /// kind of stage call.
+    Bench(BenchArgs),
 }
 
 /// Decoder and upsampler settings (unset: the model's defaults).
@@ -416,6 +419,57 @@ impl InpaintArgs {
             decoder: self.decoder.settings(),
             previews: false,
         }
+    }
+}
+
+/// The flags of `bench`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct BenchArgs {
+    /// Measured requests.
+    #[arg(long, default_value_t = 20, value_parser = at_least_one)]
+    pub requests: usize,
+
+    /// Requests sent first and not counted (they load the sessions and the prompts' text
+    /// encodings).
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+
+    /// Clients sending requests at once.
+    #[arg(long, short, default_value_t = 1, value_parser = at_least_one)]
+    pub concurrency: usize,
+
+    /// A caption to send (repeat for several, sent in turn; default: four captions of the
+    /// shapes model).
+    #[arg(long)]
+    pub prompt: Vec<String>,
+
+    /// Images per request.
+    #[arg(long, short = 'n')]
+    pub num_images: Option<u32>,
+
+    /// Seed of the first request; request i uses seed + i × images per request, so no two
+    /// share a prior sample.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+
+    /// Prior denoising steps.
+    #[arg(long)]
+    pub prior_steps: Option<u32>,
+
+    /// Decoder and upsampler settings.
+    #[command(flatten)]
+    pub decoder: DecoderArgs,
+
+    /// Print the report as one JSON object (for scripts).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A count of 1 or more.
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("must be a whole number of 1 or more, got {text:?}")),
     }
 }
 

@@ -13,7 +13,8 @@ use unclip_proto::v1::{
     InterpolateRequest, TextDiffRequest, VaryRequest,
 };
 
-use crate::args::{Command, GlobalArgs};
+use crate::args::{BenchArgs, Command, GlobalArgs};
+use crate::bench;
 use crate::client::{ClientError, RpcError, collect, connect, with_deadline};
 use crate::output::{
     ImageKind, check_output_dir, format_info, format_stats, read_input, summary_line, timing_lines,
@@ -63,6 +64,8 @@ pub enum Call {
     Info,
     /// `GetStats`.
     Stats,
+    /// `GetInfo`, then Generate many times (`unclip bench`).
+    Bench(BenchArgs),
 }
 
 impl Call {
@@ -113,6 +116,7 @@ impl Call {
             }
             Command::Info => Call::Info,
             Command::Stats => Call::Stats,
+            Command::Bench(args) => Call::Bench(args.clone()),
             Command::Stack(_) => anyhow::bail!("`stack` is not a gateway call"),
         })
     }
@@ -138,6 +142,7 @@ impl Call {
                 .await?;
                 print!("{}", format_stats(&stats.into_inner()));
             }
+            Call::Bench(args) => bench::run(client, args, timeout, global.quiet).await?,
             call => {
                 let (kind, out) = match &call {
                     Call::Interpolate { out, .. } | Call::TextDiff { out, .. } => {
@@ -146,7 +151,7 @@ impl Call {
                     Call::Generate { out, .. }
                     | Call::Vary { out, .. }
                     | Call::Inpaint { out, .. } => (ImageKind::Images, out.clone()),
-                    Call::Info | Call::Stats => unreachable!("handled above"),
+                    Call::Info | Call::Stats | Call::Bench(_) => unreachable!("handled above"),
                 };
                 let view = ProgressView::new(global.quiet);
                 let started = Instant::now();
@@ -211,7 +216,7 @@ impl Call {
                 request.previews = want;
                 client.inpaint_stream(with_deadline(request, timeout)).await
             }
-            Call::Info | Call::Stats => unreachable!("not a streaming call"),
+            Call::Info | Call::Stats | Call::Bench(_) => unreachable!("not a streaming call"),
         };
         let stream = answer.map_err(RpcError)?.into_inner();
         collect(stream, view, previews).await

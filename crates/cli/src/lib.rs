@@ -8,6 +8,7 @@
 //! | [`progress`] | the progress bar fed by the gateway's `Progress` events |
 //! | [`output`] | output file names, printed lines, the `info` and `stats` reports |
 //! | [`stack`] | `--local` and `unclip stack`: a [`unclip_stages::LocalStack`] with the gateway |
+//! | [`bench`] | `unclip bench`: a load test of Generate, as a table or JSON |
 //!
 //! Every capability command reads its input files and checks its output folder before anything
 //! starts, calls the gateway (one started with `--local`, or the one at `--gateway`), shows a
@@ -15,6 +16,7 @@
 //! prints one line per file and a summary on stdout.
 
 pub mod args;
+pub mod bench;
 pub mod client;
 pub mod commands;
 pub mod output;

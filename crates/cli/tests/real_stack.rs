@@ -219,3 +219,84 @@ async fn local_runs_one_command() {
     assert!(is_png(&dir.path().join("diff-0.png")));
     assert!(is_png(&dir.path().join("diff.apng")));
 }
+
+/// `bench` sends its requests through a local stack and reports them as JSON: every request
+/// answered, every stage call counted, latencies ordered; a bad count is refused by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_reports_every_request() {
+    let Some(model) = ready() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let output = unclip(dir.path())
+        .arg("--local")
+        .arg(&model)
+        .args([
+            "bench",
+            "--json",
+            "--requests",
+            "3",
+            "--warmup",
+            "1",
+            "--prompt",
+        ])
+        .arg("a small red circle in the center on a white background")
+        .args(["--concurrency", "2", "--num-images", "2"])
+        .args([
+            "--prior-steps",
+            "2",
+            "--decoder-steps",
+            "2",
+            "--upsampler-steps",
+            "2",
+        ])
+        .output()
+        .await
+        .unwrap();
+    let stdout = succeeded(&output);
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert!(
+        report["model"]
+            .as_str()
+            .unwrap()
+            .starts_with("shapes sha256-"),
+        "{report}"
+    );
+    assert_eq!(report["requests"], 3);
+    assert_eq!(report["failures"], 0);
+    assert_eq!(report["images"], 6);
+    assert_eq!(report["concurrency"], 2);
+    for stage in [
+        "prior.sample",
+        "decoder.decode",
+        "decoder.upsample[0]",
+        "decoder.upsample[1]",
+    ] {
+        assert_eq!(report["stages"][stage]["calls"], 3, "{stage}: {report}");
+    }
+    // One prompt, encoded by the warm-up request: the measured ones find it in the cache.
+    let text = &report["stages"]["clip.encode_text"];
+    assert_eq!(
+        (&text["calls"], &text["cached"]),
+        (&0.into(), &3.into()),
+        "{report}"
+    );
+    let latency = &report["latency_ms"];
+    let ms = |k: &str| latency[k].as_f64().unwrap();
+    assert!(
+        0.0 < ms("p50") && ms("p50") <= ms("p90") && ms("p90") <= ms("max"),
+        "{report}"
+    );
+
+    let output = unclip(dir.path())
+        .args(["bench", "--requests", "0"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("must be a whole number of 1 or more"),
+        "{stderr}"
+    );
+}
