@@ -94,6 +94,9 @@ pub struct SessionConfig {
     pub inter_threads: usize,
     /// Requests that may wait for one executor before new ones are refused.
     pub queue_capacity: usize,
+    /// Most rows of one graph run when the executor stacks queued calls (from different
+    /// requests, at different steps) into one; 0 or 1 runs every call on its own.
+    pub max_batch_rows: usize,
 }
 
 impl Default for SessionConfig {
@@ -103,6 +106,7 @@ impl Default for SessionConfig {
             intra_threads: 0,
             inter_threads: 0,
             queue_capacity: 64,
+            max_batch_rows: 64,
         }
     }
 }

@@ -4,8 +4,10 @@
 //! run on the async runtime's threads. Each executor owns its session on a dedicated thread and
 //! receives jobs (named input arrays plus a oneshot reply) over a bounded channel; the async
 //! [`SessionExecutor::run`] enqueues and awaits the reply, so a tokio worker only ever waits on a
-//! future. The single consumer is also where batching can be added later: the thread can drain
-//! several queued jobs and run them as one batch, without changing callers.
+//! future. The single consumer is also where calls are batched: after taking a job, the thread
+//! takes every compatible job already queued (up to `max_batch_rows` rows) and runs them as one
+//! batch, stacked along the batch axis ([`crate::batch`]). It never waits for more, so a lone
+//! call is not delayed; under load, loops of different requests share their model calls.
 //!
 //! Back-pressure: the queue holds `queue_capacity` jobs; beyond that `run` fails at once with
 //! [`RuntimeError::Overloaded`] (RESOURCE_EXHAUSTED for gRPC) instead of queueing without bound.
@@ -19,9 +21,11 @@
 use std::collections::BTreeMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use half::f16;
 use ndarray::{ArrayD, IxDyn};
@@ -30,6 +34,7 @@ use ort::session::{Session, SessionInputValue};
 use ort::value::Tensor;
 use tokio::sync::oneshot;
 
+use crate::batch;
 use crate::device::SessionConfig;
 use crate::error::{Result, RuntimeError};
 use crate::manifest::{ComponentSpec, DataType, Dim};
@@ -87,6 +92,25 @@ struct Job {
     queued: Instant,
 }
 
+/// What an executor has done since it started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExecutorStats {
+    /// Calls answered (successfully or not).
+    pub calls: u64,
+    /// Graph runs: fewer than `calls` when calls were stacked.
+    pub runs: u64,
+    /// Rows run, over all runs.
+    pub rows: u64,
+}
+
+/// The counters behind [`ExecutorStats`], shared with the executor thread.
+#[derive(Debug, Default)]
+struct Counters {
+    calls: AtomicU64,
+    runs: AtomicU64,
+    rows: AtomicU64,
+}
+
 /// A session on its own thread; see the module docs.
 #[derive(Debug)]
 pub struct SessionExecutor {
@@ -100,6 +124,8 @@ pub struct SessionExecutor {
     sender: Option<SyncSender<Job>>,
     /// The thread, joined by [`SessionExecutor::shutdown`].
     thread: Option<JoinHandle<()>>,
+    /// What the thread has done.
+    counters: Arc<Counters>,
 }
 
 impl SessionExecutor {
@@ -121,23 +147,45 @@ impl SessionExecutor {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "session ready"
         );
-        Self::spawn(label, session, spec, config.queue_capacity)
+        Self::spawn(
+            label,
+            session,
+            spec,
+            config.queue_capacity,
+            config.max_batch_rows,
+        )
     }
 
-    /// Starts a thread owning `session` (already checked against `spec`).
+    /// Starts a thread owning `session` (already checked against `spec`) that stacks queued
+    /// calls into runs of at most `max_batch_rows` rows when the graph allows it.
     pub fn spawn(
         label: &str,
         session: Session,
         spec: &ComponentSpec,
         capacity: usize,
+        max_batch_rows: usize,
     ) -> Result<Self> {
         let capacity = capacity.max(1);
         let (sender, receiver) = mpsc::sync_channel(capacity);
         let thread_label = label.to_string();
         let thread_spec = spec.clone();
+        let max_rows = if batch::batchable(spec) {
+            max_batch_rows.max(1)
+        } else {
+            1
+        };
+        let counters = Arc::new(Counters::default());
+        let thread_counters = Arc::clone(&counters);
         let thread = std::thread::Builder::new()
             .name(format!("ort-{label}"))
-            .spawn(move || worker(thread_label, thread_spec, session, receiver))
+            .spawn(move || {
+                let worker = Worker {
+                    label: thread_label,
+                    spec: thread_spec,
+                    counters: thread_counters,
+                };
+                worker.serve(session, receiver, max_rows);
+            })
             .map_err(|source| RuntimeError::Io {
                 path: format!("<thread ort-{label}>").into(),
                 source,
@@ -148,7 +196,17 @@ impl SessionExecutor {
             capacity,
             sender: Some(sender),
             thread: Some(thread),
+            counters,
         })
+    }
+
+    /// Calls, runs and rows so far.
+    pub fn stats(&self) -> ExecutorStats {
+        ExecutorStats {
+            calls: self.counters.calls.load(Ordering::Relaxed),
+            runs: self.counters.runs.load(Ordering::Relaxed),
+            rows: self.counters.rows.load(Ordering::Relaxed),
+        }
     }
 
     /// The component label.
@@ -357,40 +415,165 @@ impl Drop for SessionExecutor {
     }
 }
 
-/// The executor thread: runs queued jobs until the queue closes.
-fn worker(label: String, spec: ComponentSpec, mut session: Session, receiver: Receiver<Job>) {
-    while let Ok(job) = receiver.recv() {
-        let _entered = job.span.enter();
-        if job.reply.is_closed() {
-            tracing::debug!(component = %label, "skipping a job whose caller has gone");
-            continue;
+/// What the executor thread needs besides the session and the queue.
+struct Worker {
+    /// The component label.
+    label: String,
+    /// The graph's declaration.
+    spec: ComponentSpec,
+    /// Shared with the executor.
+    counters: Arc<Counters>,
+}
+
+impl Worker {
+    /// Runs queued jobs until the queue closes. After taking a job it takes every compatible
+    /// job already waiting, up to `max_rows` rows, and runs them as one batch; it never waits
+    /// for more, so a lone call runs at once.
+    fn serve(&self, mut session: Session, receiver: Receiver<Job>, max_rows: usize) {
+        let label = &self.label;
+        let live = |job: &Job| {
+            let closed = job.reply.is_closed();
+            if closed {
+                tracing::debug!(component = %label, "skipping a job whose caller has gone");
+            }
+            !closed
+        };
+        // A job taken from the queue that did not fit the batch before it.
+        let mut carried: Option<Job> = None;
+        loop {
+            let first = match carried.take() {
+                Some(job) => job,
+                None => match receiver.recv() {
+                    Ok(job) => job,
+                    Err(_) => break,
+                },
+            };
+            if !live(&first) {
+                continue;
+            }
+            let mut rows = batch::rows(&first.inputs);
+            let mut jobs = vec![first];
+            while rows < max_rows {
+                let Ok(job) = receiver.try_recv() else {
+                    break;
+                };
+                if !live(&job) {
+                    continue;
+                }
+                let more = batch::rows(&job.inputs);
+                if rows + more <= max_rows && batch::compatible(&jobs[0].inputs, &job.inputs) {
+                    rows += more;
+                    jobs.push(job);
+                } else {
+                    carried = Some(job);
+                    break;
+                }
+            }
+            self.run_jobs(&mut session, jobs);
         }
-        let waited = job.queued.elapsed();
-        let started = Instant::now();
-        let result = catch_unwind(AssertUnwindSafe(|| {
-            run_session(&label, &spec, &mut session, job.inputs)
-        }))
-        .unwrap_or_else(|panic| {
-            let message = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "unknown panic".into());
-            Err(RuntimeError::Outputs {
-                component: label.clone(),
-                message: format!("the run panicked: {message}"),
-            })
-        });
-        tracing::debug!(
-            component = %label,
-            queue_ms = waited.as_secs_f64() * 1e3,
-            run_ms = started.elapsed().as_secs_f64() * 1e3,
-            ok = result.is_ok(),
-            "graph run"
-        );
-        let _ = job.reply.send(result);
+        tracing::debug!(component = %label, "executor thread stopped");
     }
-    tracing::debug!(component = %label, "executor thread stopped");
+
+    /// Runs `jobs` (one, or several compatible ones stacked) and answers each.
+    fn run_jobs(&self, session: &mut Session, mut jobs: Vec<Job>) {
+        let (label, spec) = (self.label.as_str(), &self.spec);
+        let _entered = jobs[0].span.clone().entered();
+        let waited = jobs[0].queued.elapsed();
+        let started = Instant::now();
+        let count = jobs.len();
+        let sizes: Vec<usize> = jobs.iter().map(|j| batch::rows(&j.inputs)).collect();
+        self.counters
+            .calls
+            .fetch_add(count as u64, Ordering::Relaxed);
+        self.counters.runs.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .rows
+            .fetch_add(sizes.iter().sum::<usize>() as u64, Ordering::Relaxed);
+        let guarded = |inputs: Inputs, session: &mut Session| {
+            catch_unwind(AssertUnwindSafe(|| {
+                run_session(label, spec, session, inputs)
+            }))
+            .unwrap_or_else(|panic| {
+                let message = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "unknown panic".into());
+                Err(RuntimeError::Outputs {
+                    component: label.to_string(),
+                    message: format!("the run panicked: {message}"),
+                })
+            })
+        };
+        if count == 1 {
+            let job = jobs.remove(0);
+            let result = guarded(job.inputs, session);
+            log_run(label, waited, started, 1, sizes[0], result.is_ok());
+            let _ = job.reply.send(result);
+            return;
+        }
+        let (inputs, replies): (Vec<Inputs>, Vec<_>) =
+            jobs.into_iter().map(|j| (j.inputs, j.reply)).unzip();
+        let fail = |message: String| RuntimeError::Outputs {
+            component: label.to_string(),
+            message,
+        };
+        let result = batch::stack(inputs)
+            .map_err(fail)
+            .and_then(|stacked| guarded(stacked, session))
+            .and_then(|outputs| split_outputs(outputs, &sizes).map_err(fail));
+        log_run(
+            label,
+            waited,
+            started,
+            count,
+            sizes.iter().sum(),
+            result.is_ok(),
+        );
+        match result {
+            Ok(per_job) => {
+                for (reply, outputs) in replies.into_iter().zip(per_job) {
+                    let _ = reply.send(Ok(outputs));
+                }
+            }
+            Err(e) => {
+                let message = e.to_string();
+                for reply in replies {
+                    let _ = reply.send(Err(fail(format!("a batched run failed: {message}"))));
+                }
+            }
+        }
+    }
+}
+
+/// The outputs of a stacked run, cut back into one [`Outputs`] per job of `sizes` rows.
+fn split_outputs(outputs: Outputs, sizes: &[usize]) -> std::result::Result<Vec<Outputs>, String> {
+    let mut per_job: Vec<BTreeMap<String, TensorData>> = vec![BTreeMap::new(); sizes.len()];
+    for (name, data) in &outputs.values {
+        for (values, piece) in per_job.iter_mut().zip(batch::split(data, sizes)?) {
+            values.insert(name.clone(), piece);
+        }
+    }
+    Ok(per_job
+        .into_iter()
+        .map(|values| Outputs {
+            component: outputs.component.clone(),
+            values,
+        })
+        .collect())
+}
+
+/// The debug log line of one graph run.
+fn log_run(label: &str, waited: Duration, started: Instant, jobs: usize, rows: usize, ok: bool) {
+    tracing::debug!(
+        component = %label,
+        queue_ms = waited.as_secs_f64() * 1e3,
+        run_ms = started.elapsed().as_secs_f64() * 1e3,
+        jobs,
+        rows,
+        ok,
+        "graph run"
+    );
 }
 
 /// One `Session::run`, copying every declared output into owned arrays.

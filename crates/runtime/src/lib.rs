@@ -9,12 +9,14 @@
 //! | [`device`] | `cpu` / `cuda[:N]`, thread counts, queue size |
 //! | [`session`] | building sessions and checking them against the manifest |
 //! | [`executor`] | a session on its own thread behind an async, bounded queue |
+//! | [`batch`] | stacking queued calls of one graph into one run, and splitting the outputs |
 //!
 //! A service opens the repository ([`ModelRepository::open`]), hashes the files it will load
 //! ([`ModelRepository::verify_files`]), initialises ONNX Runtime
 //! ([`init_environment`]), and loads each graph it needs into a [`SessionExecutor`]
 //! ([`ModelRepository::load_executor`]), whose async `run` never blocks the caller's thread.
 
+pub mod batch;
 pub mod device;
 pub mod environment;
 pub mod error;
@@ -28,7 +30,7 @@ pub mod value;
 pub use device::{Device, SessionConfig};
 pub use environment::{LIBRARY_ENV, init_environment, resolve_library};
 pub use error::{Result, RuntimeError};
-pub use executor::{Inputs, Outputs, SessionExecutor};
+pub use executor::{ExecutorStats, Inputs, Outputs, SessionExecutor};
 pub use manifest::{ComponentSpec, DataType, Manifest, ModelSizes};
 pub use repository::ModelRepository;
 pub use tensors::{ModelTensors, UncondText};

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use ndarray::{Array2, ArrayD, Axis, IxDyn};
 use unclip_runtime::{
-    Device, ModelRepository, RuntimeError, SessionConfig, SessionExecutor, TensorData,
+    Device, Inputs, ModelRepository, RuntimeError, SessionConfig, SessionExecutor, TensorData,
     init_environment,
 };
 
@@ -266,4 +266,102 @@ async fn futures_join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Out
         out.push(f.await);
     }
     out
+}
+
+/// The decoder of karlo-tiny with `max_batch_rows`.
+fn decoder(repo: &ModelRepository, max_batch_rows: usize) -> SessionExecutor {
+    repo.load_executor(
+        &env(),
+        "decoder",
+        &repo.manifest().components.decoder,
+        &SessionConfig {
+            intra_threads: 1,
+            max_batch_rows,
+            ..SessionConfig::default()
+        },
+    )
+    .unwrap()
+}
+
+/// Decoder inputs of `rows` rows at timestep `t`, their values drawn from `seed`.
+fn decoder_call(repo: &ModelRepository, rows: usize, t: i64, seed: u64) -> Inputs {
+    let spec = &repo.manifest().components.decoder;
+    let fixed = |name: &str| -> Vec<usize> {
+        let dims = &spec.input(name).unwrap().shape;
+        std::iter::once(rows)
+            .chain(
+                dims[1..]
+                    .iter()
+                    .map(|d| d.to_string().parse::<usize>().unwrap()),
+            )
+            .collect()
+    };
+    let values = |name: &str, salt: u64| {
+        let shape = fixed(name);
+        let mut noise =
+            unclip_sampler::NoiseSource::new(seed + salt, 0, unclip_sampler::NoiseStage::Decoder);
+        noise.draw(&shape)
+    };
+    vec![
+        ("sample".into(), TensorData::F32(values("sample", 0))),
+        (
+            "timestep".into(),
+            TensorData::I64(ArrayD::from_elem(IxDyn(&[rows]), t)),
+        ),
+        (
+            "encoder_hidden_states".into(),
+            TensorData::F32(values("encoder_hidden_states", 1)),
+        ),
+        (
+            "class_labels".into(),
+            TensorData::F32(values("class_labels", 2)),
+        ),
+        (
+            "attention_mask".into(),
+            TensorData::Bool(ArrayD::from_elem(IxDyn(&fixed("attention_mask")), true)),
+        ),
+    ]
+}
+
+/// Calls queued at once for one graph (different sizes, different timesteps, as loops of
+/// different requests make them) run stacked in fewer runs, and each gets the outputs it gets
+/// alone; with max_batch_rows 1 every call runs on its own.
+#[tokio::test]
+async fn queued_calls_are_stacked_into_one_run() {
+    let repo = ModelRepository::open(karlo_tiny()).unwrap();
+    let calls: Vec<Inputs> = (0..8)
+        .map(|k| decoder_call(&repo, 1 + k % 3, 999 - 100 * k as i64, k as u64))
+        .collect();
+
+    let alone = decoder(&repo, 1);
+    let mut expected = Vec::new();
+    for call in &calls {
+        expected.push(
+            alone
+                .run(call.clone())
+                .await
+                .unwrap()
+                .take_f32("out_sample")
+                .unwrap(),
+        );
+    }
+    let stats = alone.stats();
+    assert_eq!((stats.calls, stats.runs), (8, 8));
+
+    let batching = decoder(&repo, 64);
+    // Submitted together: the first runs while the others queue behind it.
+    let pending: Vec<_> = calls.iter().map(|c| batching.run(c.clone())).collect();
+    let results = futures_join_all(pending).await;
+    let stats = batching.stats();
+    println!("8 calls ({} rows) in {} runs", stats.rows, stats.runs);
+    assert_eq!((stats.calls, stats.rows), (8, 15));
+    assert!(stats.runs < 8, "{stats:?}");
+    let mut worst = 0.0f32;
+    for (k, (result, want)) in results.into_iter().zip(&expected).enumerate() {
+        let got = result.unwrap().take_f32("out_sample").unwrap();
+        let diff = max_abs_diff(&got, want);
+        assert!(diff <= 1e-5, "call {k}: {diff}");
+        worst = worst.max(diff);
+    }
+    println!("stacked against alone: max |difference| {worst:e}");
 }

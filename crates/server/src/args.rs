@@ -33,6 +33,11 @@ pub struct RuntimeArgs {
     /// RESOURCE_EXHAUSTED.
     #[arg(long, env = "UNCLIP_QUEUE_DEPTH", default_value_t = 64)]
     pub queue_depth: usize,
+
+    /// Most rows per graph run when calls queued for one graph (from different requests, at
+    /// different steps of their loops) are stacked into one run; 0 or 1 runs each call alone.
+    #[arg(long, env = "UNCLIP_MAX_BATCH_ROWS", default_value_t = 64)]
+    pub max_batch_rows: usize,
 }
 
 impl RuntimeArgs {
@@ -43,6 +48,7 @@ impl RuntimeArgs {
             intra_threads: self.intra_threads,
             inter_threads: self.inter_threads,
             queue_capacity: self.queue_depth,
+            max_batch_rows: self.max_batch_rows,
         }
     }
 }
@@ -55,6 +61,7 @@ impl Default for RuntimeArgs {
             intra_threads: 0,
             inter_threads: 0,
             queue_depth: 64,
+            max_batch_rows: 64,
         }
     }
 }
