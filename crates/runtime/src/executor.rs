@@ -152,7 +152,7 @@ impl SessionExecutor {
             session,
             spec,
             config.queue_capacity,
-            config.max_batch_rows,
+            config.batch_rows(),
         )
     }
 

@@ -27,7 +27,7 @@ pub mod session;
 pub mod tensors;
 pub mod value;
 
-pub use device::{Device, SessionConfig};
+pub use device::{Device, GPU_BATCH_ROWS, SessionConfig};
 pub use environment::{LIBRARY_ENV, init_environment, resolve_library};
 pub use error::{Result, RuntimeError};
 pub use executor::{ExecutorStats, Inputs, Outputs, SessionExecutor};
