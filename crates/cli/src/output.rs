@@ -16,11 +16,17 @@ pub fn output_path(out: &Path, k: usize, count: usize) -> PathBuf {
     if count == 1 {
         return out.to_path_buf();
     }
+    let (stem, ext) = stem_and_extension(out);
+    out.with_file_name(format!("{stem}-{k}.{ext}"))
+}
+
+/// `out`'s file stem and extension (`png` when it has none).
+fn stem_and_extension(out: &Path) -> (String, String) {
     let stem = out.file_stem().unwrap_or_default().to_string_lossy();
     let ext = out
         .extension()
         .map_or_else(|| "png".into(), |e| e.to_string_lossy());
-    out.with_file_name(format!("{stem}-{k}.{ext}"))
+    (stem.into_owned(), ext.into_owned())
 }
 
 /// The animation's file: `STEM.apng` next to `out`.
@@ -32,10 +38,7 @@ pub fn animation_path(out: &Path) -> PathBuf {
 /// The file of preview image `k` of `count` from `stage`: `STEM.STAGE.EXT`, or
 /// `STEM.STAGE-k.EXT` for several, next to `out` (the stage's name kept to letters and digits).
 pub fn preview_path(out: &Path, stage: &str, k: usize, count: usize) -> PathBuf {
-    let stem = out.file_stem().unwrap_or_default().to_string_lossy();
-    let ext = out
-        .extension()
-        .map_or_else(|| "png".into(), |e| e.to_string_lossy());
+    let (stem, ext) = stem_and_extension(out);
     let stage: String = stage.chars().filter(char::is_ascii_alphanumeric).collect();
     output_path(
         &out.with_file_name(format!("{stem}.{stage}.{ext}")),

@@ -52,6 +52,17 @@ fn unclip(dir: &Path) -> tokio::process::Command {
     command
 }
 
+/// `unclip --local MODEL ARGS...` in `dir`, run to its end.
+async fn local(dir: &Path, model: &Path, args: &[&str]) -> Output {
+    unclip(dir)
+        .arg("--local")
+        .arg(model)
+        .args(args)
+        .output()
+        .await
+        .unwrap()
+}
+
 /// stdout, after checking that the command succeeded.
 fn succeeded(output: &Output) -> String {
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
@@ -169,14 +180,13 @@ async fn local_runs_one_command() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let output = unclip(dir.path())
-        .arg("--local")
-        .arg(&model)
-        .args(["generate", "a red circle", "--seed", "1", "--out", "in.png"])
-        .arg("--previews")
-        .output()
-        .await
-        .unwrap();
+    let generate = ["generate", "a red circle", "--seed", "1", "--out", "in.png"];
+    let output = local(
+        dir.path(),
+        &model,
+        &[&generate[..], &["--previews"]].concat(),
+    )
+    .await;
     let stdout = succeeded(&output);
     // The decoder's base image arrived as a preview before the final one: 32 px, not 128.
     let preview = dir.path().join("in.decoder.png");
@@ -190,29 +200,17 @@ async fn local_runs_one_command() {
     );
     assert_eq!(png_width(&preview), 32);
     assert_eq!(png_width(&dir.path().join("in.png")), 128);
-    let output = unclip(dir.path())
-        .arg("--local")
-        .arg(&model)
-        .args([
-            "--redis",
-            "diff",
-            "in.png",
-            "--from",
-            "a red circle",
-            "--to",
-        ])
-        .args([
-            "a blue square",
-            "--frames",
-            "2",
-            "--seed",
-            "3",
-            "--decoder-steps",
-            "5",
-        ])
-        .output()
-        .await
-        .unwrap();
+    let diff = [
+        "--redis",
+        "diff",
+        "in.png",
+        "--from",
+        "a red circle",
+        "--to",
+        "a blue square",
+    ];
+    let settings = ["--frames", "2", "--seed", "3", "--decoder-steps", "5"];
+    let output = local(dir.path(), &model, &[&diff[..], &settings].concat()).await;
     let stdout = succeeded(&output);
     assert!(stdout.contains("diff-1.png"), "{stdout}");
     assert!(stdout.contains("theta 0.500"), "{stdout}");
@@ -228,31 +226,29 @@ async fn bench_reports_every_request() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let output = unclip(dir.path())
-        .arg("--local")
-        .arg(&model)
-        .args([
-            "bench",
-            "--json",
-            "--requests",
-            "3",
-            "--warmup",
-            "1",
-            "--prompt",
-        ])
-        .arg("a small red circle in the center on a white background")
-        .args(["--concurrency", "2", "--num-images", "2"])
-        .args([
-            "--prior-steps",
-            "2",
-            "--decoder-steps",
-            "2",
-            "--upsampler-steps",
-            "2",
-        ])
-        .output()
-        .await
-        .unwrap();
+    let bench = [
+        "bench",
+        "--json",
+        "--requests",
+        "3",
+        "--warmup",
+        "1",
+        "--concurrency",
+        "2",
+        "--num-images",
+        "2",
+        "--prompt",
+        "a small red circle in the center on a white background",
+    ];
+    let steps = [
+        "--prior-steps",
+        "2",
+        "--decoder-steps",
+        "2",
+        "--upsampler-steps",
+        "2",
+    ];
+    let output = local(dir.path(), &model, &[&bench[..], &steps].concat()).await;
     let stdout = succeeded(&output);
     let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert!(

@@ -1,6 +1,7 @@
 //! Step progress of a stage call: what a sampling loop reports ([`Steps`]) and the
-//! server-streaming form of a stage RPC that sends it ([`stream_steps`]): a `StepProgress`
-//! event after each step, then the result, or the call's error status.
+//! server-streaming form of a stage RPC that sends it ([`stream_request`], over
+//! [`stream_steps`]): a `StepProgress` event after each step, then the result, or the call's
+//! error status.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -8,9 +9,12 @@ use std::pin::Pin;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::Status;
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
 use unclip_proto::v1::StepProgress;
 pub use unclip_replicas::deadline_of;
+
+use crate::ServiceError;
 
 /// Where a loop reports its steps: nowhere (unary calls, warm-up, tests) or a stream.
 /// Reporting never waits: a slow client sees the latest step, not every one.
@@ -107,6 +111,33 @@ where
             .await;
     });
     Box::pin(ReceiverStream::new(receiver))
+}
+
+/// The streaming form of a stage RPC: `run(message, steps)` through [`stream_steps`], bounded
+/// by the request's `grpc-timeout` and logged in the handler's span.
+pub fn stream_request<Q, R, E, W, Fut>(
+    request: Request<Q>,
+    run: W,
+    event: fn(StepEvent<R>) -> E,
+) -> Response<EventStream<E>>
+where
+    R: Send + 'static,
+    E: Send + 'static,
+    W: FnOnce(Q, Steps) -> Fut,
+    Fut: Future<Output = Result<R, ServiceError>> + Send + 'static,
+{
+    let deadline = deadline_of(&request);
+    let message = request.into_inner();
+    let span = tracing::Span::current();
+    let stream = stream_steps(
+        deadline,
+        move |steps| {
+            let work = run(message, steps);
+            async move { Ok(work.await?) }.instrument(span)
+        },
+        event,
+    );
+    Response::new(stream)
 }
 
 #[cfg(test)]

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use tonic::{Request, Response, Status};
-use tracing::Instrument;
 use unclip_proto::v1::decoder_service_server::DecoderService;
 use unclip_proto::v1::{
     DecodeEvent, DecodeRequest, DecodeResponse, GetInfoRequest, InvertEvent, InvertRequest,
@@ -14,8 +13,7 @@ use unclip_proto::v1::{
     decode_event, invert_event, upsample_event,
 };
 use unclip_server::info::model_info;
-use unclip_server::steps::deadline_of;
-use unclip_server::{EventStream, ModelSlot, ServiceError, StepEvent, Steps, stream_steps};
+use unclip_server::{EventStream, ModelSlot, ServiceError, StepEvent, Steps, stream_request};
 
 use crate::model::DecoderModel;
 use crate::request::{Limits, MIN_STEPS};
@@ -116,32 +114,6 @@ impl DecoderApi {
         })
         .await
     }
-
-    /// The streaming form of a call: `run(api, request, steps)` in a task whose steps and
-    /// result become `event`s, bounded by the request's deadline.
-    fn streamed<Q, R, E, Fut>(
-        &self,
-        request: Request<Q>,
-        run: fn(Self, Q, Steps) -> Fut,
-        event: fn(StepEvent<R>) -> E,
-    ) -> Response<EventStream<E>>
-    where
-        Q: Send + 'static,
-        R: Send + 'static,
-        E: Send + 'static,
-        Fut: Future<Output = Result<R, ServiceError>> + Send + 'static,
-    {
-        let deadline = deadline_of(&request);
-        let request = request.into_inner();
-        let api = self.clone();
-        let span = tracing::Span::current();
-        let stream = stream_steps(
-            deadline,
-            move |steps| async move { Ok(run(api, request, steps).await?) }.instrument(span),
-            event,
-        );
-        Response::new(stream)
-    }
 }
 
 #[tonic::async_trait]
@@ -186,9 +158,10 @@ impl DecoderService for DecoderApi {
         &self,
         request: Request<DecodeRequest>,
     ) -> Result<Response<Self::DecodeStreamStream>, Status> {
-        Ok(self.streamed(
+        let api = self.clone();
+        Ok(stream_request(
             request,
-            |api, request, steps| async move { api.decode_with(request, steps).await },
+            move |request, steps| async move { api.decode_with(request, steps).await },
             |event| DecodeEvent {
                 event: Some(match event {
                     StepEvent::Progress(p) => decode_event::Event::Progress(p),
@@ -205,9 +178,10 @@ impl DecoderService for DecoderApi {
         &self,
         request: Request<UpsampleRequest>,
     ) -> Result<Response<Self::UpsampleStreamStream>, Status> {
-        Ok(self.streamed(
+        let api = self.clone();
+        Ok(stream_request(
             request,
-            |api, request, steps| async move { api.upsample_with(request, steps).await },
+            move |request, steps| async move { api.upsample_with(request, steps).await },
             |event| UpsampleEvent {
                 event: Some(match event {
                     StepEvent::Progress(p) => upsample_event::Event::Progress(p),
@@ -224,9 +198,10 @@ impl DecoderService for DecoderApi {
         &self,
         request: Request<InvertRequest>,
     ) -> Result<Response<Self::InvertStreamStream>, Status> {
-        Ok(self.streamed(
+        let api = self.clone();
+        Ok(stream_request(
             request,
-            |api, request, steps| async move { api.invert_with(request, steps).await },
+            move |request, steps| async move { api.invert_with(request, steps).await },
             |event| InvertEvent {
                 event: Some(match event {
                     StepEvent::Progress(p) => invert_event::Event::Progress(p),

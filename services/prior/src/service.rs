@@ -4,16 +4,14 @@
 //! its limit, so a bad request never reaches the graph and the service stays healthy.
 
 use tonic::{Request, Response, Status};
-use tracing::Instrument;
 use unclip_proto::v1::prior_service_server::PriorService;
 use unclip_proto::v1::{
     GetInfoRequest, ModelInfo, PriorSampleEvent, PriorSampleRequest, PriorSampleResponse,
     RequestLimits, Tensor, prior_sample_event,
 };
 use unclip_server::info::model_info;
-use unclip_server::steps::deadline_of;
 use unclip_server::validate::{self, text_encoding};
-use unclip_server::{EventStream, ModelSlot, ServiceError, StepEvent, Steps, stream_steps};
+use unclip_server::{EventStream, ModelSlot, ServiceError, StepEvent, Steps, stream_request};
 
 use crate::model::{PriorModel, SampleJob};
 use crate::sampler::{PriorSettings, UncondEncoding};
@@ -170,21 +168,17 @@ impl PriorService for PriorApi {
         &self,
         request: Request<PriorSampleRequest>,
     ) -> Result<Response<Self::SampleStreamStream>, Status> {
-        let deadline = deadline_of(&request);
-        let request = request.into_inner();
         let api = self.clone();
-        let span = tracing::Span::current();
-        let stream = stream_steps(
-            deadline,
-            move |steps| async move { Ok(api.run(&request, &steps).await?) }.instrument(span),
+        Ok(stream_request(
+            request,
+            move |request, steps| async move { api.run(&request, &steps).await },
             |event| PriorSampleEvent {
                 event: Some(match event {
                     StepEvent::Progress(p) => prior_sample_event::Event::Progress(p),
                     StepEvent::Result(r) => prior_sample_event::Event::Result(r),
                 }),
             },
-        );
-        Ok(Response::new(stream))
+        ))
     }
 
     async fn get_info(
