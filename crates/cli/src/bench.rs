@@ -220,7 +220,7 @@ async fn send(
     first: usize,
     count: usize,
     timeout: Duration,
-) -> Vec<Sample> {
+) -> Result<Vec<Sample>, tokio::task::JoinError> {
     let next = Arc::new(AtomicUsize::new(0));
     let workers = (0..args.concurrency.max(1)).map(|_| {
         let (mut client, args, next) = (client.clone(), Arc::clone(args), Arc::clone(&next));
@@ -248,9 +248,9 @@ async fn send(
     });
     let mut samples = Vec::with_capacity(count);
     for worker in workers.collect::<Vec<_>>() {
-        samples.extend(worker.await.unwrap_or_default());
+        samples.extend(worker.await?);
     }
-    samples
+    Ok(samples)
 }
 
 /// Runs the benchmark against the gateway behind `client` and prints the report. Fails (after
@@ -277,12 +277,12 @@ pub async fn run(
             args.warmup, args.requests, args.concurrency
         );
     }
-    let warmup = send(&client, &args, 0, args.warmup, timeout).await;
+    let warmup = send(&client, &args, 0, args.warmup, timeout).await?;
     if let Some(failure) = warmup.iter().find_map(|s| s.outcome.as_ref().err()) {
         anyhow::bail!("a warm-up request failed: {failure}");
     }
     let started = Instant::now();
-    let samples = send(&client, &args, args.warmup, args.requests, timeout).await;
+    let samples = send(&client, &args, args.warmup, args.requests, timeout).await?;
     let report = Report::new(
         model,
         &samples,
