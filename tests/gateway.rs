@@ -9,8 +9,8 @@ use image::{Rgb, RgbImage, Rgba, RgbaImage};
 use tonic::Code;
 use tonic::transport::Channel;
 use unclip_e2e::{
-    StackOptions, calls, gateway, mean_abs_diff, png, python, requests, rgb, stack, stages_of,
-    stats,
+    StackOptions, calls, gateway, mean_abs_diff, png, python, requests, rgb, scrape, stack,
+    stages_of, stats,
 };
 use unclip_proto::v1::gateway_client::GatewayClient;
 use unclip_proto::v1::{
@@ -18,6 +18,7 @@ use unclip_proto::v1::{
     InterpolateRequest, Preview, Progress, TextDiffRequest, VariationMode, VaryRequest,
     images_event,
 };
+use unclip_stages::Stage;
 
 type Client = GatewayClient<Channel>;
 
@@ -309,6 +310,48 @@ async fn every_capability() {
 
     let counts = stats(&mut client).await;
     assert!(requests(&counts, "generate ok") >= 6);
+
+    // The same counters for Prometheus, at GET /metrics on the gateway's port.
+    let (status, metrics) = scrape(&stack.gateway_url().unwrap()).await;
+    assert_eq!(status, "HTTP/1.1 200 OK", "{metrics}");
+    let value = |series: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
+    };
+    let generated = requests(&counts, "generate ok") as f64;
+    let ok = value(r#"unclip_gateway_requests_total{capability="generate",outcome="ok"}"#);
+    assert!(ok >= generated, "{ok} < {generated}");
+    assert!(
+        value(r#"unclip_gateway_request_duration_seconds_count{capability="generate"}"#)
+            >= generated
+    );
+    let decoder_calls: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with(r#"unclip_gateway_stage_calls_total{stage="decoder""#))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum();
+    assert_eq!(decoder_calls, calls(&counts, "decoder") as f64, "{metrics}");
+    assert!(
+        metrics.contains("unclip_gateway_cache_hits_total{backend="),
+        "{metrics}"
+    );
+    assert!(metrics.trim_end().ends_with("# EOF"));
+    // And each stage service's own: its graphs' calls and runs.
+    let decoder_url = &stack.stage_urls(Stage::Decoder)[0];
+    let (status, metrics) = scrape(decoder_url).await;
+    assert_eq!(status, "HTTP/1.1 200 OK", "{metrics}");
+    let value = |series: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
+    };
+    assert_eq!(value("unclip_stage_ready"), 1.0);
+    let calls = value(r#"unclip_stage_graph_calls_total{graph="decoder"}"#);
+    let runs = value(r#"unclip_stage_graph_runs_total{graph="decoder"}"#);
+    assert!(calls >= 25.0 && runs <= calls, "{calls} calls, {runs} runs");
     stack.shutdown().await.unwrap();
 }
 

@@ -105,6 +105,23 @@ pub async fn gateway(stack: &LocalStack) -> GatewayClient<Channel> {
         .max_encoding_message_size(64 << 20)
 }
 
+/// `GET /metrics` of the service at `url` (`http://host:port`, the gRPC address), over plain
+/// HTTP/1.1: the status line and the body.
+pub async fn scrape(url: &str) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let address = url.trim_start_matches("http://");
+    let mut socket = tokio::net::TcpStream::connect(address).await.unwrap();
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    socket.read_to_string(&mut answer).await.unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    (
+        head.lines().next().unwrap_or("").to_string(),
+        body.to_string(),
+    )
+}
+
 /// The gateway's counters.
 pub async fn stats(client: &mut GatewayClient<Channel>) -> GatewayStats {
     client

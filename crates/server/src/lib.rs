@@ -11,6 +11,7 @@
 //! | [`error`] | [`ServiceError`] and its one mapping to `tonic::Status` |
 //! | [`validate`] | request checks: counts, tensors, text encodings |
 //! | [`info`] | the `ModelInfo` every `GetInfo` returns |
+//! | [`metrics`] | `GET /metrics` (OpenMetrics text) beside gRPC on the service's port |
 //! | [`steps`] | step progress of a loop and the `...Stream` form of a stage RPC that sends it |
 //!
 //! # How a service uses it
@@ -63,6 +64,7 @@ pub mod grpc;
 pub mod image_input;
 pub mod info;
 pub mod logging;
+pub mod metrics;
 pub mod serve;
 pub mod shutdown;
 pub mod steps;

@@ -19,6 +19,7 @@ use tonic::transport::Server;
 
 use crate::error::ServiceError;
 use crate::grpc::{self, DEFAULT_MAX_MESSAGE_BYTES, Health};
+use crate::metrics::{CONTENT_TYPE, Metrics};
 
 /// Serving flags shared by every service, flattened into each service's `Config`.
 #[derive(Debug, Clone, Args)]
@@ -47,6 +48,7 @@ impl ServeArgs {
         ServeConfig {
             service,
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
+            metrics: None,
         }
     }
 }
@@ -58,6 +60,18 @@ pub struct ServeConfig {
     pub service: &'static str,
     /// How long calls in flight may run on after shutdown starts.
     pub shutdown_grace: Duration,
+    /// What `GET /metrics` reports (HTTP/1.1 on the same port as gRPC); `None`: no endpoint.
+    pub metrics: Option<Metrics>,
+}
+
+impl ServeConfig {
+    /// The same, serving `metrics` at `GET /metrics`.
+    pub fn with_metrics(self, metrics: Metrics) -> Self {
+        Self {
+            metrics: Some(metrics),
+            ..self
+        }
+    }
 }
 
 /// Where the handlers find the model: empty until `load` (load and warm-up) has succeeded.
@@ -166,11 +180,24 @@ where
     };
     let grace = config.shutdown_grace;
     tracing::info!(%address, service = config.service, "listening");
-    let routes = routes
+    let mut routes = routes
         .add_service(health_service)
         .add_service(grpc::reflection_v1())
         .add_service(grpc::reflection_v1alpha());
+    if let Some(metrics) = config.metrics.clone() {
+        let scrape = move || {
+            let text = metrics.render();
+            async move { ([(axum::http::header::CONTENT_TYPE, CONTENT_TYPE)], text) }
+        };
+        routes = Routes::from(
+            routes
+                .into_axum_router()
+                .route("/metrics", axum::routing::get(scrape)),
+        );
+    }
     let server = Server::builder()
+        // Prometheus scrapes over HTTP/1.1; gRPC stays on HTTP/2.
+        .accept_http1(config.metrics.is_some())
         .add_routes(routes)
         .serve_with_incoming_shutdown(grpc::incoming(listener), stop);
     tokio::select! {

@@ -27,6 +27,7 @@ use tokio::net::TcpListener;
 use tonic::service::Routes;
 use unclip_proto::v1::clip_service_server::ClipServiceServer;
 use unclip_server::ModelSlot;
+use unclip_server::metrics::graph_metrics;
 
 pub use config::Config;
 pub use service::SERVICE_NAME;
@@ -66,7 +67,10 @@ pub async fn run(
     };
     tracing::info!(model = %config.model.display(), "starting");
     unclip_server::serve(
-        config.serve.serve_config(SERVICE_NAME),
+        config
+            .serve
+            .serve_config(SERVICE_NAME)
+            .with_metrics(graph_metrics(slot.clone(), ClipModel::graph_stats)),
         listener,
         Routes::new(clip),
         slot,

@@ -12,7 +12,9 @@ use anyhow::Context;
 use bytes::Bytes;
 use ndarray::{Array4, ArrayD, Axis};
 use unclip_proto::v1::{Tensor, TextEncoding};
-use unclip_runtime::{Device, ModelRepository, SessionExecutor, TensorData, init_environment};
+use unclip_runtime::{
+    Device, ExecutorStats, ModelRepository, SessionExecutor, TensorData, init_environment,
+};
 use unclip_server::ServiceError;
 
 use crate::config::Config;
@@ -129,6 +131,15 @@ impl ClipModel {
     /// Whether EncodeImage can be served.
     pub fn has_image_encoder(&self) -> bool {
         self.image.is_some()
+    }
+
+    /// Each graph's executor counters, for `/metrics`.
+    pub fn graph_stats(&self) -> Vec<(String, ExecutorStats)> {
+        let mut stats = vec![("text_encoder".to_string(), self.text_encoder.stats())];
+        if let Some(image) = &self.image {
+            stats.push(("image_encoder".to_string(), image.executor.stats()));
+        }
+        stats
     }
 
     /// Labels of the loaded components.

@@ -12,7 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use ndarray::{Array1, ArrayD};
 use unclip_runtime::{
-    Environment, ModelRepository, Outputs, SessionConfig, SessionExecutor, TensorData,
+    Environment, ExecutorStats, ModelRepository, Outputs, SessionConfig, SessionExecutor,
+    TensorData,
 };
 use unclip_server::ServiceError;
 
@@ -40,6 +41,24 @@ pub struct Graphs {
 }
 
 impl Graphs {
+    /// Each graph's executor counters (an upsampler stage with one file for both steps counts
+    /// once, as `upsamplers[i]`).
+    pub fn stats(&self) -> Vec<(String, ExecutorStats)> {
+        let mut stats = vec![
+            ("text_proj".to_string(), self.text_proj.stats()),
+            ("decoder".to_string(), self.decoder.stats()),
+        ];
+        for (i, stage) in self.upsamplers.iter().enumerate() {
+            if Arc::ptr_eq(&stage.first, &stage.last) {
+                stats.push((format!("upsamplers[{i}]"), stage.first.stats()));
+            } else {
+                stats.push((format!("upsamplers[{i}].first"), stage.first.stats()));
+                stats.push((format!("upsamplers[{i}].last"), stage.last.stats()));
+            }
+        }
+        stats
+    }
+
     /// Loads every graph the service runs.
     pub fn load(
         repo: &ModelRepository,

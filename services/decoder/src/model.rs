@@ -90,6 +90,11 @@ impl DecoderModel {
         self.device
     }
 
+    /// Each graph's executor counters, for `/metrics`.
+    pub fn graph_stats(&self) -> Vec<(String, unclip_runtime::ExecutorStats)> {
+        self.graphs.stats()
+    }
+
     /// Labels of the loaded components.
     pub fn components(&self) -> Vec<String> {
         let mut c = vec!["text_proj".to_string(), "decoder".to_string()];

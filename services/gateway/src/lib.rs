@@ -61,6 +61,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let slot: ModelSlot<Gateway> = ModelSlot::new();
     let api = GatewayApi::new(slot.clone(), config.request_timeout());
+    let metrics = api.metrics();
     let server = GatewayServer::new(api)
         .max_decoding_message_size(config.serve.max_message_bytes)
         .max_encoding_message_size(config.serve.max_message_bytes);
@@ -69,7 +70,10 @@ pub async fn run(
         async move { connect(&config).await }
     };
     unclip_server::serve(
-        config.serve.serve_config(SERVICE_NAME),
+        config
+            .serve
+            .serve_config(SERVICE_NAME)
+            .with_metrics(metrics),
         listener,
         Routes::new(server),
         slot,

@@ -18,6 +18,7 @@ use unclip_proto::v1::{
 };
 use unclip_replicas::deadline_of;
 use unclip_server::ModelSlot;
+use unclip_server::metrics::{Metrics, counters, gauges, labels};
 
 use crate::error::Result;
 use crate::pipeline::{Gateway, Run, generate, inpaint, interpolate, text_diff, vary};
@@ -112,11 +113,12 @@ impl GatewayApi {
     async fn unary(&self, deadline: Instant, job: Job) -> Result<Response<ImagesResponse>, Status> {
         let gw = self.gateway()?;
         let name = job.name();
+        let started = Instant::now();
         let result = job
             .run(Run::new(&gw, Some(deadline), Reporter::silent()))
             .await
             .map_err(Status::from);
-        self.stats.record_result(name, &result);
+        self.stats.record_result(name, &result, started.elapsed());
         result.map(Response::new)
     }
 
@@ -126,6 +128,7 @@ impl GatewayApi {
         let (events, receiver) = mpsc::channel(STREAM_BUFFER);
         tokio::spawn(async move {
             let name = job.name();
+            let started = Instant::now();
             let reporter = Reporter::streaming(events.clone(), job.previews());
             let work = job.run(Run::new(&gw, Some(deadline), reporter));
             // A client that goes away closes the stream: the run is dropped, which cancels its
@@ -133,7 +136,7 @@ impl GatewayApi {
             tokio::select! {
                 result = work => {
                     let result = result.map_err(Status::from);
-                    stats.record_result(name, &result);
+                    stats.record_result(name, &result, started.elapsed());
                     let last = result.map(|response| ImagesEvent {
                         event: Some(images_event::Event::Result(response)),
                     });
@@ -278,6 +281,109 @@ impl GatewayService for GatewayApi {
             cache_backend: cache.backend.to_string(),
             requests: self.stats.snapshot(),
         }))
+    }
+}
+
+impl GatewayApi {
+    /// What `GET /metrics` reports: requests by capability and outcome, the seconds of
+    /// successful ones, and, once the stages are connected, every replica's calls, failures,
+    /// retries, calls in flight and availability, and the cache's counters.
+    pub fn metrics(&self) -> Metrics {
+        let (slot, stats) = (self.slot.clone(), Arc::clone(&self.stats));
+        Metrics::new(move |registry| {
+            let requests = stats.snapshot().into_iter().map(|(key, count)| {
+                let (capability, outcome) = key.split_once(' ').unwrap_or((&key, ""));
+                (
+                    labels([("capability", capability), ("outcome", outcome)]),
+                    count,
+                )
+            });
+            counters(
+                registry,
+                "unclip_gateway_requests",
+                "Requests by capability and outcome.",
+                requests,
+            );
+            registry.register(
+                "unclip_gateway_request_duration_seconds",
+                "Seconds of successful requests, by capability.",
+                stats.durations(),
+            );
+            let Ok(gw) = slot.get() else {
+                return;
+            };
+            let replicas = replicas(&gw);
+            let per_replica = |value: fn(&ReplicaInfo) -> u64| {
+                replicas.iter().map(move |r| {
+                    (
+                        labels([("stage", &r.stage), ("replica", &r.address)]),
+                        value(r),
+                    )
+                })
+            };
+            counters(
+                registry,
+                "unclip_gateway_stage_calls",
+                "Stage calls sent, per replica.",
+                per_replica(|r| r.calls),
+            );
+            counters(
+                registry,
+                "unclip_gateway_stage_failures",
+                "Stage calls that failed, per replica.",
+                per_replica(|r| r.failures),
+            );
+            counters(
+                registry,
+                "unclip_gateway_stage_retries",
+                "Failed stage calls retried on another replica, per replica.",
+                per_replica(|r| r.retried),
+            );
+            gauges(
+                registry,
+                "unclip_gateway_stage_in_flight",
+                "Stage calls in flight, per replica.",
+                per_replica(|r| r.in_flight).map(|(l, v)| (l, v as i64)),
+            );
+            gauges(
+                registry,
+                "unclip_gateway_replica_available",
+                "1 when the replica is not backed off.",
+                per_replica(|r| u64::from(r.available)).map(|(l, v)| (l, v as i64)),
+            );
+            let cache = gw.cache.stats();
+            let backend = labels([("backend", cache.backend)]);
+            for (name, help, value) in [
+                (
+                    "unclip_gateway_cache_hits",
+                    "Cache reads that found a valid entry.",
+                    cache.hits,
+                ),
+                (
+                    "unclip_gateway_cache_misses",
+                    "Cache reads that found nothing usable.",
+                    cache.misses,
+                ),
+                (
+                    "unclip_gateway_cache_errors",
+                    "Cache operations that failed or timed out.",
+                    cache.errors,
+                ),
+                (
+                    "unclip_gateway_cache_rejected",
+                    "Cache entries found but refused.",
+                    cache.rejected,
+                ),
+            ] {
+                counters(registry, name, help, [(backend.clone(), value)]);
+            }
+            gauges(
+                registry,
+                "unclip_gateway_cache_healthy",
+                "1 when the last cache operation succeeded.",
+                [(backend, i64::from(cache.healthy))],
+            );
+        })
     }
 }
 

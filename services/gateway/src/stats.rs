@@ -1,13 +1,40 @@
-//! Request counters per capability and outcome ("generate ok", "vary invalid_argument", ...).
+//! Request counters per capability and outcome ("generate ok", "vary invalid_argument", ...)
+//! and the duration of the requests that succeeded, per capability.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
+use std::time::Duration;
+
+use unclip_server::metrics::Labels;
+use unclip_server::metrics::prometheus_client::metrics::family::Family;
+use unclip_server::metrics::prometheus_client::metrics::histogram::{
+    Histogram, exponential_buckets,
+};
+
+/// Histograms of request seconds per capability.
+pub type DurationFamily = Family<Labels, Histogram, fn() -> Histogram>;
+
+/// Buckets from 50 ms to about 100 s, doubling.
+fn duration_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.05, 2.0, 12))
+}
 
 /// Counts requests by capability and outcome.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RequestStats {
     /// "capability outcome" → count.
     counts: Mutex<BTreeMap<String, u64>>,
+    /// Seconds of successful requests, by capability.
+    durations: DurationFamily,
+}
+
+impl Default for RequestStats {
+    fn default() -> Self {
+        Self {
+            counts: Mutex::default(),
+            durations: Family::new_with_constructor(duration_histogram),
+        }
+    }
 }
 
 impl RequestStats {
@@ -18,12 +45,28 @@ impl RequestStats {
         *counts.entry(format!("{capability} {outcome}")).or_default() += 1;
     }
 
-    /// Counts one request by its result.
-    pub fn record_result<T>(&self, capability: &str, result: &Result<T, tonic::Status>) {
+    /// Counts one request by its result; a success also records how long it took.
+    pub fn record_result<T>(
+        &self,
+        capability: &str,
+        result: &Result<T, tonic::Status>,
+        elapsed: Duration,
+    ) {
         match result {
-            Ok(_) => self.record(capability, "ok"),
+            Ok(_) => {
+                self.record(capability, "ok");
+                let labels = vec![("capability".to_string(), capability.to_string())];
+                self.durations
+                    .get_or_create(&labels)
+                    .observe(elapsed.as_secs_f64());
+            }
             Err(status) => self.record(capability, &code_name(status.code())),
         }
+    }
+
+    /// The duration histograms (shared: a clone sees later observations).
+    pub fn durations(&self) -> DurationFamily {
+        self.durations.clone()
     }
 
     /// All counts.
@@ -52,9 +95,10 @@ mod tests {
     #[test]
     fn counts() {
         let stats = RequestStats::default();
-        stats.record_result::<()>("generate", &Ok(()));
-        stats.record_result::<()>("generate", &Ok(()));
-        stats.record_result::<()>("vary", &Err(tonic::Status::invalid_argument("x")));
+        let second = Duration::from_secs(1);
+        stats.record_result::<()>("generate", &Ok(()), second);
+        stats.record_result::<()>("generate", &Ok(()), second);
+        stats.record_result::<()>("vary", &Err(tonic::Status::invalid_argument("x")), second);
         let snap = stats.snapshot();
         assert_eq!(snap["generate ok"], 2);
         assert_eq!(snap["vary invalid_argument"], 1);

@@ -25,6 +25,7 @@ use tokio::net::TcpListener;
 use tonic::service::Routes;
 use unclip_proto::v1::prior_service_server::PriorServiceServer;
 use unclip_server::ModelSlot;
+use unclip_server::metrics::graph_metrics;
 
 pub use config::Config;
 pub use service::{MAX_GUIDANCE_SCALE, MAX_STEPS, MIN_STEPS, SERVICE_NAME};
@@ -60,7 +61,10 @@ pub async fn run(
     };
     tracing::info!(model = %config.model.display(), "starting");
     unclip_server::serve(
-        config.serve.serve_config(SERVICE_NAME),
+        config
+            .serve
+            .serve_config(SERVICE_NAME)
+            .with_metrics(graph_metrics(slot.clone(), PriorModel::graph_stats)),
         listener,
         Routes::new(prior),
         slot,

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use ndarray::{Array2, Axis};
-use unclip_runtime::{Device, ModelRepository, SessionExecutor, init_environment};
+use unclip_runtime::{Device, ExecutorStats, ModelRepository, SessionExecutor, init_environment};
 use unclip_server::validate::TextConditioning;
 use unclip_server::{ServiceError, Steps};
 
@@ -117,6 +117,11 @@ impl PriorModel {
     /// The device the graph runs on.
     pub fn device(&self) -> Device {
         self.device
+    }
+
+    /// The graph's executor counters, for `/metrics`.
+    pub fn graph_stats(&self) -> Vec<(String, ExecutorStats)> {
+        vec![("prior".to_string(), self.prior.stats())]
     }
 
     /// Labels of the loaded components.
