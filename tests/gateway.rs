@@ -314,12 +314,7 @@ async fn every_capability() {
     // The same counters for Prometheus, at GET /metrics on the gateway's port.
     let (status, metrics) = scrape(&stack.gateway_url().unwrap()).await;
     assert_eq!(status, "HTTP/1.1 200 OK", "{metrics}");
-    let value = |series: &str| -> f64 {
-        metrics
-            .lines()
-            .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
-    };
+    let value = |series: &str| metric(&metrics, series);
     let generated = requests(&counts, "generate ok") as f64;
     let ok = value(r#"unclip_gateway_requests_total{capability="generate",outcome="ok"}"#);
     assert!(ok >= generated, "{ok} < {generated}");
@@ -342,17 +337,20 @@ async fn every_capability() {
     let decoder_url = &stack.stage_urls(Stage::Decoder)[0];
     let (status, metrics) = scrape(decoder_url).await;
     assert_eq!(status, "HTTP/1.1 200 OK", "{metrics}");
-    let value = |series: &str| -> f64 {
-        metrics
-            .lines()
-            .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
-    };
+    let value = |series: &str| metric(&metrics, series);
     assert_eq!(value("unclip_stage_ready"), 1.0);
     let calls = value(r#"unclip_stage_graph_calls_total{graph="decoder"}"#);
     let runs = value(r#"unclip_stage_graph_runs_total{graph="decoder"}"#);
     assert!(calls >= 25.0 && runs <= calls, "{calls} calls, {runs} runs");
     stack.shutdown().await.unwrap();
+}
+
+/// The value of `series` (name and labels, as written) in a `/metrics` text.
+fn metric(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
 }
 
 /// A GenerateStream call read to its end: progress, previews, then the result (which must be
