@@ -71,3 +71,30 @@ def test_quality_report_text_is_what_its_generator_makes_of_its_figures() -> Non
     quality.add_arguments(parser, "quality-report")
     text = quality.markdown(figures, parser.parse_args([]), "shapes-quality.png")
     assert (docs / "shapes-quality.md").read_text() == text
+
+
+def test_best_of_keeps_the_candidate_closest_to_the_prompt() -> None:
+    """best_of = 3: per image, the prior candidate (candidate c drawn from seed + k + c * 2**32)
+    whose embedding has the highest dot product with the prompt's; the rest of the run is the
+    plain one's."""
+    from unclip_tools.sampler import SeededNoise, UnclipSampler, best_of_k
+
+    sampler = UnclipSampler(MODEL, scheduler_backend="numpy", check_graphs=False, threads=1)
+    caption = "a small green star in the top right on a black background"
+    fast = {"prior_steps": 3, "decoder_steps": 2, "upsampler_steps": 2}
+    seen: dict[str, np.ndarray] = {}
+
+    def trace(event: str, values: dict) -> None:
+        if event == "image_embeds":
+            seen.update(values)
+
+    sampler.text_to_image_array(caption, num_images=2, seed=5, best_of=3, trace=trace, **fast)
+    cond = sampler.encode_text([caption]).repeat_interleave(2)
+    candidates = [sampler.sample_prior(cond, 3, None, SeededNoise(5 + (c << 32), 2), cfg=True) for c in range(3)]
+    expected, picks = best_of_k(candidates, cond.text_embeds)
+    np.testing.assert_array_equal(seen["image_embeds"], expected)
+    np.testing.assert_array_equal(seen["best_of_picks"], picks)
+    scores = np.stack([np.sum(c * cond.text_embeds, axis=1) for c in candidates])
+    assert np.all(np.sum(expected * cond.text_embeds, axis=1) >= scores.max(axis=0) - 1e-6)
+    with pytest.raises(Exception, match="best-of must be at least 1"):
+        sampler.text_to_image_array(caption, best_of=0, **fast)

@@ -128,6 +128,15 @@ class ReplayNoise:
 # ---------------------------------------------------------------------------------------------
 
 
+def best_of_k(candidates: Sequence[np.ndarray], text_embeds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the candidate embedding with the highest dot product with that row's text
+    embedding (ties keep the earlier candidate); returns (chosen [B, D], candidate index [B])."""
+    scores = np.stack([np.sum(c * text_embeds, axis=1) for c in candidates])
+    picks = np.argmax(scores, axis=0)
+    chosen = np.stack([candidates[p][row] for row, p in enumerate(picks)])
+    return chosen, picks
+
+
 @dataclass
 class TextEncoding:
     """CLIP text encodings of a batch of prompts, as the prior and the text projection take them."""
@@ -632,11 +641,15 @@ class UnclipSampler:
         decoder_guidance_scale: float | None = None,
         noise_source: NoiseSource | None = None,
         trace: Trace | None = None,
+        best_of: int = 1,
     ) -> np.ndarray:
         """Text-to-image; returns the final latents [B, 3, U, U] (before the output conversion).
 
         `prompt` may be a list; each prompt gets `num_images` images in a row (B = prompts x
         num_images, as diffusers' num_images_per_prompt), and batch image k uses seed + k.
+        `best_of` > 1 samples that many prior candidates per image and keeps the one closest to
+        the prompt (the paper's reranking, as the prior service does): candidate 0 is the plain
+        run, candidate c draws from seed + k + c * 2**32, so the decoder's draws do not change.
         """
         s = self._settings(
             prior_steps=prior_steps,
@@ -650,6 +663,10 @@ class UnclipSampler:
             raise UserError("at least one prompt is needed")
         if num_images < 1:
             raise UserError(f"num-images must be at least 1, got {num_images}")
+        if best_of < 1:
+            raise UserError(f"best-of must be at least 1, got {best_of}")
+        if best_of > 1 and noise_source is not None:
+            raise UserError("best-of needs seeded noise: a given noise source has no candidates' draws")
         noise = _noise(noise_source, seed, len(prompts) * num_images)
         cfg = s["prior_guidance_scale"] > 1.0 or s["decoder_guidance_scale"] > 1.0
         self.timings = {}
@@ -660,6 +677,16 @@ class UnclipSampler:
 
         started = time.perf_counter()
         image_embeds = self.sample_prior(cond, s["prior_steps"], s["prior_guidance_scale"], noise, cfg, trace)
+        if best_of > 1:
+            others = [
+                self.sample_prior(
+                    cond, s["prior_steps"], s["prior_guidance_scale"], SeededNoise(seed + (c << 32), cond.batch), cfg
+                )
+                for c in range(1, best_of)
+            ]
+            image_embeds, picks = best_of_k([image_embeds, *others], cond.text_embeds)
+            if trace:
+                trace("image_embeds", {"image_embeds": image_embeds, "best_of_picks": picks})
         self.timings["prior"] = time.perf_counter() - started
 
         started = time.perf_counter()
@@ -683,6 +710,7 @@ class UnclipSampler:
         decoder_guidance_scale: float | None = None,
         noise_source: NoiseSource | None = None,
         trace: Trace | None = None,
+        best_of: int = 1,
     ) -> list[Image.Image]:
         """Generate `num_images` images per prompt; batch image k uses seed + k. None = manifest default."""
         return to_pil(
@@ -697,6 +725,7 @@ class UnclipSampler:
                 decoder_guidance_scale,
                 noise_source,
                 trace,
+                best_of,
             )
         )
 
@@ -794,6 +823,9 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--upsampler-steps", type=int, default=None, help="steps per upsampler (default: the manifest's)")
     if name == "generate":
         parser.add_argument("--prior-guidance", type=float, default=None, help="prior CFG scale (default: the manifest's)")
+        parser.add_argument(
+            "--best-of", type=int, default=1, help="prior candidates per image, the one closest to the prompt kept (default 1)"
+        )
     parser.add_argument("--decoder-guidance", type=float, default=None, help="decoder CFG scale (default: the manifest's)")
     parser.add_argument(
         "--scheduler", choices=BACKENDS, default="auto", help="who computes scheduler steps (auto: diffusers if installed)"
@@ -827,6 +859,8 @@ def _check_args(args: argparse.Namespace, name: str) -> None:
         raise UserError(f"--seed must be non-negative, got {args.seed}")
     if args.threads < 1:
         raise UserError(f"--threads must be at least 1, got {args.threads}")
+    if getattr(args, "best_of", 1) < 1:
+        raise UserError(f"--best-of must be at least 1, got {args.best_of}")
 
 
 def load_image(path: Path) -> Image.Image:
@@ -862,6 +896,7 @@ def run(args: argparse.Namespace, name: str) -> int:
             upsampler_steps=args.upsampler_steps,
             prior_guidance_scale=args.prior_guidance,
             decoder_guidance_scale=args.decoder_guidance,
+            best_of=args.best_of,
         )
     else:
         assert image is not None
