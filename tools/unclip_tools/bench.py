@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -47,8 +48,6 @@ def pipeline_order(stage: str) -> tuple[int, str]:
 
 def percentile(sorted_values: list[float], q: float) -> float:
     """Nearest-rank percentile, as `unclip bench` computes it."""
-    import math
-
     rank = math.ceil(q * len(sorted_values))
     return sorted_values[min(max(rank, 1), len(sorted_values)) - 1]
 

@@ -7,8 +7,10 @@
 //!
 //! [`tensor`] turns wire tensors into arrays and back, validating dtype, shape and byte length on
 //! the way in (a request is untrusted input), and offers the shape and finiteness checks every
-//! service runs before handing arrays to a model.
+//! service runs before handing arrays to a model. [`StepEvent`] is the common shape of the stage
+//! services' streaming events.
 
+pub mod steps;
 pub mod tensor;
 
 /// Generated messages, clients (`*_client`) and servers (`*_server`) of package `unclip.v1`.
@@ -20,4 +22,5 @@ pub mod v1 {
 /// The encoded `FileDescriptorSet` of every `unclip.v1` file, for reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("unclip_descriptor");
 
+pub use steps::StepEvent;
 pub use tensor::{Dim, Element, TensorError, check_finite, check_shape};

@@ -74,4 +74,4 @@ pub use args::RuntimeArgs;
 pub use error::ServiceError;
 pub use serve::{ModelSlot, ServeArgs, ServeConfig, serve};
 pub use shutdown::shutdown_signal;
-pub use steps::{EventStream, StepEvent, Steps, stream_request, stream_steps};
+pub use steps::{EventStream, Steps, stream_request, stream_steps};

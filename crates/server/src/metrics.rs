@@ -77,6 +77,42 @@ pub fn gauges(
     registry.register(name, help, family);
 }
 
+/// One metric read off an item: its name, its help text and how to read its value.
+pub type Reading<'a, T, V> = (&'a str, &'a str, fn(&T) -> V);
+
+/// For each `(name, help, value)` of `metrics`, registers the counter `name` with one series
+/// per item of `items`, labelled by the item's labels.
+pub fn counters_over<T>(
+    registry: &mut Registry,
+    items: &[(Labels, T)],
+    metrics: &[Reading<'_, T, u64>],
+) {
+    for (name, help, value) in metrics {
+        counters(
+            registry,
+            name,
+            help,
+            items.iter().map(|(l, t)| (l.clone(), value(t))),
+        );
+    }
+}
+
+/// [`counters_over`] for gauges.
+pub fn gauges_over<T>(
+    registry: &mut Registry,
+    items: &[(Labels, T)],
+    metrics: &[Reading<'_, T, i64>],
+) {
+    for (name, help, value) in metrics {
+        gauges(
+            registry,
+            name,
+            help,
+            items.iter().map(|(l, t)| (l.clone(), value(t))),
+        );
+    }
+}
+
 /// The metrics of a stage service: `unclip_stage_ready` (1 once the model serves), and per
 /// graph its executor's calls, runs (fewer than calls when calls were stacked) and rows, as
 /// `graphs` lists them for the loaded model.
@@ -95,29 +131,28 @@ pub fn graph_metrics<M: Send + Sync + 'static>(
         let Some(model) = model else {
             return;
         };
-        let stats = graphs(&model);
-        let per_graph = |value: fn(&ExecutorStats) -> u64| {
-            stats
-                .iter()
-                .map(move |(graph, s)| (labels([("graph", graph.as_str())]), value(s)))
-        };
-        counters(
+        let stats: Vec<(Labels, ExecutorStats)> = graphs(&model)
+            .into_iter()
+            .map(|(graph, s)| (labels([("graph", graph.as_str())]), s))
+            .collect();
+        counters_over(
             registry,
-            "unclip_stage_graph_calls",
-            "Calls answered, per graph.",
-            per_graph(|s| s.calls),
-        );
-        counters(
-            registry,
-            "unclip_stage_graph_runs",
-            "Graph runs (calls stacked together run once), per graph.",
-            per_graph(|s| s.runs),
-        );
-        counters(
-            registry,
-            "unclip_stage_graph_rows",
-            "Rows run, per graph.",
-            per_graph(|s| s.rows),
+            &stats,
+            &[
+                (
+                    "unclip_stage_graph_calls",
+                    "Calls answered, per graph.",
+                    |s| s.calls,
+                ),
+                (
+                    "unclip_stage_graph_runs",
+                    "Graph runs (calls stacked together run once), per graph.",
+                    |s| s.runs,
+                ),
+                ("unclip_stage_graph_rows", "Rows run, per graph.", |s| {
+                    s.rows
+                }),
+            ],
         );
     })
 }

@@ -10,10 +10,9 @@ use unclip_proto::v1::decoder_service_server::DecoderService;
 use unclip_proto::v1::{
     DecodeEvent, DecodeRequest, DecodeResponse, GetInfoRequest, InvertEvent, InvertRequest,
     InvertResponse, ModelInfo, RequestLimits, UpsampleEvent, UpsampleRequest, UpsampleResponse,
-    decode_event, invert_event, upsample_event,
 };
 use unclip_server::info::model_info;
-use unclip_server::{EventStream, ModelSlot, ServiceError, StepEvent, Steps, stream_request};
+use unclip_server::{EventStream, ModelSlot, ServiceError, Steps, stream_request};
 
 use crate::model::DecoderModel;
 use crate::request::{Limits, MIN_STEPS};
@@ -159,16 +158,9 @@ impl DecoderService for DecoderApi {
         request: Request<DecodeRequest>,
     ) -> Result<Response<Self::DecodeStreamStream>, Status> {
         let api = self.clone();
-        Ok(stream_request(
-            request,
-            move |request, steps| async move { api.decode_with(request, steps).await },
-            |event| DecodeEvent {
-                event: Some(match event {
-                    StepEvent::Progress(p) => decode_event::Event::Progress(p),
-                    StepEvent::Result(r) => decode_event::Event::Result(r),
-                }),
-            },
-        ))
+        Ok(stream_request(request, move |request, steps| async move {
+            api.decode_with(request, steps).await
+        }))
     }
 
     type UpsampleStreamStream = EventStream<UpsampleEvent>;
@@ -179,16 +171,9 @@ impl DecoderService for DecoderApi {
         request: Request<UpsampleRequest>,
     ) -> Result<Response<Self::UpsampleStreamStream>, Status> {
         let api = self.clone();
-        Ok(stream_request(
-            request,
-            move |request, steps| async move { api.upsample_with(request, steps).await },
-            |event| UpsampleEvent {
-                event: Some(match event {
-                    StepEvent::Progress(p) => upsample_event::Event::Progress(p),
-                    StepEvent::Result(r) => upsample_event::Event::Result(r),
-                }),
-            },
-        ))
+        Ok(stream_request(request, move |request, steps| async move {
+            api.upsample_with(request, steps).await
+        }))
     }
 
     type InvertStreamStream = EventStream<InvertEvent>;
@@ -199,16 +184,9 @@ impl DecoderService for DecoderApi {
         request: Request<InvertRequest>,
     ) -> Result<Response<Self::InvertStreamStream>, Status> {
         let api = self.clone();
-        Ok(stream_request(
-            request,
-            move |request, steps| async move { api.invert_with(request, steps).await },
-            |event| InvertEvent {
-                event: Some(match event {
-                    StepEvent::Progress(p) => invert_event::Event::Progress(p),
-                    StepEvent::Result(r) => invert_event::Event::Result(r),
-                }),
-            },
-        ))
+        Ok(stream_request(request, move |request, steps| async move {
+            api.invert_with(request, steps).await
+        }))
     }
 
     async fn get_info(

@@ -6,6 +6,7 @@ mod common;
 use common::{Fixture, TestServer, max_abs_diff};
 use ndarray::{Array2, ArrayD, Axis, IxDyn, s};
 use tonic::transport::Channel;
+use unclip_proto::StepEvent;
 use unclip_proto::v1::decoder_service_client::DecoderServiceClient;
 use unclip_proto::v1::{
     DecodeRequest, DecodeResponse, ImageFormat, InpaintSpec, InvertRequest, Sampler,
@@ -677,16 +678,13 @@ async fn shapes_cascade_and_inversion() {
 
 /// Reads a `...Stream` to its end: the (step, total) of every progress event, then the result,
 /// which must come last.
-async fn drain<E, R>(
-    mut stream: tonic::Streaming<E>,
-    split: fn(E) -> Result<R, (u32, u32)>,
-) -> (Vec<(u32, u32)>, R) {
+async fn drain<E: StepEvent>(mut stream: tonic::Streaming<E>) -> (Vec<(u32, u32)>, E::Result) {
     let (mut steps, mut result) = (Vec::new(), None);
     while let Some(event) = stream.message().await.unwrap() {
         assert!(result.is_none(), "nothing follows the result");
-        match split(event) {
+        match event.into_parts().expect("an event") {
             Ok(r) => result = Some(r),
-            Err(step) => steps.push(step),
+            Err(p) => steps.push((p.step, p.total)),
         }
     }
     (steps, result.expect("a result"))
@@ -706,7 +704,6 @@ fn check_steps(what: &str, steps: &[(u32, u32)], total: u32) {
 /// the unary RPCs answer; a bad request ends the stream with the unary RPC's status.
 #[tokio::test]
 async fn streams_report_steps_then_the_same_answer() {
-    use unclip_proto::v1::{decode_event, invert_event, upsample_event};
     let server = TestServer::serving(&[]).await;
     let mut client = server.decoder().await;
 
@@ -719,11 +716,7 @@ async fn streams_report_steps_then_the_same_answer() {
     };
     let unary = decode(&mut client, request.clone()).await;
     let stream = client.decode_stream(request).await.unwrap().into_inner();
-    let (steps, streamed) = drain(stream, |e| match e.event.unwrap() {
-        decode_event::Event::Progress(p) => Err((p.step, p.total)),
-        decode_event::Event::Result(r) => Ok(r),
-    })
-    .await;
+    let (steps, streamed) = drain(stream).await;
     check_steps("decode", &steps, 6);
     assert_eq!(streamed, unary);
 
@@ -736,11 +729,7 @@ async fn streams_report_steps_then_the_same_answer() {
     };
     let unary_up = client.upsample(request.clone()).await.unwrap().into_inner();
     let stream = client.upsample_stream(request).await.unwrap().into_inner();
-    let (steps, streamed) = drain(stream, |e| match e.event.unwrap() {
-        upsample_event::Event::Progress(p) => Err((p.step, p.total)),
-        upsample_event::Event::Result(r) => Ok(r),
-    })
-    .await;
+    let (steps, streamed) = drain(stream).await;
     check_steps("upsample", &steps, 3);
     assert_eq!(streamed, unary_up);
 
@@ -752,11 +741,7 @@ async fn streams_report_steps_then_the_same_answer() {
     };
     let unary_inv = client.invert(request.clone()).await.unwrap().into_inner();
     let stream = client.invert_stream(request).await.unwrap().into_inner();
-    let (steps, streamed) = drain(stream, |e| match e.event.unwrap() {
-        invert_event::Event::Progress(p) => Err((p.step, p.total)),
-        invert_event::Event::Result(r) => Ok(r),
-    })
-    .await;
+    let (steps, streamed) = drain(stream).await;
     check_steps("invert", &steps, 5);
     assert_eq!(streamed, unary_inv);
 

@@ -18,7 +18,7 @@ use unclip_proto::v1::{
 };
 use unclip_replicas::deadline_of;
 use unclip_server::ModelSlot;
-use unclip_server::metrics::{Metrics, counters, gauges, labels};
+use unclip_server::metrics::{Labels, Metrics, counters, counters_over, gauges_over, labels};
 
 use crate::error::Result;
 use crate::pipeline::{Gateway, Run, generate, inpaint, interpolate, text_diff, vary};
@@ -312,76 +312,82 @@ impl GatewayApi {
             let Ok(gw) = slot.get() else {
                 return;
             };
-            let replicas = replicas(&gw);
-            let per_replica = |value: fn(&ReplicaInfo) -> u64| {
-                replicas.iter().map(move |r| {
+            let replicas: Vec<(Labels, ReplicaInfo)> = replicas(&gw)
+                .into_iter()
+                .map(|r| (labels([("stage", &r.stage), ("replica", &r.address)]), r))
+                .collect();
+            counters_over(
+                registry,
+                &replicas,
+                &[
                     (
-                        labels([("stage", &r.stage), ("replica", &r.address)]),
-                        value(r),
-                    )
-                })
-            };
-            counters(
-                registry,
-                "unclip_gateway_stage_calls",
-                "Stage calls sent, per replica.",
-                per_replica(|r| r.calls),
+                        "unclip_gateway_stage_calls",
+                        "Stage calls sent, per replica.",
+                        |r| r.calls,
+                    ),
+                    (
+                        "unclip_gateway_stage_failures",
+                        "Stage calls that failed, per replica.",
+                        |r| r.failures,
+                    ),
+                    (
+                        "unclip_gateway_stage_retries",
+                        "Failed stage calls retried on another replica, per replica.",
+                        |r| r.retried,
+                    ),
+                ],
             );
-            counters(
+            gauges_over(
                 registry,
-                "unclip_gateway_stage_failures",
-                "Stage calls that failed, per replica.",
-                per_replica(|r| r.failures),
+                &replicas,
+                &[
+                    (
+                        "unclip_gateway_stage_in_flight",
+                        "Stage calls in flight, per replica.",
+                        |r| r.in_flight as i64,
+                    ),
+                    (
+                        "unclip_gateway_replica_available",
+                        "1 when the replica is not backed off.",
+                        |r| i64::from(r.available),
+                    ),
+                ],
             );
-            counters(
+            let cache = [(labels([("backend", gw.cache.backend())]), gw.cache.stats())];
+            counters_over(
                 registry,
-                "unclip_gateway_stage_retries",
-                "Failed stage calls retried on another replica, per replica.",
-                per_replica(|r| r.retried),
+                &cache,
+                &[
+                    (
+                        "unclip_gateway_cache_hits",
+                        "Cache reads that found a valid entry.",
+                        |c| c.hits,
+                    ),
+                    (
+                        "unclip_gateway_cache_misses",
+                        "Cache reads that found nothing usable.",
+                        |c| c.misses,
+                    ),
+                    (
+                        "unclip_gateway_cache_errors",
+                        "Cache operations that failed or timed out.",
+                        |c| c.errors,
+                    ),
+                    (
+                        "unclip_gateway_cache_rejected",
+                        "Cache entries found but refused.",
+                        |c| c.rejected,
+                    ),
+                ],
             );
-            gauges(
+            gauges_over(
                 registry,
-                "unclip_gateway_stage_in_flight",
-                "Stage calls in flight, per replica.",
-                per_replica(|r| r.in_flight).map(|(l, v)| (l, v as i64)),
-            );
-            gauges(
-                registry,
-                "unclip_gateway_replica_available",
-                "1 when the replica is not backed off.",
-                per_replica(|r| u64::from(r.available)).map(|(l, v)| (l, v as i64)),
-            );
-            let cache = gw.cache.stats();
-            let backend = labels([("backend", cache.backend)]);
-            for (name, help, value) in [
-                (
-                    "unclip_gateway_cache_hits",
-                    "Cache reads that found a valid entry.",
-                    cache.hits,
-                ),
-                (
-                    "unclip_gateway_cache_misses",
-                    "Cache reads that found nothing usable.",
-                    cache.misses,
-                ),
-                (
-                    "unclip_gateway_cache_errors",
-                    "Cache operations that failed or timed out.",
-                    cache.errors,
-                ),
-                (
-                    "unclip_gateway_cache_rejected",
-                    "Cache entries found but refused.",
-                    cache.rejected,
-                ),
-            ] {
-                counters(registry, name, help, [(backend.clone(), value)]);
-            }
-            gauges(
-                registry,
-                "unclip_gateway_cache_healthy",
-                "1 when the last cache operation succeeded.",
-                [(backend, i64::from(cache.healthy))],
+                &cache,
+                &[(
+                    "unclip_gateway_cache_healthy",
+                    "1 when the last cache operation succeeded.",
+                    |c| i64::from(c.healthy),
+                )],
             );
         })
     }

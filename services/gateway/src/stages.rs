@@ -9,14 +9,14 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tonic::Streaming;
 use tonic::transport::Channel;
+use unclip_proto::StepEvent;
 use unclip_proto::v1::clip_service_client::ClipServiceClient;
 use unclip_proto::v1::decoder_service_client::DecoderServiceClient;
 use unclip_proto::v1::prior_service_client::PriorServiceClient;
 use unclip_proto::v1::{
     DecodeRequest, DecodeResponse, EncodeImageRequest, EncodeTextRequest, GetInfoRequest,
     InvertRequest, InvertResponse, ModelInfo, PriorSampleRequest, PriorSampleResponse, StageTiming,
-    StepProgress, Tensor, TextEncoding, UpsampleRequest, UpsampleResponse, decode_event,
-    invert_event, prior_sample_event, upsample_event,
+    Tensor, TextEncoding, UpsampleRequest, UpsampleResponse,
 };
 use unclip_replicas::{ReplicaConfig, ReplicaSet, request};
 
@@ -235,11 +235,7 @@ impl Stages {
                         return client.sample(message).await;
                     };
                     let stream = client.sample_stream(message).await?.into_inner();
-                    read_steps(stream, steps, |e| match e.event? {
-                        prior_sample_event::Event::Progress(p) => Some(Err(p)),
-                        prior_sample_event::Event::Result(r) => Some(Ok(r)),
-                    })
-                    .await
+                    read_steps(stream, steps).await
                 }
             },
         )
@@ -266,11 +262,7 @@ impl Stages {
                         return client.decode(message).await;
                     };
                     let stream = client.decode_stream(message).await?.into_inner();
-                    read_steps(stream, steps, |e| match e.event? {
-                        decode_event::Event::Progress(p) => Some(Err(p)),
-                        decode_event::Event::Result(r) => Some(Ok(r)),
-                    })
-                    .await
+                    read_steps(stream, steps).await
                 }
             },
         )
@@ -298,11 +290,7 @@ impl Stages {
                         return client.upsample(message).await;
                     };
                     let stream = client.upsample_stream(message).await?.into_inner();
-                    read_steps(stream, steps, |e| match e.event? {
-                        upsample_event::Event::Progress(p) => Some(Err(p)),
-                        upsample_event::Event::Result(r) => Some(Ok(r)),
-                    })
-                    .await
+                    read_steps(stream, steps).await
                 }
             },
         )
@@ -329,11 +317,7 @@ impl Stages {
                         return client.invert(message).await;
                     };
                     let stream = client.invert_stream(message).await?.into_inner();
-                    read_steps(stream, steps, |e| match e.event? {
-                        invert_event::Event::Progress(p) => Some(Err(p)),
-                        invert_event::Event::Result(r) => Some(Ok(r)),
-                    })
-                    .await
+                    read_steps(stream, steps).await
                 }
             },
         )
@@ -344,16 +328,14 @@ impl Stages {
 /// Where a streaming stage call's steps go: (step, total), the latest only.
 pub type StepSink = watch::Sender<(u32, u32)>;
 
-/// Reads a stage's `...Stream` to its result, sending its steps to `steps` on the way.
-/// `split` reads an event as a step (`Err`) or the result (`Ok`); `None` skips it. A stream
-/// that ends without a result answers INTERNAL (not retried).
-async fn read_steps<E, R>(
+/// Reads a stage's `...Stream` to its result, sending its steps to `steps` on the way. A
+/// stream that ends without a result answers INTERNAL (not retried).
+async fn read_steps<E: StepEvent>(
     mut stream: Streaming<E>,
     steps: &StepSink,
-    split: fn(E) -> Option<std::result::Result<R, StepProgress>>,
-) -> std::result::Result<tonic::Response<R>, tonic::Status> {
+) -> std::result::Result<tonic::Response<E::Result>, tonic::Status> {
     while let Some(event) = stream.message().await? {
-        match split(event) {
+        match event.into_parts() {
             Some(Ok(result)) => return Ok(tonic::Response::new(result)),
             Some(Err(progress)) => {
                 steps.send_replace((progress.step, progress.total));

@@ -7,11 +7,11 @@ use tonic::{Request, Response, Status};
 use unclip_proto::v1::prior_service_server::PriorService;
 use unclip_proto::v1::{
     GetInfoRequest, ModelInfo, PriorSampleEvent, PriorSampleRequest, PriorSampleResponse,
-    RequestLimits, Tensor, prior_sample_event,
+    RequestLimits, Tensor,
 };
 use unclip_server::info::model_info;
 use unclip_server::validate::{self, text_encoding};
-use unclip_server::{EventStream, ModelSlot, ServiceError, StepEvent, Steps, stream_request};
+use unclip_server::{EventStream, ModelSlot, ServiceError, Steps, stream_request};
 
 use crate::model::{PriorModel, SampleJob};
 use crate::sampler::{PriorSettings, UncondEncoding};
@@ -169,16 +169,9 @@ impl PriorService for PriorApi {
         request: Request<PriorSampleRequest>,
     ) -> Result<Response<Self::SampleStreamStream>, Status> {
         let api = self.clone();
-        Ok(stream_request(
-            request,
-            move |request, steps| async move { api.run(&request, &steps).await },
-            |event| PriorSampleEvent {
-                event: Some(match event {
-                    StepEvent::Progress(p) => prior_sample_event::Event::Progress(p),
-                    StepEvent::Result(r) => prior_sample_event::Event::Result(r),
-                }),
-            },
-        ))
+        Ok(stream_request(request, move |request, steps| async move {
+            api.run(&request, &steps).await
+        }))
     }
 
     async fn get_info(

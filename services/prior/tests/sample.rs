@@ -10,9 +10,8 @@ use common::{Fixture, TestServer, assert_status, max_abs_diff, synthetic_encodin
 use ndarray::{Array2, ArrayD, Ix2};
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
-use unclip_proto::v1::{
-    PriorSampleRequest, PriorSampleResponse, Tensor, TextEncoding, prior_sample_event,
-};
+use unclip_proto::StepEvent;
+use unclip_proto::v1::{PriorSampleRequest, PriorSampleResponse, Tensor, TextEncoding};
 
 async fn sample(
     server: &TestServer,
@@ -400,9 +399,9 @@ async fn sample_stream_reports_steps_then_the_same_answer() {
     let (mut steps, mut result) = (Vec::new(), None);
     while let Some(event) = stream.message().await.unwrap() {
         assert!(result.is_none(), "nothing follows the result");
-        match event.event.expect("an event") {
-            prior_sample_event::Event::Progress(p) => steps.push((p.step, p.total)),
-            prior_sample_event::Event::Result(r) => result = Some(r),
+        match event.into_parts().expect("an event") {
+            Err(p) => steps.push((p.step, p.total)),
+            Ok(r) => result = Some(r),
         }
     }
     let result = result.expect("a result");

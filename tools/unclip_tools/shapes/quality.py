@@ -77,6 +77,11 @@ def held_out_captions(n: int = 200) -> list[str]:
     return [single_caption(s, c, z, p, b) for s, c, z, p, b in (combos[i] for i in pick)]
 
 
+def unit(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length."""
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
 REVERSED = {"above": "below", "below": "above", "left of": "right of", "right of": "left of"}
 
 
@@ -193,26 +198,20 @@ def run(args: argparse.Namespace, name: str) -> int:
             ]
         )
     )
-    two_text = sampler.encode_text(twos)
-    two_swapped = sampler.encode_text([reverse_relation(c) for c in twos])
-    two_img = sampler.encode_images(two_renders)
-    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
-    true_sim = np.sum(unit(two_img) * unit(two_text["text_embeds"] if isinstance(two_text, dict) else two_text[0]), axis=1)
-    swapped_sim = np.sum(unit(two_img) * unit(two_swapped["text_embeds"] if isinstance(two_swapped, dict) else two_swapped[0]), axis=1)
+    two_img = unit(sampler.encode_images(two_renders))
+    true_sim = np.sum(two_img * unit(sampler.encode_text(twos).text_embeds), axis=1)
+    swapped_sim = np.sum(two_img * unit(sampler.encode_text([reverse_relation(c) for c in twos]).text_embeds), axis=1)
     clip_relation = float(np.mean(true_sim > swapped_sim))
 
     # CLIP zero-shot retrieval among the held-out captions, on true renders.
-    text = sampler.encode_text(caps)
-    t_emb = text["text_embeds"] if isinstance(text, dict) else text[0]
-    i_emb = sampler.encode_images([Image.fromarray(t) for t in truth])
-    tn = t_emb / np.linalg.norm(t_emb, axis=1, keepdims=True)
-    inn = i_emb / np.linalg.norm(i_emb, axis=1, keepdims=True)
+    tn = unit(sampler.encode_text(caps).text_embeds)
+    inn = unit(sampler.encode_images([Image.fromarray(t) for t in truth]))
     sim = inn @ tn.T
     i2t = float(np.mean(sim.argmax(1) == np.arange(len(caps))))
     t2i = float(np.mean(sim.argmax(0) == np.arange(len(caps))))
     # Prior samples against the embeddings of true renders of the same captions.
     prior = np.concatenate([sampler.sample_prior([c], num_images=1, seed=args.seed + i, guidance_scale=pg) for i, c in enumerate(caps)])
-    pn = prior / np.linalg.norm(prior, axis=1, keepdims=True)
+    pn = unit(prior)
     cos_true = float(np.mean(np.sum(pn * inn, axis=1)))
     cos_shuffled = float(np.mean(np.sum(pn * np.roll(inn, 1, axis=0), axis=1)))
 
