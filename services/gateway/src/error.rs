@@ -3,11 +3,15 @@
 //! | error | code |
 //! |---|---|
 //! | a request field out of its limits | INVALID_ARGUMENT, "field: what and the limit" |
-//! | a stage call failed | the stage's own code, message prefixed with the call |
+//! | a stage call failed | the stage's own code, message prefixed with the [`Stage`] label |
+//! | the request layer refused it ([`Refusal`]) | the refusal's code; RESOURCE_EXHAUSTED carries `retry-after` (seconds) in its metadata |
 //! | the stages answered something unexpected, or a bug | INTERNAL, logged |
 
 use thiserror::Error;
-use tonic::Status;
+use tonic::{Code, Status};
+
+use crate::layer::Refusal;
+use crate::stage::Stage;
 
 /// Why a gateway request failed.
 #[derive(Debug, Error)]
@@ -21,16 +25,22 @@ pub enum Error {
         message: String,
     },
     /// A stage call failed (after retries on other replicas where that could help).
-    #[error("{method}: {}", status.message())]
+    #[error("{stage}: {}", status.message())]
     Stage {
-        /// The call, e.g. `decoder.Decode`.
-        method: &'static str,
+        /// The call, e.g. `decoder.decode`.
+        stage: Stage,
         /// What the stage (or the transport) answered.
         status: Status,
     },
     /// A stage answered with something the gateway cannot use, or a bug.
     #[error("{0}")]
     Internal(String),
+    /// The request layer did not admit the request.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    /// The gateway is not ready (still checking its stages).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// The gateway's result type.
@@ -45,25 +55,55 @@ impl Error {
         }
     }
 
-    /// An unusable stage answer of `method`.
-    pub fn bad_answer(method: &str, detail: impl std::fmt::Display) -> Self {
-        Error::Internal(format!("{method} answered unexpectedly: {detail}"))
+    /// An unusable answer of a `stage` call.
+    pub fn bad_answer(stage: Stage, detail: impl std::fmt::Display) -> Self {
+        Error::Internal(format!("{stage} answered unexpectedly: {detail}"))
+    }
+}
+
+impl Error {
+    /// The gRPC code of this error (also the outcome name in the request counters).
+    pub fn code(&self) -> Code {
+        match self {
+            Error::Invalid { .. } => Code::InvalidArgument,
+            Error::Stage { status, .. } => status.code(),
+            Error::Internal(_) => Code::Internal,
+            Error::Unavailable(_) => Code::Unavailable,
+            Error::Refused(refusal) => match refusal {
+                Refusal::Unauthenticated(_) => Code::Unauthenticated,
+                Refusal::PermissionDenied(_) => Code::PermissionDenied,
+                Refusal::ResourceExhausted { .. } => Code::ResourceExhausted,
+                Refusal::DeadlineExceeded(_) => Code::DeadlineExceeded,
+                Refusal::Unavailable(_) => Code::Unavailable,
+            },
+        }
     }
 }
 
 impl From<Error> for Status {
     fn from(error: Error) -> Self {
         let message = error.to_string();
+        let mut status = Status::new(error.code(), message);
         match error {
-            Error::Invalid { .. } => Status::invalid_argument(message),
-            Error::Stage { status, .. } => Status::new(status.code(), message),
-            Error::Internal(_) => {
-                tracing::error!(%message, "request failed");
-                Status::internal(message)
+            Error::Internal(_) => tracing::error!(message = status.message(), "request failed"),
+            Error::Refused(Refusal::ResourceExhausted {
+                retry_after: Some(after),
+                ..
+            }) => {
+                let seconds = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+                if let Ok(value) = seconds.to_string().parse() {
+                    status.metadata_mut().insert(RETRY_AFTER, value);
+                }
             }
+            _ => {}
         }
+        status
     }
 }
+
+/// The metadata key of a refusal's retry hint: whole seconds, rounded up (as HTTP's
+/// `Retry-After`).
+pub const RETRY_AFTER: &str = "retry-after";
 
 #[cfg(test)]
 mod tests {
@@ -75,14 +115,60 @@ mod tests {
         assert_eq!(s.code(), tonic::Code::InvalidArgument);
         assert_eq!(s.message(), "num_images: must be 1..=10, got 0");
         let s = Status::from(Error::Stage {
-            method: "prior.Sample",
+            stage: Stage::PriorSample,
             status: Status::deadline_exceeded("late"),
         });
         assert_eq!(s.code(), tonic::Code::DeadlineExceeded);
-        assert_eq!(s.message(), "prior.Sample: late");
+        assert_eq!(s.message(), "prior.sample: late");
         assert_eq!(
             Status::from(Error::Internal("x".into())).code(),
             tonic::Code::Internal
         );
+        assert_eq!(
+            Status::from(Error::Unavailable("loading".into())).code(),
+            tonic::Code::Unavailable
+        );
+    }
+
+    /// Each refusal has its code and its message; a retry hint is whole seconds, rounded up.
+    #[test]
+    fn refusals() {
+        use std::time::Duration;
+        use tonic::Code;
+        let cases = [
+            (
+                Refusal::Unauthenticated("no key".into()),
+                Code::Unauthenticated,
+            ),
+            (
+                Refusal::PermissionDenied("no".into()),
+                Code::PermissionDenied,
+            ),
+            (
+                Refusal::DeadlineExceeded("late".into()),
+                Code::DeadlineExceeded,
+            ),
+            (Refusal::Unavailable("draining".into()), Code::Unavailable),
+            (
+                Refusal::ResourceExhausted {
+                    message: "busy".into(),
+                    retry_after: None,
+                },
+                Code::ResourceExhausted,
+            ),
+        ];
+        for (refusal, code) in cases {
+            let message = refusal.to_string();
+            let s = Status::from(Error::from(refusal));
+            assert_eq!((s.code(), s.message()), (code, message.as_str()));
+            assert!(s.metadata().get(RETRY_AFTER).is_none());
+        }
+        let s = Status::from(Error::Refused(Refusal::ResourceExhausted {
+            message: "3 requests in flight, the limit is 3".into(),
+            retry_after: Some(Duration::from_millis(1500)),
+        }));
+        assert_eq!(s.code(), Code::ResourceExhausted);
+        assert_eq!(s.message(), "3 requests in flight, the limit is 3");
+        assert_eq!(s.metadata().get(RETRY_AFTER).unwrap(), "2");
     }
 }

@@ -5,13 +5,17 @@
 //! | module | what |
 //! |---|---|
 //! | [`config`] | flags (`--clip`, `--prior`, `--decoder` replica lists, `--redis-url`, limits) |
+//! | [`api`] | [`Core`]: the capabilities for every transport, over the proto's request and response types, progress as a stream |
+//! | [`layer`] | the request-level hook every transport shares: [`RequestContext`], [`RequestLayer`], [`Permit`] |
+//! | [`service`] | the gRPC adapter: metadata and deadline → [`Core`] → status |
+//! | [`stage`] | [`Stage`], the one label of each stage call in timings, progress, errors and metrics |
 //! | [`stages`] | typed, timed stage calls through balanced, retried replica sets; the start-up model check |
 //! | [`pipeline`] | the capabilities: generate, vary, interpolate, text diff, inpaint, and the cached lookups they share |
 //! | [`images`] | uploads to stage sizes, inpainting masks per resolution, the text diff's APNG |
 //! | [`progress`] | progress and preview events of the streaming calls |
 //! | [`validate`] | request checks: INVALID_ARGUMENT naming the field |
-//! | [`service`] | the gRPC handlers, deadlines, cancellation |
 //! | [`stats`] | request counters for GetStats |
+//! | [`metrics`] | what `GET /metrics` reports |
 //!
 //! Start-up ([`run`]): health answers NOT_SERVING while the gateway asks every replica of every
 //! stage for GetInfo (waiting for ones still loading) and checks that all serve one model
@@ -23,17 +27,22 @@
 //! best-of), under keys that carry the model version. Redis when `--redis-url` is given, else a
 //! bounded in-process cache. A cache that fails or is slow is skipped, never an error.
 
+pub mod api;
 pub mod config;
 pub mod error;
 pub mod images;
+pub mod layer;
+pub mod metrics;
 pub mod pipeline;
 pub mod progress;
 pub mod service;
+pub mod stage;
 pub mod stages;
 pub mod stats;
 pub mod validate;
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -43,32 +52,59 @@ use unclip_proto::v1::gateway_server::GatewayServer;
 use unclip_server::ModelSlot;
 use unclip_server::image_input::ImageLimits;
 
+pub use api::Core;
 pub use config::Config;
 pub use error::{Error, Result};
+pub use layer::{
+    AdmitAll, Caller, Capability, Cost, Permit, Refusal, RequestContext, RequestLayer,
+};
 pub use pipeline::Gateway;
 pub use service::SERVICE_NAME;
+pub use stage::Stage;
 
 use pipeline::Limits;
 use service::GatewayApi;
 use stages::Stages;
 
 /// Serves `config` on `listener` until `shutdown` resolves, or until the start-up check of the
-/// stages fails (returned as the error).
+/// stages fails (returned as the error), admitting every request.
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let slot: ModelSlot<Gateway> = ModelSlot::new();
-    let api = GatewayApi::new(slot.clone(), config.request_timeout());
-    let metrics = api.metrics();
-    let server = GatewayServer::new(api)
-        .max_decoding_message_size(config.serve.max_message_bytes)
-        .max_encoding_message_size(config.serve.max_message_bytes);
+    run_with_layer(config, Arc::new(AdmitAll), listener, shutdown).await
+}
+
+/// As [`run`], asking `layer` before every request.
+pub async fn run_with_layer(
+    config: Config,
+    layer: Arc<dyn RequestLayer>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let load = {
         let config = config.clone();
         async move { connect(&config).await }
     };
+    serve(&config, layer, listener, load, shutdown).await
+}
+
+/// Serves the gateway whose state `load` makes.
+async fn serve(
+    config: &Config,
+    layer: Arc<dyn RequestLayer>,
+    listener: TcpListener,
+    load: impl Future<Output = anyhow::Result<Gateway>> + Send + 'static,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let slot: ModelSlot<Gateway> = ModelSlot::new();
+    let core = Core::new(slot.clone(), config.request_timeout()).with_layer(layer);
+    let api = GatewayApi::new(core);
+    let metrics = api.metrics();
+    let server = GatewayServer::new(api)
+        .max_decoding_message_size(config.serve.max_message_bytes)
+        .max_encoding_message_size(config.serve.max_message_bytes);
     unclip_server::serve(
         config
             .serve

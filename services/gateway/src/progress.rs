@@ -1,17 +1,19 @@
 //! Progress of one request: the events a streaming call sends (stage started, each step the
 //! stage service streams back, stage finished, previews), and nothing at all for a unary call.
+//! Events name their stage by its [`Stage`] label.
 
 use tokio::sync::{mpsc, watch};
-use tonic::Status;
 use unclip_proto::v1::{GeneratedImage, ImagesEvent, Preview, Progress, images_event};
 
+use crate::error::Result;
+use crate::stage::Stage;
 use crate::stages::StepSink;
 
 /// Where a request's events go.
 #[derive(Debug)]
 pub struct Reporter {
     /// The stream's sender; `None` for unary calls.
-    events: Option<mpsc::Sender<Result<ImagesEvent, Status>>>,
+    events: Option<mpsc::Sender<Result<ImagesEvent>>>,
     /// Whether the request asked for previews.
     previews: bool,
     /// Stage calls finished so far.
@@ -32,7 +34,7 @@ impl Reporter {
     }
 
     /// A reporter sending to a stream.
-    pub fn streaming(events: mpsc::Sender<Result<ImagesEvent, Status>>, previews: bool) -> Self {
+    pub fn streaming(events: mpsc::Sender<Result<ImagesEvent>>, previews: bool) -> Self {
         Self {
             events: Some(events),
             previews,
@@ -52,13 +54,13 @@ impl Reporter {
     }
 
     /// A stage call of `total` units (steps) starts.
-    pub async fn started(&mut self, stage: &str, total: u32) {
+    pub async fn started(&mut self, stage: Stage, total: u32) {
         let event = self.progress(stage, 0, total);
         self.send(event).await;
     }
 
     /// A stage call of `total` units finished (or was served from the cache).
-    pub async fn finished(&mut self, stage: &str, total: u32) {
+    pub async fn finished(&mut self, stage: Stage, total: u32) {
         self.done += 1;
         let event = self.progress(stage, total, total);
         self.send(event).await;
@@ -78,7 +80,7 @@ impl Reporter {
     /// steps come faster than the client reads) as a Progress event of `stage`.
     pub async fn forward_steps<T>(
         &mut self,
-        stage: &str,
+        stage: Stage,
         steps: Option<watch::Receiver<(u32, u32)>>,
         call: impl Future<Output = T>,
     ) -> T {
@@ -99,7 +101,7 @@ impl Reporter {
     }
 
     /// Intermediate images of `stage`, `size` pixels square.
-    pub async fn preview(&mut self, stage: &str, images: Vec<GeneratedImage>, size: u32) {
+    pub async fn preview(&mut self, stage: Stage, images: Vec<GeneratedImage>, size: u32) {
         if !self.wants_previews() {
             return;
         }
@@ -111,7 +113,7 @@ impl Reporter {
         self.send(event).await;
     }
 
-    fn progress(&self, stage: &str, step: u32, total: u32) -> images_event::Event {
+    fn progress(&self, stage: Stage, step: u32, total: u32) -> images_event::Event {
         images_event::Event::Progress(Progress {
             stage: stage.to_string(),
             step,

@@ -15,13 +15,14 @@ use unclip_proto::v1::decoder_service_client::DecoderServiceClient;
 use unclip_proto::v1::prior_service_client::PriorServiceClient;
 use unclip_proto::v1::{
     DecodeRequest, DecodeResponse, EncodeImageRequest, EncodeTextRequest, GetInfoRequest,
-    InvertRequest, InvertResponse, ModelInfo, PriorSampleRequest, PriorSampleResponse, StageTiming,
-    Tensor, TextEncoding, UpsampleRequest, UpsampleResponse,
+    InvertRequest, InvertResponse, ModelInfo, PriorSampleRequest, PriorSampleResponse, ReplicaInfo,
+    StageTiming, Tensor, TextEncoding, UpsampleRequest, UpsampleResponse,
 };
 use unclip_replicas::{ReplicaConfig, ReplicaSet, request};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::stage::Stage;
 
 /// The three stage services, each behind its replicas.
 #[derive(Debug, Clone)]
@@ -168,24 +169,51 @@ impl Stages {
             .max_encoding_message_size(self.max_message_bytes)
     }
 
+    /// Every replica of every stage with its counters.
+    pub fn replicas(&self) -> Vec<ReplicaInfo> {
+        [&self.clip, &self.prior, &self.decoder]
+            .into_iter()
+            .flat_map(|set| {
+                let stage = set.stage().to_string();
+                set.snapshot().into_iter().map(move |r| ReplicaInfo {
+                    stage: stage.clone(),
+                    address: r.address,
+                    available: r.available,
+                    calls: r.calls,
+                    failures: r.failures,
+                    retried: r.retried,
+                    in_flight: r.in_flight,
+                })
+            })
+            .collect()
+    }
+
+    /// The replicas that run `stage`.
+    fn set(&self, stage: Stage) -> &ReplicaSet {
+        match stage.service() {
+            "clip" => &self.clip,
+            "prior" => &self.prior,
+            _ => &self.decoder,
+        }
+    }
+
     /// `ClipService.EncodeText`.
     pub async fn encode_text(
         &self,
         deadline: Option<Instant>,
         prompts: Vec<String>,
     ) -> Result<(TextEncoding, StageTiming)> {
-        const METHOD: &str = "clip.EncodeText";
+        const STAGE: Stage = Stage::EncodeText;
         let message = EncodeTextRequest { prompts };
-        let (response, timing) =
-            timed(&self.clip, METHOD, "clip.encode_text", deadline, |ch, t| {
-                let mut client = self.clip_client(ch);
-                let message = message.clone();
-                async move { client.encode_text(request(message, t)).await }
-            })
-            .await?;
+        let (response, timing) = timed(self.set(STAGE), STAGE, deadline, |ch, t| {
+            let mut client = self.clip_client(ch);
+            let message = message.clone();
+            async move { client.encode_text(request(message, t)).await }
+        })
+        .await?;
         let encoding = response
             .encoding
-            .ok_or_else(|| Error::bad_answer(METHOD, "no encoding"))?;
+            .ok_or_else(|| Error::bad_answer(STAGE, "no encoding"))?;
         Ok((encoding, timing))
     }
 
@@ -195,23 +223,17 @@ impl Stages {
         deadline: Option<Instant>,
         images: Vec<bytes::Bytes>,
     ) -> Result<(Tensor, StageTiming)> {
-        const METHOD: &str = "clip.EncodeImage";
+        const STAGE: Stage = Stage::EncodeImage;
         let message = EncodeImageRequest { images };
-        let (response, timing) = timed(
-            &self.clip,
-            METHOD,
-            "clip.encode_image",
-            deadline,
-            |ch, t| {
-                let mut client = self.clip_client(ch);
-                let message = message.clone();
-                async move { client.encode_image(request(message, t)).await }
-            },
-        )
+        let (response, timing) = timed(self.set(STAGE), STAGE, deadline, |ch, t| {
+            let mut client = self.clip_client(ch);
+            let message = message.clone();
+            async move { client.encode_image(request(message, t)).await }
+        })
         .await?;
         let embeds = response
             .image_embeds
-            .ok_or_else(|| Error::bad_answer(METHOD, "no image_embeds"))?;
+            .ok_or_else(|| Error::bad_answer(STAGE, "no image_embeds"))?;
         Ok((embeds, timing))
     }
 
@@ -220,24 +242,14 @@ impl Stages {
         &self,
         deadline: Option<Instant>,
         message: PriorSampleRequest,
-        steps: Option<&StepSink>,
+        steps: Option<StepSink>,
     ) -> Result<(PriorSampleResponse, StageTiming)> {
-        timed(
-            &self.prior,
-            "prior.Sample",
-            "prior.sample",
-            deadline,
-            |ch, t| {
-                let mut client = self.prior_client(ch);
-                let message = request(message.clone(), t);
-                async move {
-                    let Some(steps) = steps else {
-                        return client.sample(message).await;
-                    };
-                    let stream = client.sample_stream(message).await?.into_inner();
-                    read_steps(stream, steps).await
-                }
-            },
+        let call = StepCall::new(Stage::PriorSample, deadline, message, steps);
+        self.stepped(
+            call,
+            |ch| self.prior_client(ch),
+            |mut c, r| async move { c.sample(r).await },
+            |mut c, r| async move { c.sample_stream(r).await },
         )
         .await
     }
@@ -247,24 +259,14 @@ impl Stages {
         &self,
         deadline: Option<Instant>,
         message: DecodeRequest,
-        steps: Option<&StepSink>,
+        steps: Option<StepSink>,
     ) -> Result<(DecodeResponse, StageTiming)> {
-        timed(
-            &self.decoder,
-            "decoder.Decode",
-            "decoder.decode",
-            deadline,
-            |ch, t| {
-                let mut client = self.decoder_client(ch);
-                let message = request(message.clone(), t);
-                async move {
-                    let Some(steps) = steps else {
-                        return client.decode(message).await;
-                    };
-                    let stream = client.decode_stream(message).await?.into_inner();
-                    read_steps(stream, steps).await
-                }
-            },
+        let call = StepCall::new(Stage::Decode, deadline, message, steps);
+        self.stepped(
+            call,
+            |ch| self.decoder_client(ch),
+            |mut c, r| async move { c.decode(r).await },
+            |mut c, r| async move { c.decode_stream(r).await },
         )
         .await
     }
@@ -274,25 +276,15 @@ impl Stages {
         &self,
         deadline: Option<Instant>,
         message: UpsampleRequest,
-        steps: Option<&StepSink>,
+        steps: Option<StepSink>,
     ) -> Result<(UpsampleResponse, StageTiming)> {
-        let name = format!("decoder.upsample[{}]", message.stage);
-        timed(
-            &self.decoder,
-            "decoder.Upsample",
-            &name,
-            deadline,
-            |ch, t| {
-                let mut client = self.decoder_client(ch);
-                let message = request(message.clone(), t);
-                async move {
-                    let Some(steps) = steps else {
-                        return client.upsample(message).await;
-                    };
-                    let stream = client.upsample_stream(message).await?.into_inner();
-                    read_steps(stream, steps).await
-                }
-            },
+        let stage = Stage::Upsample(message.stage);
+        let call = StepCall::new(stage, deadline, message, steps);
+        self.stepped(
+            call,
+            |ch| self.decoder_client(ch),
+            |mut c, r| async move { c.upsample(r).await },
+            |mut c, r| async move { c.upsample_stream(r).await },
         )
         .await
     }
@@ -302,26 +294,76 @@ impl Stages {
         &self,
         deadline: Option<Instant>,
         message: InvertRequest,
-        steps: Option<&StepSink>,
+        steps: Option<StepSink>,
     ) -> Result<(InvertResponse, StageTiming)> {
-        timed(
-            &self.decoder,
-            "decoder.Invert",
-            "decoder.invert",
-            deadline,
-            |ch, t| {
-                let mut client = self.decoder_client(ch);
-                let message = request(message.clone(), t);
-                async move {
-                    let Some(steps) = steps else {
-                        return client.invert(message).await;
-                    };
-                    let stream = client.invert_stream(message).await?.into_inner();
-                    read_steps(stream, steps).await
-                }
-            },
+        let call = StepCall::new(Stage::Invert, deadline, message, steps);
+        self.stepped(
+            call,
+            |ch| self.decoder_client(ch),
+            |mut c, r| async move { c.invert(r).await },
+            |mut c, r| async move { c.invert_stream(r).await },
         )
         .await
+    }
+
+    /// A stage call that has a `...Stream` twin: the unary RPC (`unary`) when nobody watches
+    /// its steps, else the streaming one (`stream`) read to its result with every step sent to
+    /// the call's sink. `client` makes the stage's client on the chosen replica's channel.
+    async fn stepped<M, C, R, E, U, UF, S, SF>(
+        &self,
+        call: StepCall<M>,
+        client: impl Fn(Channel) -> C,
+        unary: U,
+        stream: S,
+    ) -> Result<(R, StageTiming)>
+    where
+        M: Clone,
+        E: StepEvent<Result = R>,
+        U: Fn(C, tonic::Request<M>) -> UF,
+        UF: Future<Output = std::result::Result<tonic::Response<R>, tonic::Status>>,
+        S: Fn(C, tonic::Request<M>) -> SF,
+        SF: Future<Output = std::result::Result<tonic::Response<Streaming<E>>, tonic::Status>>,
+    {
+        let StepCall {
+            stage,
+            deadline,
+            message,
+            steps,
+        } = call;
+        let (unary, stream, steps) = (&unary, &stream, steps.as_ref());
+        timed(self.set(stage), stage, deadline, |ch, t| {
+            let client = client(ch);
+            let message = request(message.clone(), t);
+            async move {
+                match steps {
+                    None => unary(client, message).await,
+                    Some(steps) => {
+                        read_steps(stream(client, message).await?.into_inner(), steps).await
+                    }
+                }
+            }
+        })
+        .await
+    }
+}
+
+/// One stage call with steps: which, until when, the message, and where its steps go (`None`:
+/// unary).
+struct StepCall<M> {
+    stage: Stage,
+    deadline: Option<Instant>,
+    message: M,
+    steps: Option<StepSink>,
+}
+
+impl<M> StepCall<M> {
+    fn new(stage: Stage, deadline: Option<Instant>, message: M, steps: Option<StepSink>) -> Self {
+        Self {
+            stage,
+            deadline,
+            message,
+            steps,
+        }
     }
 }
 
@@ -348,11 +390,10 @@ async fn read_steps<E: StepEvent>(
     ))
 }
 
-/// One call through `set`, with its timing.
+/// One call of `stage` through `set`, with its timing.
 async fn timed<T, F, Fut>(
     set: &ReplicaSet,
-    method: &'static str,
-    stage: &str,
+    stage: Stage,
     deadline: Option<Instant>,
     f: F,
 ) -> Result<(T, StageTiming)>
@@ -361,9 +402,9 @@ where
     Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
 {
     let answered = set
-        .call(method, deadline, f)
+        .call(stage.label(), deadline, f)
         .await
-        .map_err(|status| Error::Stage { method, status })?;
+        .map_err(|status| Error::Stage { stage, status })?;
     let timing = StageTiming {
         stage: stage.to_string(),
         seconds: answered.elapsed.as_secs_f64(),

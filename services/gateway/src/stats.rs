@@ -11,6 +11,8 @@ use unclip_server::metrics::prometheus_client::metrics::histogram::{
     Histogram, exponential_buckets,
 };
 
+use crate::error::Result;
+
 /// Histograms of request seconds per capability.
 pub type DurationFamily = Family<Labels, Histogram, fn() -> Histogram>;
 
@@ -46,12 +48,7 @@ impl RequestStats {
     }
 
     /// Counts one request by its result; a success also records how long it took.
-    pub fn record_result<T>(
-        &self,
-        capability: &str,
-        result: &Result<T, tonic::Status>,
-        elapsed: Duration,
-    ) {
+    pub fn record_result<T>(&self, capability: &str, result: &Result<T>, elapsed: Duration) {
         match result {
             Ok(_) => {
                 self.record(capability, "ok");
@@ -60,7 +57,7 @@ impl RequestStats {
                     .get_or_create(&labels)
                     .observe(elapsed.as_secs_f64());
             }
-            Err(status) => self.record(capability, &code_name(status.code())),
+            Err(error) => self.record(capability, &code_name(error.code())),
         }
     }
 
@@ -98,7 +95,8 @@ mod tests {
         let second = Duration::from_secs(1);
         stats.record_result::<()>("generate", &Ok(()), second);
         stats.record_result::<()>("generate", &Ok(()), second);
-        stats.record_result::<()>("vary", &Err(tonic::Status::invalid_argument("x")), second);
+        let invalid = crate::Error::invalid("num_images", "x");
+        stats.record_result::<()>("vary", &Err(invalid), second);
         let snap = stats.snapshot();
         assert_eq!(snap["generate ok"], 2);
         assert_eq!(snap["vary invalid_argument"], 1);

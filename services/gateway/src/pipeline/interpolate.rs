@@ -9,6 +9,7 @@ use unclip_sampler::slerp::slerp;
 use crate::error::{Error, Result};
 use crate::images;
 use crate::pipeline::{CascadeJob, Run, matrix};
+use crate::stage::Stage;
 use crate::validate;
 
 /// Frames when the request leaves it unset.
@@ -32,11 +33,11 @@ pub async fn interpolate(mut run: Run<'_>, request: InterpolateRequest) -> Resul
 
     run.reporter.plan(3 + run.upsampler_stages());
     let a = matrix(
-        "clip.EncodeImage",
+        Stage::EncodeImage,
         &run.image_embedding(&request.image_a).await?,
     )?;
     let b = matrix(
-        "clip.EncodeImage",
+        Stage::EncodeImage,
         &run.image_embedding(&request.image_b).await?,
     )?;
     let thetas: Vec<f32> = (0..frames)

@@ -31,7 +31,8 @@ use unclip_server::image_input::ImageLimits;
 use crate::error::{Error, Result};
 use crate::images::{self, KeepMask};
 use crate::progress::Reporter;
-use crate::stages::{StageInfos, Stages};
+use crate::stage::Stage;
+use crate::stages::{StageInfos, Stages, StepSink};
 
 /// Request limits of the gateway itself (the stages enforce theirs too).
 #[derive(Debug, Clone, Copy)]
@@ -126,9 +127,6 @@ impl CascadeJob {
     }
 }
 
-/// The names of the stages in progress events and timings.
-pub const CLIP: &str = "clip";
-
 impl<'a> Run<'a> {
     /// A request on `gw`, reporting to `reporter`.
     pub fn new(gw: &'a Gateway, deadline: Option<Instant>, reporter: Reporter) -> Self {
@@ -149,7 +147,7 @@ impl<'a> Run<'a> {
         i64::from(self.gw.infos.decoder.embedding_dim)
     }
 
-    fn cached(&mut self, stage: &str) {
+    fn cached(&mut self, stage: Stage) {
         self.timings.push(StageTiming {
             stage: stage.to_string(),
             seconds: 0.0,
@@ -164,12 +162,12 @@ impl<'a> Run<'a> {
     }
 
     /// One CLIP result: from the cache under `key` when a valid entry is there, else from
-    /// `call` (the stage call `method`, checked, then stored); timed as `stage` and reported as
-    /// one "clip" call either way.
+    /// `call` (the stage call `stage`, checked, then stored); timed and reported as one call of
+    /// `stage` either way.
     async fn clip_cached<M, F, Fut>(
         &mut self,
         key: CacheKey,
-        (method, stage): (&str, &str),
+        stage: Stage,
         check: impl Fn(&M) -> std::result::Result<(), String> + Copy,
         call: F,
     ) -> Result<M>
@@ -184,15 +182,15 @@ impl<'a> Run<'a> {
                 hit
             }
             None => {
-                self.reporter.started(CLIP, 1).await;
+                self.reporter.started(stage, 1).await;
                 let (value, timing) = call().await?;
-                check(&value).map_err(|e| Error::bad_answer(method, e))?;
+                check(&value).map_err(|e| Error::bad_answer(stage, e))?;
                 self.gw.cache.put(&key, &value).await;
                 self.timings.push(timing);
                 value
             }
         };
-        self.reporter.finished(CLIP, 1).await;
+        self.reporter.finished(stage, 1).await;
         Ok(value)
     }
 
@@ -207,7 +205,7 @@ impl<'a> Run<'a> {
         let encoding = self
             .clip_cached(
                 key,
-                ("clip.EncodeText", "clip.encode_text"),
+                Stage::EncodeText,
                 move |e: &TextEncoding| check_text(e, d, l),
                 || stages.encode_text(deadline, vec![prompt.to_string()]),
             )
@@ -224,7 +222,7 @@ impl<'a> Run<'a> {
         let (stages, deadline) = (&self.gw.stages, self.deadline);
         self.clip_cached(
             key,
-            ("clip.EncodeImage", "clip.encode_image"),
+            Stage::EncodeImage,
             move |t: &Tensor| check_tensor(t, DType::Float32, &[1, d]),
             || stages.encode_image(deadline, vec![image.clone()]),
         )
@@ -260,43 +258,63 @@ impl<'a> Run<'a> {
                 None => break,
             }
         }
-        const STAGE: &str = "prior";
+        const STAGE: Stage = Stage::PriorSample;
         if rows.len() == keys.len() {
-            self.cached("prior.sample");
+            self.cached(STAGE);
             self.reporter.finished(STAGE, job.steps).await;
             return stack_rows(&rows);
         }
-        self.reporter.started(STAGE, job.steps).await;
-        let (sink, steps) = self.reporter.step_channel();
-        let call = self.gw.stages.sample(
-            self.deadline,
-            PriorSampleRequest {
-                text: Some(job.text.clone()),
-                negative: job.negative.cloned(),
-                num_images: job.n,
-                seed: job.seed,
-                steps: job.steps,
-                guidance_scale: Some(job.guidance),
-                best_of: job.best_of,
-            },
-            sink.as_ref(),
-        );
-        let (response, timing) = self.reporter.forward_steps(STAGE, steps, call).await?;
-        self.timings.push(timing);
+        let (gw, deadline) = (self.gw, self.deadline);
+        let message = PriorSampleRequest {
+            text: Some(job.text.clone()),
+            negative: job.negative.cloned(),
+            num_images: job.n,
+            seed: job.seed,
+            steps: job.steps,
+            guidance_scale: Some(job.guidance),
+            best_of: job.best_of,
+        };
+        let response = self
+            .stepped(STAGE, job.steps, |sink| {
+                gw.stages.sample(deadline, message, sink)
+            })
+            .await?;
         let embeds = response
             .image_embeds
-            .ok_or_else(|| Error::bad_answer("prior.Sample", "no image_embeds"))?;
+            .ok_or_else(|| Error::bad_answer(STAGE, "no image_embeds"))?;
         check_tensor(&embeds, DType::Float32, &[i64::from(job.n), d])
-            .map_err(|e| Error::bad_answer("prior.Sample", e))?;
+            .map_err(|e| Error::bad_answer(STAGE, e))?;
         let array = embeds
             .to_f32_array()
-            .map_err(|e| Error::bad_answer("prior.Sample", e))?;
+            .map_err(|e| Error::bad_answer(STAGE, e))?;
         for (k, key) in keys.iter().enumerate() {
             let row = array.index_axis(Axis(0), k).insert_axis(Axis(0)).to_owned();
             self.gw.cache.put(key, &Tensor::from_array(&row)).await;
         }
-        self.reporter.finished(STAGE, job.steps).await;
         Ok(embeds)
+    }
+
+    /// One stage call reported as `stage` of `total` steps: started, every step of the stage's
+    /// stream (when this request streams, `call` gets the sink for them), finished; its timing
+    /// recorded.
+    pub async fn stepped<T, Fut>(
+        &mut self,
+        stage: Stage,
+        total: u32,
+        call: impl FnOnce(Option<StepSink>) -> Fut,
+    ) -> Result<T>
+    where
+        Fut: std::future::Future<Output = Result<(T, StageTiming)>>,
+    {
+        self.reporter.started(stage, total).await;
+        let (sink, steps) = self.reporter.step_channel();
+        let (value, timing) = self
+            .reporter
+            .forward_steps(stage, steps, call(sink))
+            .await?;
+        self.timings.push(timing);
+        self.reporter.finished(stage, total).await;
+        Ok(value)
     }
 
     /// Decodes `job` and runs every upsampler stage; returns the final PNGs and their seeds.
@@ -333,82 +351,74 @@ impl<'a> Run<'a> {
             })
         };
 
-        const DECODER: &str = "decoder";
         let settings = job.settings;
-        self.reporter.started(DECODER, settings.decoder_steps).await;
-        let (sink, steps) = self.reporter.step_channel();
-        let call = self.gw.stages.decode(
-            self.deadline,
-            DecodeRequest {
-                image_embeds: Some(job.image_embeds.clone()),
-                text: job.text.clone(),
-                num_images: job.per_embedding,
-                seed: 0,
-                seeds: job.seeds.clone(),
-                sampling: Some(SamplingOptions {
-                    sampler: job.sampler as i32,
-                    steps: settings.decoder_steps,
-                    eta: job.eta,
-                }),
-                guidance_scale: Some(settings.decoder_guidance),
-                init_noise: job.init_noise.clone(),
-                inpaint: inpaint_at(decoder_size),
-                format: format(stages == 0, previews),
-            },
-            sink.as_ref(),
-        );
-        let (decoded, timing) = self.reporter.forward_steps(DECODER, steps, call).await?;
-        self.timings.push(timing);
-        self.reporter
-            .finished(DECODER, settings.decoder_steps)
-            .await;
+        let (gw, deadline) = (self.gw, self.deadline);
+        let message = DecodeRequest {
+            image_embeds: Some(job.image_embeds.clone()),
+            text: job.text.clone(),
+            num_images: job.per_embedding,
+            seed: 0,
+            seeds: job.seeds.clone(),
+            sampling: Some(SamplingOptions {
+                sampler: job.sampler as i32,
+                steps: settings.decoder_steps,
+                eta: job.eta,
+            }),
+            guidance_scale: Some(settings.decoder_guidance),
+            init_noise: job.init_noise.clone(),
+            inpaint: inpaint_at(decoder_size),
+            format: format(stages == 0, previews),
+        };
+        let decoded = self
+            .stepped(Stage::Decode, settings.decoder_steps, |sink| {
+                gw.stages.decode(deadline, message, sink)
+            })
+            .await?;
         if stages > 0 && previews {
             let images = with_seeds(&decoded.images, &decoded.seeds);
-            self.reporter.preview(DECODER, images, decoder_size).await;
+            self.reporter
+                .preview(Stage::Decode, images, decoder_size)
+                .await;
         }
         let n = job.seeds.len();
         let (mut samples, mut pngs) = (decoded.samples, decoded.images);
-        for (stage, &side) in sizes.iter().enumerate() {
-            let last = stage + 1 == stages;
-            let name = format!("upsampler[{stage}]");
-            self.reporter.started(&name, settings.upsampler_steps).await;
+        let mut last_stage = Stage::Decode;
+        for (k, &side) in sizes.iter().enumerate() {
+            let last = k + 1 == stages;
+            let stage = Stage::Upsample(k as u32);
             let input = samples
                 .take()
-                .ok_or_else(|| Error::bad_answer("decoder", "no samples tensor"))?;
-            let (sink, steps) = self.reporter.step_channel();
-            let call = self.gw.stages.upsample(
-                self.deadline,
-                UpsampleRequest {
-                    stage: stage as u32,
-                    samples: Some(input),
-                    seed: 0,
-                    seeds: job.seeds.clone(),
-                    sampling: Some(SamplingOptions {
-                        sampler: Sampler::Unclip as i32,
-                        steps: settings.upsampler_steps,
-                        eta: 0.0,
-                    }),
-                    inpaint: inpaint_at(side),
-                    format: format(last, previews),
-                    ..Default::default()
-                },
-                sink.as_ref(),
-            );
-            let (up, timing) = self.reporter.forward_steps(&name, steps, call).await?;
-            self.timings.push(timing);
-            self.reporter
-                .finished(&name, settings.upsampler_steps)
-                .await;
+                .ok_or_else(|| Error::bad_answer(last_stage, "no samples tensor"))?;
+            let message = UpsampleRequest {
+                stage: k as u32,
+                samples: Some(input),
+                seed: 0,
+                seeds: job.seeds.clone(),
+                sampling: Some(SamplingOptions {
+                    sampler: Sampler::Unclip as i32,
+                    steps: settings.upsampler_steps,
+                    eta: 0.0,
+                }),
+                inpaint: inpaint_at(side),
+                format: format(last, previews),
+                ..Default::default()
+            };
+            let up = self
+                .stepped(stage, settings.upsampler_steps, |sink| {
+                    gw.stages.upsample(deadline, message, sink)
+                })
+                .await?;
             if !last && previews {
                 self.reporter
-                    .preview(&name, with_seeds(&up.images, &up.seeds), side)
+                    .preview(stage, with_seeds(&up.images, &up.seeds), side)
                     .await;
             }
             (samples, pngs) = (up.samples, up.images);
+            last_stage = stage;
         }
         if pngs.len() != n {
             return Err(Error::bad_answer(
-                "decoder",
+                last_stage,
                 format!("{} images for {n} requested", pngs.len()),
             ));
         }
@@ -493,12 +503,12 @@ fn stack_rows(rows: &[Tensor]) -> Result<Tensor> {
     Ok(Tensor::from_array(&stacked))
 }
 
-/// A `[B, D]` tensor's rows as an f32 matrix.
-pub fn matrix(method: &str, t: &Tensor) -> Result<Array2<f32>> {
+/// A `[B, D]` tensor's rows (the answer of `stage`) as an f32 matrix.
+pub fn matrix(stage: Stage, t: &Tensor) -> Result<Array2<f32>> {
     t.to_f32_array()
-        .map_err(|e| Error::bad_answer(method, e))?
+        .map_err(|e| Error::bad_answer(stage, e))?
         .into_dimensionality()
-        .map_err(|e| Error::bad_answer(method, e))
+        .map_err(|e| Error::bad_answer(stage, e))
 }
 
 /// Checks a tensor's dtype, shape and byte length (what a cached or answered value must have).

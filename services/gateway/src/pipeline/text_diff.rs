@@ -16,6 +16,7 @@ use crate::images;
 use crate::pipeline::interpolate::slerp_rows;
 use crate::pipeline::vary::{invert, repeat_rows};
 use crate::pipeline::{CascadeJob, Run, matrix};
+use crate::stage::Stage;
 use crate::validate;
 
 /// Frames when the request leaves it unset.
@@ -72,7 +73,7 @@ pub async fn text_diff(mut run: Run<'_>, request: TextDiffRequest) -> Result<Ima
     // clip ×3, invert, decoder, upsamplers.
     run.reporter.plan(5 + run.upsampler_stages());
     let z_image = matrix(
-        "clip.EncodeImage",
+        Stage::EncodeImage,
         &run.image_embedding(&request.image).await?,
     )?;
     let source_text = run.text(&source).await?;
@@ -80,8 +81,8 @@ pub async fn text_diff(mut run: Run<'_>, request: TextDiffRequest) -> Result<Ima
     let text_embeds = |t: &unclip_proto::v1::TextEncoding| {
         t.text_embeds
             .as_ref()
-            .ok_or_else(|| Error::bad_answer("clip.EncodeText", "no text_embeds"))
-            .and_then(|t| matrix("clip.EncodeText", t))
+            .ok_or_else(|| Error::bad_answer(Stage::EncodeText, "no text_embeds"))
+            .and_then(|t| matrix(Stage::EncodeText, t))
     };
     let (z_source, z_target) = (text_embeds(&source_text)?, text_embeds(&target_text)?);
     let direction = text_diff_direction(&z_target.view(), &z_source.view()).map_err(|_| {
@@ -116,7 +117,7 @@ pub async fn text_diff(mut run: Run<'_>, request: TextDiffRequest) -> Result<Ima
     let (pngs, seeds) = run
         .cascade(CascadeJob {
             sampler: Sampler::Ddim,
-            init_noise: Some(repeat_rows("decoder.Invert", &noise, frames as usize)?),
+            init_noise: Some(repeat_rows(Stage::Invert, &noise, frames as usize)?),
             ..CascadeJob::new(
                 Tensor::from_array(&embeds),
                 vec![seed; frames as usize],

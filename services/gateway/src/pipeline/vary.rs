@@ -10,6 +10,7 @@ use unclip_proto::v1::{
 use crate::error::{Error, Result};
 use crate::images;
 use crate::pipeline::{CascadeJob, Run};
+use crate::stage::Stage;
 use crate::validate;
 
 /// η of anchored variations when the request leaves it unset.
@@ -56,7 +57,7 @@ pub async fn vary(mut run: Run<'_>, request: VaryRequest) -> Result<ImagesRespon
             settings.decoder_guidance,
         )
         .await?;
-        Some(repeat_rows("decoder.Invert", &noise, n as usize)?)
+        Some(repeat_rows(Stage::Invert, &noise, n as usize)?)
     } else {
         None
     };
@@ -89,33 +90,30 @@ pub async fn invert(
     steps: u32,
     guidance: f32,
 ) -> Result<Tensor> {
-    const STAGE: &str = "decoder.invert";
-    run.reporter.started(STAGE, steps).await;
-    let (sink, step_events) = run.reporter.step_channel();
-    let call = run.gw.stages.invert(
-        run.deadline,
-        InvertRequest {
-            samples: Some(Tensor::from_array(&x0)),
-            image_embeds: Some(image_embeds.clone()),
-            steps,
-            guidance_scale: Some(guidance),
-            ..Default::default()
-        },
-        sink.as_ref(),
-    );
-    let (inverted, timing) = run.reporter.forward_steps(STAGE, step_events, call).await?;
-    run.timings.push(timing);
-    run.reporter.finished(STAGE, steps).await;
+    const STAGE: Stage = Stage::Invert;
+    let (gw, deadline) = (run.gw, run.deadline);
+    let message = InvertRequest {
+        samples: Some(Tensor::from_array(&x0)),
+        image_embeds: Some(image_embeds.clone()),
+        steps,
+        guidance_scale: Some(guidance),
+        ..Default::default()
+    };
+    let inverted = run
+        .stepped(STAGE, steps, |sink| {
+            gw.stages.invert(deadline, message, sink)
+        })
+        .await?;
     inverted
         .noise
-        .ok_or_else(|| Error::bad_answer("decoder.Invert", "no noise"))
+        .ok_or_else(|| Error::bad_answer(STAGE, "no noise"))
 }
 
-/// A `[1, ...]` tensor repeated to `[n, ...]`.
-pub fn repeat_rows(method: &str, t: &Tensor, n: usize) -> Result<Tensor> {
-    let a = t.to_f32_array().map_err(|e| Error::bad_answer(method, e))?;
+/// A `[1, ...]` tensor (the answer of `stage`) repeated to `[n, ...]`.
+pub fn repeat_rows(stage: Stage, t: &Tensor, n: usize) -> Result<Tensor> {
+    let a = t.to_f32_array().map_err(|e| Error::bad_answer(stage, e))?;
     if a.shape().first() != Some(&1) {
-        return Err(Error::bad_answer(method, format!("shape {:?}", a.shape())));
+        return Err(Error::bad_answer(stage, format!("shape {:?}", a.shape())));
     }
     let views = vec![a.view(); n];
     let stacked = concatenate(Axis(0), &views).map_err(|e| Error::Internal(e.to_string()))?;

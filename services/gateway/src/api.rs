@@ -1,0 +1,399 @@
+//! [`Core`], the gateway's capabilities independent of any transport: generate, vary,
+//! interpolate, text diff and inpaint (unary, or as a [`EventStream`] of progress and preview
+//! events ending with the response), GetInfo and GetStats, and the `/metrics` reader.
+//!
+//! Requests and responses are the `unclip.v1` prost messages (`GenerateRequest`,
+//! `ImagesResponse`, `ImagesEvent`, ...). They are the gateway's domain types on purpose: the
+//! proto is the one schema of the API, so the gRPC adapter passes them through and an HTTP
+//! adapter maps its JSON to and from them, with no second model of the same fields to keep in
+//! step. What a transport carries besides the message (credentials, peer, deadline) comes in
+//! a [`Caller`]; what can go wrong comes back as an [`Error`], which each adapter maps to its
+//! own statuses (`From<Error> for tonic::Status` for gRPC).
+//!
+//! Every call, in order: the gateway must be ready (UNAVAILABLE while it checks its stages);
+//! the [`RequestContext`] is made (the capability, the caller, its deadline bounded by the
+//! request timeout, the [`Cost`]); the [`RequestLayer`] admits it or refuses it (the refusal is
+//! the answer); the capability runs holding the [`Permit`]; the outcome is counted.
+//!
+//! Cancellation: dropping a unary call's future, or an [`EventStream`], drops the run, which
+//! cancels its stage call in flight and makes no more, and releases the permit.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use unclip_proto::v1::{
+    DecoderSettings, GatewayInfo, GatewayStats, GenerateRequest, ImagesEvent, ImagesResponse,
+    InpaintRequest, InterpolateRequest, TextDiffRequest, VariationMode, VaryRequest, images_event,
+};
+use unclip_server::ModelSlot;
+use unclip_server::metrics::Metrics;
+
+use crate::error::{Error, Result};
+use crate::layer::{AdmitAll, Caller, Capability, Cost, Permit, RequestContext, RequestLayer};
+use crate::pipeline::{Gateway, Run, generate, inpaint, interpolate, text_diff, vary};
+use crate::progress::Reporter;
+use crate::stats::{RequestStats, code_name};
+
+/// Events buffered per stream before the run waits for the client.
+const STREAM_BUFFER: usize = 16;
+
+/// A streaming call's events: progress and previews, then the response
+/// (`images_event::Event::Result`) or an error, then the end.
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<ImagesEvent>> + Send>>;
+
+/// One request of an image capability.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ImagesRequest {
+    /// Text to image.
+    Generate(GenerateRequest),
+    /// Variations of an image.
+    Vary(VaryRequest),
+    /// Frames between two images.
+    Interpolate(InterpolateRequest),
+    /// An image moved towards a caption.
+    TextDiff(TextDiffRequest),
+    /// The masked part of an image regenerated.
+    Inpaint(InpaintRequest),
+}
+
+macro_rules! images_request_from {
+    ($($variant:ident($message:ty)),*) => {
+        $(impl From<$message> for ImagesRequest {
+            fn from(request: $message) -> Self {
+                ImagesRequest::$variant(request)
+            }
+        })*
+    };
+}
+
+images_request_from!(
+    Generate(GenerateRequest),
+    Vary(VaryRequest),
+    Interpolate(InterpolateRequest),
+    TextDiff(TextDiffRequest),
+    Inpaint(InpaintRequest)
+);
+
+impl ImagesRequest {
+    /// Which capability.
+    pub fn capability(&self) -> Capability {
+        match self {
+            ImagesRequest::Generate(_) => Capability::Generate,
+            ImagesRequest::Vary(_) => Capability::Vary,
+            ImagesRequest::Interpolate(_) => Capability::Interpolate,
+            ImagesRequest::TextDiff(_) => Capability::TextDiff,
+            ImagesRequest::Inpaint(_) => Capability::Inpaint,
+        }
+    }
+
+    /// Whether a stream of it should carry previews.
+    pub fn previews(&self) -> bool {
+        match self {
+            ImagesRequest::Generate(r) => r.previews,
+            ImagesRequest::Vary(r) => r.previews,
+            ImagesRequest::Interpolate(r) => r.previews,
+            ImagesRequest::TextDiff(r) => r.previews,
+            ImagesRequest::Inpaint(r) => r.previews,
+        }
+    }
+
+    /// Its cost from the fields as sent and `gw`'s defaults for the unset ones. An inversion
+    /// counts as one more decoder pass per image.
+    pub fn cost(&self, gw: &Gateway) -> Cost {
+        let prior_default = gw.infos.prior.defaults.unwrap_or_default().prior_steps;
+        let decoder_defaults = gw.infos.decoder.defaults.unwrap_or_default();
+        let upsamplers = gw.infos.decoder.upsamplers.len() as u32;
+        // Decoder + every upsampler stage (+ an inversion).
+        let cascade = |settings: &Option<DecoderSettings>, inversion: bool| {
+            let s = settings.unwrap_or_default();
+            let decoder = s.decoder_steps.unwrap_or(decoder_defaults.decoder_steps);
+            let upsampler = s
+                .upsampler_steps
+                .unwrap_or(decoder_defaults.upsampler_steps);
+            decoder
+                .saturating_mul(1 + u32::from(inversion))
+                .saturating_add(upsampler.saturating_mul(upsamplers))
+        };
+        let prior = |steps: Option<u32>| steps.unwrap_or(prior_default);
+        let (images, best_of, steps) = match self {
+            ImagesRequest::Generate(r) => (
+                r.num_images.unwrap_or(1),
+                r.best_of.unwrap_or(0).max(1),
+                prior(r.prior_steps).saturating_add(cascade(&r.decoder, false)),
+            ),
+            ImagesRequest::Vary(r) => {
+                let anchored = r.mode == VariationMode::Anchored as i32;
+                (r.num_images.unwrap_or(1), 1, cascade(&r.decoder, anchored))
+            }
+            ImagesRequest::Interpolate(r) => (
+                r.frames.unwrap_or(interpolate::DEFAULT_FRAMES),
+                1,
+                cascade(&r.decoder, false),
+            ),
+            ImagesRequest::TextDiff(r) => (
+                r.frames.unwrap_or(text_diff::DEFAULT_FRAMES),
+                1,
+                cascade(&r.decoder, true),
+            ),
+            ImagesRequest::Inpaint(r) => (
+                r.num_images.unwrap_or(1),
+                1,
+                prior(r.prior_steps).saturating_add(cascade(&r.decoder, false)),
+            ),
+        };
+        Cost {
+            images,
+            best_of,
+            steps,
+        }
+    }
+
+    async fn run(self, run: Run<'_>) -> Result<ImagesResponse> {
+        match self {
+            ImagesRequest::Generate(r) => generate::generate(run, r).await,
+            ImagesRequest::Vary(r) => vary::vary(run, r).await,
+            ImagesRequest::Interpolate(r) => interpolate::interpolate(run, r).await,
+            ImagesRequest::TextDiff(r) => text_diff::text_diff(run, r).await,
+            ImagesRequest::Inpaint(r) => inpaint::inpaint(run, r).await,
+        }
+    }
+}
+
+/// The gateway's capabilities, for every transport. Cheap to clone (shared state).
+#[derive(Debug, Clone)]
+pub struct Core {
+    /// Filled once the stages have been checked.
+    slot: ModelSlot<Gateway>,
+    /// Admits requests.
+    layer: Arc<dyn RequestLayer>,
+    /// Request counters.
+    stats: Arc<RequestStats>,
+    /// The deadline of requests whose caller set none, and the bound of those that did.
+    request_timeout: Duration,
+    /// The gateway's own version.
+    version: &'static str,
+}
+
+/// An admitted request: the state it runs on, its deadline and the permit it holds.
+struct Admitted {
+    gw: Arc<Gateway>,
+    deadline: Instant,
+    permit: Permit,
+}
+
+impl Core {
+    /// The capabilities over a slot the start-up check fills, admitting every request.
+    pub fn new(slot: ModelSlot<Gateway>, request_timeout: Duration) -> Self {
+        Self {
+            slot,
+            layer: Arc::new(AdmitAll),
+            stats: Arc::default(),
+            request_timeout,
+            version: env!("CARGO_PKG_VERSION"),
+        }
+    }
+
+    /// The same, asking `layer` before every request.
+    pub fn with_layer(self, layer: Arc<dyn RequestLayer>) -> Self {
+        Self { layer, ..self }
+    }
+
+    /// Text to image.
+    pub async fn generate(
+        &self,
+        caller: Caller,
+        request: GenerateRequest,
+    ) -> Result<ImagesResponse> {
+        self.run(caller, request).await
+    }
+
+    /// Variations of an image.
+    pub async fn vary(&self, caller: Caller, request: VaryRequest) -> Result<ImagesResponse> {
+        self.run(caller, request).await
+    }
+
+    /// Frames between two images.
+    pub async fn interpolate(
+        &self,
+        caller: Caller,
+        request: InterpolateRequest,
+    ) -> Result<ImagesResponse> {
+        self.run(caller, request).await
+    }
+
+    /// An image moved towards a caption, frame by frame, and their animation.
+    pub async fn text_diff(
+        &self,
+        caller: Caller,
+        request: TextDiffRequest,
+    ) -> Result<ImagesResponse> {
+        self.run(caller, request).await
+    }
+
+    /// The masked part of an image regenerated.
+    pub async fn inpaint(&self, caller: Caller, request: InpaintRequest) -> Result<ImagesResponse> {
+        self.run(caller, request).await
+    }
+
+    /// Runs any image capability to its response.
+    pub async fn run(
+        &self,
+        caller: Caller,
+        request: impl Into<ImagesRequest>,
+    ) -> Result<ImagesResponse> {
+        let request = request.into();
+        let capability = request.capability();
+        let admitted = self.admit(caller, &request, false).await?;
+        let started = Instant::now();
+        let run = Run::new(&admitted.gw, Some(admitted.deadline), Reporter::silent());
+        let result = request.run(run).await;
+        self.stats
+            .record_result(capability.name(), &result, started.elapsed());
+        drop(admitted.permit);
+        result
+    }
+
+    /// Runs any image capability as a stream of its events. A refusal, or a gateway that is not
+    /// ready, is the error of this call (no stream is started); once started, the stream ends
+    /// with the response or the error. Dropping the stream cancels the run.
+    pub async fn run_stream(
+        &self,
+        caller: Caller,
+        request: impl Into<ImagesRequest>,
+    ) -> Result<EventStream> {
+        let request = request.into();
+        let admitted = self.admit(caller, &request, true).await?;
+        let stats = Arc::clone(&self.stats);
+        let (events, receiver) = mpsc::channel(STREAM_BUFFER);
+        tokio::spawn(async move {
+            let Admitted {
+                gw,
+                deadline,
+                permit,
+            } = admitted;
+            let name = request.capability().name();
+            let started = Instant::now();
+            let reporter = Reporter::streaming(events.clone(), request.previews());
+            let work = request.run(Run::new(&gw, Some(deadline), reporter));
+            // A client that goes away closes the stream: the run is dropped, which cancels its
+            // stage call in flight and makes no more.
+            tokio::select! {
+                result = work => {
+                    stats.record_result(name, &result, started.elapsed());
+                    let last = result.map(|response| ImagesEvent {
+                        event: Some(images_event::Event::Result(response)),
+                    });
+                    let _ = events.send(last).await;
+                }
+                () = events.closed() => {
+                    stats.record(name, "cancelled");
+                    tracing::info!(capability = name, "client went away; request dropped");
+                }
+            }
+            drop(permit);
+        });
+        Ok(Box::pin(ReceiverStream::new(receiver)))
+    }
+
+    /// What the gateway serves and its limits.
+    pub async fn info(&self, caller: Caller) -> Result<GatewayInfo> {
+        let (gw, _permit) = self.admit_plain(caller, Capability::Info).await?;
+        Ok(GatewayInfo {
+            model: Some(gw.infos.decoder.clone()),
+            server_version: self.version.to_string(),
+            max_images: gw.limits.max_images,
+            max_frames: gw.limits.max_frames,
+            max_prompt_chars: gw.limits.max_prompt_chars,
+            max_image_bytes: gw.limits.image.max_bytes as u64,
+            replicas: gw.stages.replicas(),
+            cache_backend: gw.cache.backend().to_string(),
+        })
+    }
+
+    /// Replica, cache and request counters.
+    pub async fn stats(&self, caller: Caller) -> Result<GatewayStats> {
+        let (gw, _permit) = self.admit_plain(caller, Capability::Stats).await?;
+        let cache = gw.cache.stats();
+        Ok(GatewayStats {
+            replicas: gw.stages.replicas(),
+            cache_hits: cache.hits,
+            cache_misses: cache.misses,
+            cache_errors: cache.errors,
+            cache_rejected: cache.rejected,
+            cache_healthy: cache.healthy,
+            cache_backend: cache.backend.to_string(),
+            requests: self.stats.snapshot(),
+        })
+    }
+
+    /// What `GET /metrics` reports (see [`crate::metrics`]).
+    pub fn metrics(&self) -> Metrics {
+        crate::metrics::metrics(self.slot.clone(), Arc::clone(&self.stats))
+    }
+
+    /// The shared state, or UNAVAILABLE while the stages are being checked.
+    fn gateway(&self) -> Result<Arc<Gateway>> {
+        self.slot
+            .get()
+            .map_err(|e| Error::Unavailable(e.to_string()))
+    }
+
+    /// The caller's deadline, bounded by the request timeout.
+    fn deadline(&self, caller: &Caller) -> Instant {
+        let bound = Instant::now() + self.request_timeout;
+        caller.deadline.map_or(bound, |d| d.min(bound))
+    }
+
+    /// Asks the layer about an image request; a refusal is counted as its outcome.
+    async fn admit(
+        &self,
+        caller: Caller,
+        request: &ImagesRequest,
+        streaming: bool,
+    ) -> Result<Admitted> {
+        let gw = self.gateway()?;
+        let context = RequestContext {
+            capability: request.capability(),
+            streaming,
+            deadline: self.deadline(&caller),
+            cost: request.cost(&gw),
+            caller,
+        };
+        match self.layer.admit(&context).await {
+            Ok(permit) => Ok(Admitted {
+                gw,
+                deadline: context.deadline,
+                permit,
+            }),
+            Err(refusal) => {
+                let error = Error::from(refusal);
+                let outcome = code_name(error.code());
+                self.stats.record(context.capability.name(), &outcome);
+                Err(error)
+            }
+        }
+    }
+
+    /// Asks the layer about GetInfo or GetStats (cost 0; not counted).
+    async fn admit_plain(
+        &self,
+        caller: Caller,
+        capability: Capability,
+    ) -> Result<(Arc<Gateway>, Permit)> {
+        let gw = self.gateway()?;
+        let context = RequestContext {
+            capability,
+            streaming: false,
+            deadline: self.deadline(&caller),
+            cost: Cost::default(),
+            caller,
+        };
+        let permit = self.layer.admit(&context).await?;
+        Ok((gw, permit))
+    }
+}
