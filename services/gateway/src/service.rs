@@ -141,3 +141,6 @@ gateway_service!(
     ),
     (inpaint, inpaint_stream, InpaintStreamStream, InpaintRequest),
 );
+
+#[cfg(test)]
+mod tests;

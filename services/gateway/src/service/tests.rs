@@ -1,0 +1,475 @@
+//! The request layer seen through real gRPC on 127.0.0.1:0: a gateway served as in production
+//! (`crate::serve`) over a CLIP stage that starts every EncodeText and never answers it, so a
+//! request stays in flight until its deadline or until its client goes away.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{Channel, Server};
+use tonic::{Code, Request, Response, Status};
+use unclip_cache::Cache;
+use unclip_proto::v1::clip_service_server::{ClipService, ClipServiceServer};
+use unclip_proto::v1::gateway_client::GatewayClient;
+use unclip_proto::v1::{
+    DecoderSettings, EncodeImageRequest, EncodeImageResponse, EncodeTextRequest,
+    EncodeTextResponse, GenerateRequest, GetInfoRequest, GetStatsRequest, ModelInfo, RequestLimits,
+    SamplingDefaults, UpsamplerStageInfo, images_event,
+};
+use unclip_server::image_input::ImageLimits;
+
+use crate::error::RETRY_AFTER;
+use crate::layer::{Capability, Cost, Permit, Refusal, RequestContext, RequestLayer};
+use crate::pipeline::{Gateway, Limits};
+use crate::stages::{StageInfos, Stages};
+use crate::{Config, Stage};
+
+/// A layer that records what it is asked, refuses when told to, and counts the permits alive.
+#[derive(Debug, Default)]
+struct Gate {
+    seen: Mutex<Vec<RequestContext>>,
+    refusal: Mutex<Option<Refusal>>,
+    held: Arc<AtomicUsize>,
+}
+
+/// One live permit of a [`Gate`].
+struct Held(Arc<AtomicUsize>);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[tonic::async_trait]
+impl RequestLayer for Gate {
+    async fn admit(&self, request: &RequestContext) -> Result<Permit, Refusal> {
+        self.seen.lock().unwrap().push(request.clone());
+        if let Some(refusal) = self.refusal.lock().unwrap().clone() {
+            return Err(refusal);
+        }
+        self.held.fetch_add(1, Ordering::SeqCst);
+        Ok(Permit::holding(Held(Arc::clone(&self.held))))
+    }
+}
+
+impl Gate {
+    fn refuse(&self, refusal: Option<Refusal>) {
+        *self.refusal.lock().unwrap() = refusal;
+    }
+
+    fn held(&self) -> usize {
+        self.held.load(Ordering::SeqCst)
+    }
+
+    fn seen(&self) -> Vec<RequestContext> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+/// A CLIP stage whose EncodeText starts (reported on `started`), never answers, and reports
+/// on `dropped` when the gateway gives the call up.
+#[derive(Debug, Clone)]
+struct StuckClip {
+    started: mpsc::UnboundedSender<()>,
+    dropped: mpsc::UnboundedSender<()>,
+}
+
+/// Sends on drop.
+struct OnDrop(mpsc::UnboundedSender<()>);
+
+impl Drop for OnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.send(());
+    }
+}
+
+#[tonic::async_trait]
+impl ClipService for StuckClip {
+    async fn encode_text(
+        &self,
+        _request: Request<EncodeTextRequest>,
+    ) -> Result<Response<EncodeTextResponse>, Status> {
+        let _guard = OnDrop(self.dropped.clone());
+        let _ = self.started.send(());
+        std::future::pending().await
+    }
+
+    async fn encode_image(
+        &self,
+        _request: Request<EncodeImageRequest>,
+    ) -> Result<Response<EncodeImageResponse>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
+
+    async fn get_info(
+        &self,
+        _request: Request<GetInfoRequest>,
+    ) -> Result<Response<ModelInfo>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
+}
+
+/// A served gateway with its layer and the stuck stage's reports.
+struct Harness {
+    client: GatewayClient<Channel>,
+    gate: Arc<Gate>,
+    started: mpsc::UnboundedReceiver<()>,
+    dropped: mpsc::UnboundedReceiver<()>,
+    address: SocketAddr,
+}
+
+/// A model of 25/25/7 default steps, two upsampler stages and best-of up to 4.
+fn infos() -> StageInfos {
+    let info = ModelInfo {
+        model_id: "stuck".into(),
+        version: "sha256-0".into(),
+        embedding_dim: 4,
+        context_length: 8,
+        decoder_image_size: 8,
+        upsamplers: vec![
+            UpsamplerStageInfo {
+                input_size: 8,
+                output_size: 16,
+            },
+            UpsamplerStageInfo {
+                input_size: 16,
+                output_size: 32,
+            },
+        ],
+        defaults: Some(SamplingDefaults {
+            prior_steps: 25,
+            decoder_steps: 25,
+            upsampler_steps: 7,
+            prior_guidance_scale: 4.0,
+            decoder_guidance_scale: 8.0,
+        }),
+        limits: Some(RequestLimits {
+            min_steps: 2,
+            max_steps: 1000,
+            max_best_of: 4,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    StageInfos {
+        clip: info.clone(),
+        prior: info.clone(),
+        decoder: info,
+    }
+}
+
+async fn start() -> Harness {
+    let (started_tx, started) = mpsc::unbounded_channel();
+    let (dropped_tx, dropped) = mpsc::unbounded_channel();
+    let clip = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let clip_url = format!("http://{}", clip.local_addr().unwrap());
+    let stuck = StuckClip {
+        started: started_tx,
+        dropped: dropped_tx,
+    };
+    tokio::spawn(
+        Server::builder()
+            .add_service(ClipServiceServer::new(stuck))
+            .serve_with_incoming(TcpListenerStream::new(clip)),
+    );
+
+    let config = Config::from_args([
+        "unclip-gateway",
+        "--clip",
+        &clip_url,
+        "--prior",
+        &clip_url,
+        "--decoder",
+        &clip_url,
+        "--request-timeout-secs",
+        "60",
+    ])
+    .unwrap();
+    let load = {
+        let config = config.clone();
+        async move {
+            Ok(Gateway {
+                stages: Stages::new(&config).await?,
+                infos: infos(),
+                cache: Cache::disabled(),
+                limits: Limits {
+                    max_images: 10,
+                    max_frames: 16,
+                    max_prompt_chars: 100,
+                    image: ImageLimits {
+                        max_bytes: 1 << 20,
+                        max_side: 1024,
+                    },
+                },
+            })
+        }
+    };
+    let gate = Arc::new(Gate::default());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let layer: Arc<dyn RequestLayer> = gate.clone();
+    tokio::spawn(async move {
+        crate::serve(&config, layer, listener, load, std::future::pending()).await
+    });
+    let client = GatewayClient::connect(format!("http://{address}"))
+        .await
+        .unwrap();
+    let harness = Harness {
+        client,
+        gate,
+        started,
+        dropped,
+        address,
+    };
+    // Ready once the slot is filled: GetInfo stops answering UNAVAILABLE (the layer admits it).
+    for _ in 0..200 {
+        match harness.client.clone().get_info(GetInfoRequest {}).await {
+            Err(s) if s.code() == Code::Unavailable => {
+                tokio::time::sleep(Duration::from_millis(10)).await
+            }
+            Ok(_) => break,
+            Err(s) => panic!("GetInfo: {s:?}"),
+        }
+    }
+    harness.gate.seen.lock().unwrap().clear();
+    harness
+}
+
+/// A Generate of 2 images, best of 3, 10 prior steps, the rest the defaults, from `key`.
+fn generate(key: &str, timeout: Option<Duration>) -> Request<GenerateRequest> {
+    let mut request = Request::new(GenerateRequest {
+        prompt: "a red circle".into(),
+        num_images: Some(2),
+        best_of: Some(3),
+        prior_steps: Some(10),
+        decoder: Some(DecoderSettings::default()),
+        ..Default::default()
+    });
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {key}").parse().unwrap());
+    if let Some(timeout) = timeout {
+        request.set_timeout(timeout);
+    }
+    request
+}
+
+/// Waits up to 5 s for `gate` to hold `n` permits.
+async fn wait_held(gate: &Gate, n: usize) {
+    for _ in 0..500 {
+        if gate.held() == n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{} permits held, expected {n}", gate.held());
+}
+
+/// Waits up to 5 s for a report on `rx`.
+async fn report(rx: &mut mpsc::UnboundedReceiver<()>, what: &str) {
+    tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .unwrap_or_else(|_| panic!("no report that the stage call {what}"))
+        .unwrap();
+}
+
+/// The layer is asked before unary and streaming calls and GetInfo/GetStats, told the caller's
+/// token, peer, deadline and the request's cost; its refusal is the call's status (on the
+/// call itself for a stream), with the retry hint in the metadata, and nothing reaches a
+/// stage.
+#[tokio::test]
+async fn a_refusal_is_the_answer_on_every_path() {
+    let mut h = start().await;
+    h.gate.refuse(Some(Refusal::Unauthenticated(
+        "missing or unknown API key".into(),
+    )));
+
+    let before = tokio::time::Instant::now();
+    let status = h
+        .client
+        .generate(generate("key-1", Some(Duration::from_secs(30))))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    assert_eq!(status.message(), "missing or unknown API key");
+    let status = h
+        .client
+        .generate_stream(generate("key-2", None))
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    let status = h.client.get_info(GetInfoRequest {}).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+
+    h.gate.refuse(Some(Refusal::ResourceExhausted {
+        message: "2 requests in flight, the limit is 2".into(),
+        retry_after: Some(Duration::from_millis(1200)),
+    }));
+    let status = h
+        .client
+        .generate(generate("key-1", None))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert_eq!(status.message(), "2 requests in flight, the limit is 2");
+    assert_eq!(status.metadata().get(RETRY_AFTER).unwrap(), "2");
+    let status = h.client.get_stats(GetStatsRequest {}).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted);
+
+    let seen = h.gate.seen();
+    let asked: Vec<_> = seen.iter().map(|c| (c.capability, c.streaming)).collect();
+    assert_eq!(
+        asked,
+        [
+            (Capability::Generate, false),
+            (Capability::Generate, true),
+            (Capability::Info, false),
+            (Capability::Generate, false),
+            (Capability::Stats, false),
+        ]
+    );
+    let first = &seen[0];
+    assert_eq!(first.caller.bearer.as_deref(), Some("key-1"));
+    assert_eq!(seen[1].caller.bearer.as_deref(), Some("key-2"));
+    assert_eq!(seen[2].caller.bearer, None);
+    let peer = first.caller.peer.expect("the peer address");
+    assert!(peer.ip().is_loopback() && peer != h.address, "{peer}");
+    // The client's 30 s, not the 60 s request timeout; without one, the request timeout.
+    let deadline = first.caller.deadline.expect("the client's deadline");
+    assert!(
+        deadline > before + Duration::from_secs(29) && deadline <= before + Duration::from_secs(31)
+    );
+    assert_eq!(first.deadline, deadline);
+    assert_eq!(seen[1].caller.deadline, None);
+    assert!(seen[1].deadline > before + Duration::from_secs(59));
+    // 2 images × best of 3 × (10 prior + 25 decoder + 2 × 7 upsampler steps).
+    let cost = Cost {
+        images: 2,
+        best_of: 3,
+        steps: 49,
+    };
+    assert_eq!((first.cost, first.cost.units()), (cost, 294));
+    assert_eq!(seen[2].cost, Cost::default());
+
+    assert_eq!(h.gate.held(), 0);
+    assert!(
+        h.started.try_recv().is_err(),
+        "a refused request reached a stage"
+    );
+
+    // Refusals are counted by their code; GetInfo and GetStats are not counted.
+    h.gate.refuse(None);
+    let stats = h
+        .client
+        .get_stats(GetStatsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stats.requests["generate unauthenticated"], 2);
+    assert_eq!(stats.requests["generate resource_exhausted"], 1);
+    assert_eq!(stats.requests.len(), 2, "{:?}", stats.requests);
+}
+
+/// An admitted request holds its permit while it runs and gives it back when it ends: at its
+/// deadline, and when its client goes away (unary or streaming), which also cancels the
+/// stage call in flight.
+#[tokio::test]
+async fn the_permit_lives_as_long_as_the_request() {
+    let mut h = start().await;
+
+    // Unary, to its deadline.
+    let call = {
+        let mut client = h.client.clone();
+        tokio::spawn(async move {
+            client
+                .generate(generate("k", Some(Duration::from_millis(800))))
+                .await
+        })
+    };
+    report(&mut h.started, "started").await;
+    assert_eq!(h.gate.held(), 1);
+    // The gateway's DEADLINE_EXCEEDED, or the client's own timer (CANCELLED "Timeout
+    // expired") when it fires first: both end at the deadline.
+    let status = call.await.unwrap().unwrap_err();
+    assert!(
+        matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{status:?}"
+    );
+    wait_held(&h.gate, 0).await;
+    report(&mut h.dropped, "was given up at the deadline").await;
+
+    // Unary, its client gone.
+    let call = {
+        let mut client = h.client.clone();
+        tokio::spawn(async move { client.generate(generate("k", None)).await })
+    };
+    report(&mut h.started, "started").await;
+    assert_eq!(h.gate.held(), 1);
+    call.abort();
+    wait_held(&h.gate, 0).await;
+    report(&mut h.dropped, "was cancelled").await;
+
+    // Streaming, its client gone after the first event.
+    let mut stream = h
+        .client
+        .generate_stream(generate("k", None))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    match first.event {
+        Some(images_event::Event::Progress(p)) => {
+            assert_eq!(p.stage, Stage::EncodeText.label());
+            assert_eq!((p.step, p.total, p.calls_done), (0, 1, 0));
+        }
+        other => panic!("expected progress, got {other:?}"),
+    }
+    report(&mut h.started, "started").await;
+    assert_eq!(h.gate.held(), 1);
+    drop(stream);
+    wait_held(&h.gate, 0).await;
+    report(&mut h.dropped, "was cancelled").await;
+
+    // Streaming, to its deadline: the stream ends with the status.
+    let mut stream = h
+        .client
+        .generate_stream(generate("k", Some(Duration::from_millis(800))))
+        .await
+        .unwrap()
+        .into_inner();
+    let status = loop {
+        match stream.message().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the stream ended without the error"),
+            Err(status) => break status,
+        }
+    };
+    assert!(
+        matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{status:?}"
+    );
+    wait_held(&h.gate, 0).await;
+
+    let stats = h
+        .client
+        .get_stats(GetStatsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        stats.requests["generate cancelled"], 1,
+        "{:?}",
+        stats.requests
+    );
+    assert_eq!(
+        h.gate.seen().len(),
+        5,
+        "4 requests and GetStats, each asked once"
+    );
+}
