@@ -131,7 +131,7 @@ async fn a_replica_killed_mid_request_fails_nothing() {
             while let Some(event) = stream.message().await? {
                 match event.event {
                     Some(images_event::Event::Progress(p))
-                        if p.stage == "decoder" && p.step == 0 =>
+                        if p.stage == "decoder.decode" && p.step == 0 =>
                     {
                         let _ = started.send(()).await;
                     }
@@ -214,7 +214,7 @@ async fn deadlines_and_cancellation_stop_stage_work() {
             .unwrap()
             .expect("events before the result");
         if let Some(images_event::Event::Progress(p)) = event.event
-            && p.stage == "decoder"
+            && p.stage == "decoder.decode"
         {
             break;
         }

@@ -259,6 +259,16 @@ async fn every_capability() {
     )
     .await;
     assert_eq!(result.images[0].png, batch.images[0].png);
+    // One spelling of each stage: progress events name the stages the timings name.
+    let named = |stages: Vec<&str>| {
+        stages
+            .into_iter()
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    assert_eq!(
+        named(progress.iter().map(|p| p.stage.as_str()).collect()),
+        named(result.timings.iter().map(|t| t.stage.as_str()).collect()),
+    );
     let last = progress.last().unwrap();
     assert_eq!((last.calls_done, last.calls_total), (5, 5));
     assert!(
@@ -269,13 +279,17 @@ async fn every_capability() {
     // Steps within each stage call, as the stage services stream them: the decoder's 25 and
     // each upsampler's 7 move forward from 0 to the end. The prior's sample is cached from
     // the unary call: one event, at its end.
-    assert_eq!(stage_steps(&progress, "prior", 25), [25]);
-    for (stage, total) in [("decoder", 25), ("upsampler[0]", 7), ("upsampler[1]", 7)] {
+    assert_eq!(stage_steps(&progress, "prior.sample", 25), [25]);
+    for (stage, total) in [
+        ("decoder.decode", 25),
+        ("decoder.upsample[0]", 7),
+        ("decoder.upsample[1]", 7),
+    ] {
         let steps = stage_steps(&progress, stage, total);
         assert_eq!(steps.first(), Some(&0), "{stage}: {steps:?}");
         let between = steps.iter().filter(|&&s| 0 < s && s < total).count();
         println!("{stage}: {between} progress events between the first and the last step");
-        if stage == "decoder" {
+        if stage == "decoder.decode" {
             assert!(
                 between > 0,
                 "{stage}: no step reported within the call: {steps:?}"
@@ -297,14 +311,14 @@ async fn every_capability() {
         },
     )
     .await;
-    let steps = stage_steps(&progress, "prior", 25);
+    let steps = stage_steps(&progress, "prior.sample", 25);
     let between = steps.iter().filter(|&&s| 0 < s && s < 25).count();
     println!("prior: {between} progress events between the first and the last step");
     assert!(
         between > 0,
         "prior: no step reported within the call: {steps:?}"
     );
-    assert_eq!(previews[0].stage, "decoder");
+    assert_eq!(previews[0].stage, "decoder.decode");
     assert_eq!(previews[0].size, 32);
     assert_eq!(rgb(&previews[0].images[0].png).dimensions(), (32, 32));
 

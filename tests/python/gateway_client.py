@@ -73,6 +73,10 @@ def main() -> None:
               f"GenerateStream sends progress, then one result ({len(events)} events)")
         check(events[-1].result.images[0].png == response.images[0].png,
               "the streamed image equals the unary one for the same seed")
+        progress_stages = {e.progress.stage for e in events if e.WhichOneof("event") == "progress"}
+        timing_stages = {timing.stage for timing in events[-1].result.timings}
+        check(progress_stages == timing_stages,
+              f"progress and timings name the same stages: {sorted(progress_stages)}")
 
         try:
             gateway.Generate(gateway_pb2.GenerateRequest(prompt=prompt, num_images=0), timeout=30)

@@ -35,16 +35,31 @@ pub fn animation_path(out: &Path) -> PathBuf {
     out.with_file_name(format!("{stem}.apng"))
 }
 
-/// The file of preview image `k` of `count` from `stage`: `STEM.STAGE.EXT`, or
-/// `STEM.STAGE-k.EXT` for several, next to `out` (the stage's name kept to letters and digits).
+/// The file of preview image `k` of `count` from `stage` (the gateway's stage label):
+/// `STEM.TAG.EXT`, or `STEM.TAG-k.EXT` for several, next to `out`. The tag is `decoder` for
+/// `decoder.decode` and `upsamplerK` for `decoder.upsample[K]`, else the label kept to letters
+/// and digits.
 pub fn preview_path(out: &Path, stage: &str, k: usize, count: usize) -> PathBuf {
     let (stem, ext) = stem_and_extension(out);
-    let stage: String = stage.chars().filter(char::is_ascii_alphanumeric).collect();
+    let stage = preview_tag(stage);
     output_path(
         &out.with_file_name(format!("{stem}.{stage}.{ext}")),
         k,
         count,
     )
+}
+
+/// The file-name tag of a preview's stage label (see [`preview_path`]).
+fn preview_tag(stage: &str) -> String {
+    let upsampler = stage
+        .strip_prefix("decoder.upsample[")
+        .and_then(|rest| rest.strip_suffix(']'));
+    let tag = match (stage, upsampler) {
+        ("decoder.decode", _) => "decoder".to_string(),
+        (_, Some(k)) => format!("upsampler{k}"),
+        _ => stage.to_string(),
+    };
+    tag.chars().filter(char::is_ascii_alphanumeric).collect()
 }
 
 /// Writes a stream's preview images for `out`; returns one line per file.
@@ -294,12 +309,21 @@ mod tests {
         );
         assert_eq!(animation_path(out), Path::new("dir/out.apng"));
         assert_eq!(
-            preview_path(out, "decoder", 0, 1),
+            preview_path(out, "decoder.decode", 0, 1),
             Path::new("dir/out.decoder.png")
         );
         assert_eq!(
-            preview_path(out, "upsampler[0]", 1, 2),
+            preview_path(out, "decoder.upsample[0]", 1, 2),
             Path::new("dir/out.upsampler0-1.png")
+        );
+        assert_eq!(
+            preview_path(out, "decoder.upsample[12]", 0, 1),
+            Path::new("dir/out.upsampler12.png")
+        );
+        // Another label keeps its letters and digits.
+        assert_eq!(
+            preview_path(out, "x.y[1]/..", 0, 1),
+            Path::new("dir/out.xy1.png")
         );
         assert_eq!(animation_path(Path::new("diff")), Path::new("diff.apng"));
     }

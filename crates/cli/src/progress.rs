@@ -74,7 +74,7 @@ impl Drop for ProgressView {
     }
 }
 
-/// "decoder 12/25": the stage and its step, or only the stage when it reports no steps.
+/// "decoder.decode 12/25": the stage and its step, or only the stage when it reports no steps.
 pub fn progress_message(progress: &Progress) -> String {
     if progress.total == 0 {
         progress.stage.clone()
@@ -91,15 +91,15 @@ mod tests {
     #[test]
     fn messages() {
         let mut progress = Progress {
-            stage: "upsampler[0]".into(),
+            stage: "decoder.upsample[0]".into(),
             step: 3,
             total: 7,
             calls_done: 4,
             calls_total: 6,
         };
-        assert_eq!(progress_message(&progress), "upsampler[0] 3/7");
+        assert_eq!(progress_message(&progress), "decoder.upsample[0] 3/7");
         progress.total = 0;
-        assert_eq!(progress_message(&progress), "upsampler[0]");
+        assert_eq!(progress_message(&progress), "decoder.upsample[0]");
         // A hidden bar takes updates too.
         let view = ProgressView::new(true);
         view.update(&progress);

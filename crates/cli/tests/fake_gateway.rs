@@ -74,8 +74,8 @@ fn events<T>(request: &Request<T>, seed: Option<u64>, count: u32, frames: bool) 
         animation_mime_type: if frames { "image/apng" } else { "" }.into(),
     };
     let events = vec![
-        Ok(progress("clip", 0)),
-        Ok(progress("decoder", 1)),
+        Ok(progress("clip.encode_text", 0)),
+        Ok(progress("decoder.decode", 1)),
         Ok(ImagesEvent {
             event: Some(images_event::Event::Result(result)),
         }),

@@ -191,7 +191,7 @@ async fn local_runs_one_command() {
     // The decoder's base image arrived as a preview before the final one: 32 px, not 128.
     let preview = dir.path().join("in.decoder.png");
     assert!(
-        stdout.contains("in.decoder.png (32×32, seed 1) [decoder preview]"),
+        stdout.contains("in.decoder.png (32×32, seed 1) [decoder.decode preview]"),
         "{stdout}"
     );
     assert!(
