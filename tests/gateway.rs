@@ -260,15 +260,11 @@ async fn every_capability() {
     .await;
     assert_eq!(result.images[0].png, batch.images[0].png);
     // One spelling of each stage: progress events name the stages the timings name.
-    let named = |stages: Vec<&str>| {
-        stages
-            .into_iter()
-            .collect::<std::collections::BTreeSet<_>>()
-    };
-    assert_eq!(
-        named(progress.iter().map(|p| p.stage.as_str()).collect()),
-        named(result.timings.iter().map(|t| t.stage.as_str()).collect()),
-    );
+    let progress_stages: std::collections::BTreeSet<&str> =
+        progress.iter().map(|p| p.stage.as_str()).collect();
+    let timing_stages: std::collections::BTreeSet<&str> =
+        result.timings.iter().map(|t| t.stage.as_str()).collect();
+    assert_eq!(progress_stages, timing_stages);
     let last = progress.last().unwrap();
     assert_eq!((last.calls_done, last.calls_total), (5, 5));
     assert!(
