@@ -63,6 +63,34 @@ impl StageInfos {
     }
 }
 
+/// The stage calls that have a `...Stream` twin, each one method over [`Stages::stepped`]:
+/// `name(Request) -> Response, |message| its Stage, the client maker, the unary RPC, the
+/// streaming RPC;`.
+macro_rules! stepped_calls {
+    ($($(#[$doc:meta])* $name:ident($request:ty) -> $response:ty,
+        $stage:expr, $client:ident, $unary:ident, $stream:ident;)*) => {
+        $(
+            $(#[$doc])*
+            pub async fn $name(
+                &self,
+                deadline: Option<Instant>,
+                message: $request,
+                steps: Option<StepSink>,
+            ) -> Result<($response, StageTiming)> {
+                let stage: fn(&$request) -> Stage = $stage;
+                let call = StepCall::new(stage(&message), deadline, message, steps);
+                self.stepped(
+                    call,
+                    |ch| self.$client(ch),
+                    |mut c, r| async move { c.$unary(r).await },
+                    |mut c, r| async move { c.$stream(r).await },
+                )
+                .await
+            }
+        )*
+    };
+}
+
 impl Stages {
     /// Replica sets of the three stages from `config` (channels connect lazily).
     pub async fn new(config: &Config) -> anyhow::Result<Self> {
@@ -237,73 +265,19 @@ impl Stages {
         Ok((embeds, timing))
     }
 
-    /// `PriorService.Sample`, or `SampleStream` with its steps sent to `steps`.
-    pub async fn sample(
-        &self,
-        deadline: Option<Instant>,
-        message: PriorSampleRequest,
-        steps: Option<StepSink>,
-    ) -> Result<(PriorSampleResponse, StageTiming)> {
-        let call = StepCall::new(Stage::PriorSample, deadline, message, steps);
-        self.stepped(
-            call,
-            |ch| self.prior_client(ch),
-            |mut c, r| async move { c.sample(r).await },
-            |mut c, r| async move { c.sample_stream(r).await },
-        )
-        .await
-    }
-
-    /// `DecoderService.Decode`, or `DecodeStream` with its steps sent to `steps`.
-    pub async fn decode(
-        &self,
-        deadline: Option<Instant>,
-        message: DecodeRequest,
-        steps: Option<StepSink>,
-    ) -> Result<(DecodeResponse, StageTiming)> {
-        let call = StepCall::new(Stage::Decode, deadline, message, steps);
-        self.stepped(
-            call,
-            |ch| self.decoder_client(ch),
-            |mut c, r| async move { c.decode(r).await },
-            |mut c, r| async move { c.decode_stream(r).await },
-        )
-        .await
-    }
-
-    /// `DecoderService.Upsample`, or `UpsampleStream` with its steps sent to `steps`.
-    pub async fn upsample(
-        &self,
-        deadline: Option<Instant>,
-        message: UpsampleRequest,
-        steps: Option<StepSink>,
-    ) -> Result<(UpsampleResponse, StageTiming)> {
-        let stage = Stage::Upsample(message.stage);
-        let call = StepCall::new(stage, deadline, message, steps);
-        self.stepped(
-            call,
-            |ch| self.decoder_client(ch),
-            |mut c, r| async move { c.upsample(r).await },
-            |mut c, r| async move { c.upsample_stream(r).await },
-        )
-        .await
-    }
-
-    /// `DecoderService.Invert`, or `InvertStream` with its steps sent to `steps`.
-    pub async fn invert(
-        &self,
-        deadline: Option<Instant>,
-        message: InvertRequest,
-        steps: Option<StepSink>,
-    ) -> Result<(InvertResponse, StageTiming)> {
-        let call = StepCall::new(Stage::Invert, deadline, message, steps);
-        self.stepped(
-            call,
-            |ch| self.decoder_client(ch),
-            |mut c, r| async move { c.invert(r).await },
-            |mut c, r| async move { c.invert_stream(r).await },
-        )
-        .await
+    stepped_calls! {
+        /// `PriorService.Sample`, or `SampleStream` with its steps sent to `steps`.
+        sample(PriorSampleRequest) -> PriorSampleResponse,
+            |_| Stage::PriorSample, prior_client, sample, sample_stream;
+        /// `DecoderService.Decode`, or `DecodeStream` with its steps sent to `steps`.
+        decode(DecodeRequest) -> DecodeResponse,
+            |_| Stage::Decode, decoder_client, decode, decode_stream;
+        /// `DecoderService.Upsample`, or `UpsampleStream` with its steps sent to `steps`.
+        upsample(UpsampleRequest) -> UpsampleResponse,
+            |m| Stage::Upsample(m.stage), decoder_client, upsample, upsample_stream;
+        /// `DecoderService.Invert`, or `InvertStream` with its steps sent to `steps`.
+        invert(InvertRequest) -> InvertResponse,
+            |_| Stage::Invert, decoder_client, invert, invert_stream;
     }
 
     /// A stage call that has a `...Stream` twin: the unary RPC (`unary`) when nobody watches

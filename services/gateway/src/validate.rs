@@ -45,6 +45,16 @@ pub fn count(field: &str, value: Option<u32>, default: u32, min: u32, max: u32) 
     Ok(value)
 }
 
+/// `num_images`: 1..=`max`, unset = 1.
+pub fn num_images(value: Option<u32>, max: u32) -> Result<u32> {
+    count("num_images", value, 1, 1, max)
+}
+
+/// `frames`: 2..=`max`, unset = `default`.
+pub fn frames(value: Option<u32>, default: u32, max: u32) -> Result<u32> {
+    count("frames", value, default, 2, max)
+}
+
 /// The request's seed, or a random one (below 2^32, so that it is easy to type back).
 pub fn seed(value: Option<u64>) -> u64 {
     value.unwrap_or_else(|| u64::from(rand::random::<u32>()))

@@ -16,7 +16,7 @@ pub async fn generate(mut run: Run<'_>, request: GenerateRequest) -> Result<Imag
         &request.negative_prompt,
         limits.max_prompt_chars,
     )?;
-    let n = validate::count("num_images", request.num_images, 1, 1, limits.max_images)?;
+    let n = validate::num_images(request.num_images, limits.max_images)?;
     let prior = validate::prior(
         request.prior_steps,
         request.prior_guidance_scale,

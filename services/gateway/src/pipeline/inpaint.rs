@@ -20,7 +20,7 @@ pub async fn inpaint(mut run: Run<'_>, request: InpaintRequest) -> Result<Images
     let keep = KeepMask::from_upload("mask", &mask, (image.width(), image.height()), side)?;
     let known = images::square_rgb(&image, side);
     let prompt = validate::prompt("prompt", &request.prompt, limits.max_prompt_chars)?;
-    let n = validate::count("num_images", request.num_images, 1, 1, limits.max_images)?;
+    let n = validate::num_images(request.num_images, limits.max_images)?;
     let prior = validate::prior(
         request.prior_steps,
         request.prior_guidance_scale,

@@ -21,13 +21,7 @@ pub async fn interpolate(mut run: Run<'_>, request: InterpolateRequest) -> Resul
     let limits = gw.limits;
     images::decode("image_a", &request.image_a, limits.image)?;
     images::decode("image_b", &request.image_b, limits.image)?;
-    let frames = validate::count(
-        "frames",
-        request.frames,
-        DEFAULT_FRAMES,
-        2,
-        limits.max_frames,
-    )?;
+    let frames = validate::frames(request.frames, DEFAULT_FRAMES, limits.max_frames)?;
     let settings = validate::cascade("decoder", request.decoder.as_ref(), &gw.infos.decoder, None)?;
     let seed = validate::seed(request.seed);
 

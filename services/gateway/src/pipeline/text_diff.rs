@@ -47,13 +47,7 @@ pub async fn text_diff(mut run: Run<'_>, request: TextDiffRequest) -> Result<Ima
             "must differ from source_caption",
         ));
     }
-    let frames = validate::count(
-        "frames",
-        request.frames,
-        DEFAULT_FRAMES,
-        2,
-        limits.max_frames,
-    )?;
+    let frames = validate::frames(request.frames, DEFAULT_FRAMES, limits.max_frames)?;
     let max_theta = validate::unit("max_theta", request.max_theta, DEFAULT_MAX_THETA)?;
     let delay = validate::count(
         "frame_delay_ms",

@@ -21,7 +21,7 @@ pub async fn vary(mut run: Run<'_>, request: VaryRequest) -> Result<ImagesRespon
     let gw = run.gw;
     let limits = gw.limits;
     let image = images::decode("image", &request.image, limits.image)?;
-    let n = validate::count("num_images", request.num_images, 1, 1, limits.max_images)?;
+    let n = validate::num_images(request.num_images, limits.max_images)?;
     let mode = VariationMode::try_from(request.mode)
         .map_err(|_| Error::invalid("mode", format!("unknown value {}", request.mode)))?;
     let anchored = mode == VariationMode::Anchored;

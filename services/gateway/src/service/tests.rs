@@ -259,6 +259,15 @@ fn generate(key: &str, timeout: Option<Duration>) -> Request<GenerateRequest> {
     request
 }
 
+/// GetStats.
+async fn stats(client: &mut GatewayClient<Channel>) -> unclip_proto::v1::GatewayStats {
+    client
+        .get_stats(GetStatsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 /// Waits up to 5 s for `gate` to hold `n` permits.
 async fn wait_held(gate: &Gate, n: usize) {
     for _ in 0..500 {
@@ -365,12 +374,7 @@ async fn a_refusal_is_the_answer_on_every_path() {
 
     // Refusals are counted by their code; GetInfo and GetStats are not counted.
     h.gate.refuse(None);
-    let stats = h
-        .client
-        .get_stats(GetStatsRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let stats = stats(&mut h.client).await;
     assert_eq!(stats.requests["generate unauthenticated"], 2);
     assert_eq!(stats.requests["generate resource_exhausted"], 1);
     assert_eq!(stats.requests.len(), 2, "{:?}", stats.requests);
@@ -456,12 +460,7 @@ async fn the_permit_lives_as_long_as_the_request() {
     );
     wait_held(&h.gate, 0).await;
 
-    let stats = h
-        .client
-        .get_stats(GetStatsRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let stats = stats(&mut h.client).await;
     assert_eq!(
         stats.requests["generate cancelled"], 1,
         "{:?}",
