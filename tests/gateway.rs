@@ -338,6 +338,17 @@ async fn every_capability() {
         .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
         .sum();
     assert_eq!(decoder_calls, calls(&counts, "decoder") as f64, "{metrics}");
+    // Stage calls by the labels of the timings.
+    for stage in [
+        "clip.encode_text",
+        "prior.sample",
+        "decoder.decode",
+        "decoder.upsample[1]",
+    ] {
+        let series =
+            format!(r#"unclip_gateway_stage_call_duration_seconds_count{{stage="{stage}"}}"#);
+        assert!(value(&series) >= 1.0, "{series}: {metrics}");
+    }
     assert!(
         metrics.contains("unclip_gateway_cache_hits_total{backend="),
         "{metrics}"

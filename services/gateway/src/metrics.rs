@@ -1,5 +1,5 @@
 //! What the gateway's `GET /metrics` reports, read at scrape time from the same counters as
-//! GetStats.
+//! GetStats, and the seconds of stage calls by [`Stage`](crate::Stage) label.
 
 use std::sync::Arc;
 
@@ -11,8 +11,9 @@ use crate::pipeline::Gateway;
 use crate::stats::RequestStats;
 
 /// What `GET /metrics` reports: requests by capability and outcome, the seconds of
-/// successful ones, and, once the stages are connected, every replica's calls, failures,
-/// retries, calls in flight and availability, and the cache's counters.
+/// successful ones, and, once the stages are connected, the seconds of successful stage calls
+/// by stage label (`decoder.decode`, ...), every replica's calls, failures, retries, calls in
+/// flight and availability, and the cache's counters.
 pub fn metrics(slot: ModelSlot<Gateway>, stats: Arc<RequestStats>) -> Metrics {
     Metrics::new(move |registry| {
         let requests = stats.snapshot().into_iter().map(|(key, count)| {
@@ -36,6 +37,11 @@ pub fn metrics(slot: ModelSlot<Gateway>, stats: Arc<RequestStats>) -> Metrics {
         let Ok(gw) = slot.get() else {
             return;
         };
+        registry.register(
+            "unclip_gateway_stage_call_duration_seconds",
+            "Seconds of successful stage calls (retries included), by stage label.",
+            gw.stages.call_seconds(),
+        );
         let replicas: Vec<(Labels, ReplicaInfo)> = gw
             .stages
             .replicas()

@@ -23,6 +23,7 @@ use unclip_replicas::{ReplicaConfig, ReplicaSet, request};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::stage::Stage;
+use crate::stats::{self, DurationFamily};
 
 /// The three stage services, each behind its replicas.
 #[derive(Debug, Clone)]
@@ -35,6 +36,8 @@ pub struct Stages {
     pub decoder: ReplicaSet,
     /// Largest message sent to or accepted from a stage.
     max_message_bytes: usize,
+    /// Seconds of successful stage calls, by stage label.
+    call_seconds: DurationFamily,
 }
 
 /// What the stages serve, read at start-up.
@@ -113,6 +116,7 @@ impl Stages {
             prior: set("prior", &config.prior).await?,
             decoder: set("decoder", &config.decoder).await?,
             max_message_bytes: config.serve.max_message_bytes,
+            call_seconds: stats::duration_family(),
         })
     }
 
@@ -216,6 +220,41 @@ impl Stages {
             .collect()
     }
 
+    /// Seconds of the stage calls that succeeded, by [`Stage`] label (shared: a clone sees
+    /// later observations).
+    pub fn call_seconds(&self) -> DurationFamily {
+        self.call_seconds.clone()
+    }
+
+    /// One call of `stage` on its replicas, with its timing.
+    async fn timed<T, F, Fut>(
+        &self,
+        stage: Stage,
+        deadline: Option<Instant>,
+        f: F,
+    ) -> Result<(T, StageTiming)>
+    where
+        F: FnMut(Channel, Option<Duration>) -> Fut,
+        Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let answered = self
+            .set(stage)
+            .call(stage.label(), deadline, f)
+            .await
+            .map_err(|status| Error::Stage { stage, status })?;
+        let labels = vec![("stage".to_string(), stage.to_string())];
+        self.call_seconds
+            .get_or_create(&labels)
+            .observe(answered.elapsed.as_secs_f64());
+        let timing = StageTiming {
+            stage: stage.to_string(),
+            seconds: answered.elapsed.as_secs_f64(),
+            cached: false,
+            replica: answered.replica,
+        };
+        Ok((answered.value, timing))
+    }
+
     /// The replicas that run `stage`.
     fn set(&self, stage: Stage) -> &ReplicaSet {
         match stage.service() {
@@ -233,12 +272,13 @@ impl Stages {
     ) -> Result<(TextEncoding, StageTiming)> {
         const STAGE: Stage = Stage::EncodeText;
         let message = EncodeTextRequest { prompts };
-        let (response, timing) = timed(self.set(STAGE), STAGE, deadline, |ch, t| {
-            let mut client = self.clip_client(ch);
-            let message = message.clone();
-            async move { client.encode_text(request(message, t)).await }
-        })
-        .await?;
+        let (response, timing) = self
+            .timed(STAGE, deadline, |ch, t| {
+                let mut client = self.clip_client(ch);
+                let message = message.clone();
+                async move { client.encode_text(request(message, t)).await }
+            })
+            .await?;
         let encoding = response
             .encoding
             .ok_or_else(|| Error::bad_answer(STAGE, "no encoding"))?;
@@ -253,12 +293,13 @@ impl Stages {
     ) -> Result<(Tensor, StageTiming)> {
         const STAGE: Stage = Stage::EncodeImage;
         let message = EncodeImageRequest { images };
-        let (response, timing) = timed(self.set(STAGE), STAGE, deadline, |ch, t| {
-            let mut client = self.clip_client(ch);
-            let message = message.clone();
-            async move { client.encode_image(request(message, t)).await }
-        })
-        .await?;
+        let (response, timing) = self
+            .timed(STAGE, deadline, |ch, t| {
+                let mut client = self.clip_client(ch);
+                let message = message.clone();
+                async move { client.encode_image(request(message, t)).await }
+            })
+            .await?;
         let embeds = response
             .image_embeds
             .ok_or_else(|| Error::bad_answer(STAGE, "no image_embeds"))?;
@@ -305,7 +346,7 @@ impl Stages {
             steps,
         } = call;
         let (unary, stream, steps) = (&unary, &stream, steps.as_ref());
-        timed(self.set(stage), stage, deadline, |ch, t| {
+        self.timed(stage, deadline, |ch, t| {
             let client = client(ch);
             let message = request(message.clone(), t);
             async move {
@@ -362,30 +403,6 @@ async fn read_steps<E: StepEvent>(
     Err(tonic::Status::internal(
         "the stage's stream ended without a result",
     ))
-}
-
-/// One call of `stage` through `set`, with its timing.
-async fn timed<T, F, Fut>(
-    set: &ReplicaSet,
-    stage: Stage,
-    deadline: Option<Instant>,
-    f: F,
-) -> Result<(T, StageTiming)>
-where
-    F: FnMut(Channel, Option<Duration>) -> Fut,
-    Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
-{
-    let answered = set
-        .call(stage.label(), deadline, f)
-        .await
-        .map_err(|status| Error::Stage { stage, status })?;
-    let timing = StageTiming {
-        stage: stage.to_string(),
-        seconds: answered.elapsed.as_secs_f64(),
-        cached: false,
-        replica: answered.replica,
-    };
-    Ok((answered.value, timing))
 }
 
 /// GetInfo of one replica, asked again while it is unreachable or loading, until `deadline`.

@@ -16,6 +16,11 @@ use crate::error::Result;
 /// Histograms of request seconds per capability.
 pub type DurationFamily = Family<Labels, Histogram, fn() -> Histogram>;
 
+/// Histograms of seconds by label, buckets from 50 ms to about 100 s.
+pub fn duration_family() -> DurationFamily {
+    Family::new_with_constructor(duration_histogram)
+}
+
 /// Buckets from 50 ms to about 100 s, doubling.
 fn duration_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.05, 2.0, 12))
@@ -34,7 +39,7 @@ impl Default for RequestStats {
     fn default() -> Self {
         Self {
             counts: Mutex::default(),
-            durations: Family::new_with_constructor(duration_histogram),
+            durations: duration_family(),
         }
     }
 }
