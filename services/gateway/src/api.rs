@@ -397,3 +397,33 @@ impl Core {
         Ok((gw, permit))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Before the stages are checked every capability answers UNAVAILABLE, streaming or not,
+    /// and nothing is counted.
+    #[tokio::test]
+    async fn not_ready_is_unavailable() {
+        let core = Core::new(ModelSlot::new(), Duration::from_secs(1));
+        let caller = Caller::default();
+        let unavailable = |e: Error| assert_eq!(e.code(), tonic::Code::Unavailable, "{e}");
+        unavailable(
+            core.generate(caller.clone(), GenerateRequest::default())
+                .await
+                .unwrap_err(),
+        );
+        let stream = core
+            .run_stream(caller.clone(), InpaintRequest::default())
+            .await;
+        unavailable(
+            stream
+                .err()
+                .expect("no stream before the stages are checked"),
+        );
+        unavailable(core.info(caller.clone()).await.unwrap_err());
+        unavailable(core.stats(caller).await.unwrap_err());
+        assert!(core.stats.snapshot().is_empty());
+    }
+}

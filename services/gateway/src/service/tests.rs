@@ -17,8 +17,9 @@ use unclip_proto::v1::clip_service_server::{ClipService, ClipServiceServer};
 use unclip_proto::v1::gateway_client::GatewayClient;
 use unclip_proto::v1::{
     DecoderSettings, EncodeImageRequest, EncodeImageResponse, EncodeTextRequest,
-    EncodeTextResponse, GenerateRequest, GetInfoRequest, GetStatsRequest, ModelInfo, RequestLimits,
-    SamplingDefaults, UpsamplerStageInfo, images_event,
+    EncodeTextResponse, GenerateRequest, GetInfoRequest, GetStatsRequest, InpaintRequest,
+    InterpolateRequest, ModelInfo, RequestLimits, SamplingDefaults, TextDiffRequest,
+    UpsamplerStageInfo, VariationMode, VaryRequest, images_event,
 };
 use unclip_server::image_input::ImageLimits;
 
@@ -471,4 +472,74 @@ async fn the_permit_lives_as_long_as_the_request() {
         5,
         "4 requests and GetStats, each asked once"
     );
+}
+
+/// Every image capability tells the layer its cost, unset fields at the model's defaults
+/// (25 prior, 25 decoder and 7 steps for each of 2 upsampler stages), an inversion counted as
+/// one more decoder pass.
+#[tokio::test]
+async fn every_capability_is_costed() {
+    let mut h = start().await;
+    h.gate
+        .refuse(Some(Refusal::PermissionDenied("not in this test".into())));
+    let fresh = VaryRequest {
+        num_images: Some(3),
+        decoder: Some(DecoderSettings {
+            decoder_steps: Some(10),
+            upsampler_steps: Some(3),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let anchored = VaryRequest {
+        mode: VariationMode::Anchored as i32,
+        ..Default::default()
+    };
+    let calls = [
+        h.client.vary(fresh.clone()).await.map(|_| ()),
+        h.client.vary_stream(anchored).await.map(|_| ()),
+        h.client
+            .interpolate(InterpolateRequest::default())
+            .await
+            .map(|_| ()),
+        h.client
+            .text_diff_stream(TextDiffRequest {
+                frames: Some(3),
+                ..Default::default()
+            })
+            .await
+            .map(|_| ()),
+        h.client
+            .inpaint(InpaintRequest {
+                num_images: Some(2),
+                ..Default::default()
+            })
+            .await
+            .map(|_| ()),
+    ];
+    for call in calls {
+        assert_eq!(call.unwrap_err().code(), Code::PermissionDenied);
+    }
+    let cost = |images, steps| Cost {
+        images,
+        best_of: 1,
+        steps,
+    };
+    let seen: Vec<_> = h
+        .gate
+        .seen()
+        .into_iter()
+        .map(|c| (c.capability, c.streaming, c.cost))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (Capability::Vary, false, cost(3, 10 + 2 * 3)),
+            (Capability::Vary, true, cost(1, 2 * 25 + 2 * 7)),
+            (Capability::Interpolate, false, cost(5, 25 + 2 * 7)),
+            (Capability::TextDiff, true, cost(3, 2 * 25 + 2 * 7)),
+            (Capability::Inpaint, false, cost(2, 25 + 25 + 2 * 7)),
+        ]
+    );
+    assert!(h.started.try_recv().is_err());
 }
