@@ -34,9 +34,9 @@ IMAGE = os.environ.get("UNCLIP_IMAGE", "unclip:cpu")
 DNS_REFRESH_SECS = 5
 # Client deadline of every Generate: longer than any stall a fault may cause (the gateway's
 # HTTP/2 keep-alive gives up on a silent replica after 30 s + 10 s).
-REQUEST_TIMEOUT_SECS = 90
+REQUEST_TIMEOUT_SECS = 120
 CONCURRENCY = 4
-PRIOR_STEPS_WHEN_CUT = 500
+PRIOR_STEPS_WHEN_CUT = 250
 MAX_REQUESTS = 2000  # per scenario: a bound, never reached at this machine's speed
 PROMPTS = [
     "a small red circle in the top left on a white background",
@@ -363,11 +363,14 @@ def test_a_prior_cut_off_the_network_fails_no_request(stack, client):
     victim = stack.containers("prior")[0]
     network = stack.network()
     ip = stack.ip(victim)
-    # Long prior calls (500 steps, about a second each here), so that calls are in flight on the
+    # Long prior calls (250 steps, 10 times the default), so that calls are in flight on the
     # victim when it goes silent: those are the ones only the keep-alive can end.
     with Load(client, prior_steps=PRIOR_STEPS_WHEN_CUT) as load:
-        time.sleep(4)
-        in_flight_on_victim = stack.in_flight("prior").get(ip, 0)
+        time.sleep(3)
+        # Cut it while the gateway has a call in flight on it (waiting at most 20 s for one).
+        wait_until = time.monotonic() + 20
+        while (in_flight_on_victim := stack.in_flight("prior").get(ip, 0)) < 1 and time.monotonic() < wait_until:
+            time.sleep(0.05)
         run("docker", "network", "disconnect", network, victim)
         cut = time.monotonic()
         last_calls, last_change = stack.calls("prior").get(ip, 0), cut
@@ -396,6 +399,7 @@ def test_a_prior_cut_off_the_network_fails_no_request(stack, client):
     run("docker", "network", "connect", "--alias", "prior", network, victim)
     stack.wait_replicas("prior", {stack.ip(c) for c in stack.containers("prior")})
     assert dropped is not None, "the gateway kept the cut prior in its replica set"
+    assert in_flight_on_victim >= 1, "no call was in flight on the prior when it was cut"
     expect_no_failures(row)
 
 
