@@ -285,12 +285,7 @@ def record(scenario: str, load: Load, **extra) -> dict:
 # Failures the gateway is known to cause today, each with what fixes it (docs/deploy.md). A
 # scenario whose only failures are these is reported as an expected failure (XFAIL) with its
 # figures; any other failure fails the test.
-KNOWN_GAPS = {
-    "operation was canceled": (
-        "a call the gateway sends to a draining replica, on a connection the replica is closing "
-        "(GOAWAY), fails with hyper's 'operation was canceled', which crates/replicas does not "
-        "retry (not among its TRANSPORT_MARKERS)"),
-}
+KNOWN_GAPS: dict[str, str] = {}
 
 
 def expect_no_failures(row: dict) -> None:

@@ -135,6 +135,9 @@ const TRANSPORT_MARKERS: &[&str] = &[
     "broken pipe",
     "stream closed",
     "stream error",
+    // hyper: the request was queued on a connection that closed before sending it (a draining
+    // replica's GOAWAY), so the replica never started the work.
+    "operation was canceled",
 ];
 
 /// Sorts a failed attempt's status into retry or not.
@@ -641,6 +644,10 @@ mod tests {
             ),
             (
                 Status::cancelled("operation was canceled: connection closed"),
+                Failure::Unavailable,
+            ),
+            (
+                Status::cancelled("operation was canceled"),
                 Failure::Unavailable,
             ),
             (Status::resource_exhausted("queue full"), Failure::Busy),
