@@ -7,7 +7,7 @@ use std::time::Duration;
 use tonic::Code;
 use unclip_e2e::{StackOptions, calls, gateway, karlo_tiny, requests, stack, stats};
 use unclip_proto::v1::{DecoderSettings, GenerateRequest, images_event};
-use unclip_stages::{Stage, StageReplicas};
+use unclip_stack::{Stage, StageReplicas};
 
 /// The prompt the tests repeat to hit the cache.
 const RED_CIRCLE: &str = "a small red circle in the center on a white background";

@@ -18,7 +18,7 @@ use unclip_proto::v1::{
     InterpolateRequest, Preview, Progress, TextDiffRequest, VariationMode, VaryRequest,
     images_event,
 };
-use unclip_stages::Stage;
+use unclip_stack::Stage;
 
 type Client = GatewayClient<Channel>;
 

@@ -8,7 +8,7 @@ use image::RgbImage;
 use tonic::transport::Channel;
 use unclip_proto::v1::gateway_client::GatewayClient;
 use unclip_proto::v1::{GatewayStats, GetStatsRequest, ImagesResponse};
-use unclip_stages::{LocalStack, LocalStackConfig, RedisMode, ServiceBinaries, StageReplicas};
+use unclip_stack::{LocalStack, LocalStackConfig, RedisMode, ServiceBinaries, StageReplicas};
 
 /// The workspace root.
 pub fn root() -> PathBuf {

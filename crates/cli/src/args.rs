@@ -11,7 +11,7 @@ use unclip_proto::v1::{
     DecoderSettings, GenerateRequest, InpaintRequest, InterpolateRequest, TextDiffRequest,
     VariationMode, VaryRequest,
 };
-use unclip_stages::StageReplicas;
+use unclip_stack::StageReplicas;
 
 /// Where the gateway is by default.
 pub const DEFAULT_GATEWAY: &str = "http://127.0.0.1:50050";
@@ -511,9 +511,9 @@ impl StackArgs {
     pub fn stage_replicas(&self) -> StageReplicas {
         let mut replicas = self.replicas.unwrap_or_default();
         for (stage, flag) in [
-            (unclip_stages::Stage::Clip, self.clip_replicas),
-            (unclip_stages::Stage::Prior, self.prior_replicas),
-            (unclip_stages::Stage::Decoder, self.decoder_replicas),
+            (unclip_stack::Stage::Clip, self.clip_replicas),
+            (unclip_stack::Stage::Prior, self.prior_replicas),
+            (unclip_stack::Stage::Decoder, self.decoder_replicas),
         ] {
             if let Some(count) = flag {
                 replicas.set(stage, usize::from(count));
@@ -525,8 +525,7 @@ impl StackArgs {
 
 /// `--replicas`' parser (clap shows the message).
 fn parse_replicas(text: &str) -> Result<StageReplicas, String> {
-    text.parse()
-        .map_err(|e: unclip_stages::Error| e.to_string())
+    text.parse().map_err(|e: unclip_stack::Error| e.to_string())
 }
 
 #[cfg(test)]

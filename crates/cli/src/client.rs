@@ -8,7 +8,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status, Streaming};
 use unclip_proto::v1::gateway_client::GatewayClient;
 use unclip_proto::v1::{ImagesEvent, ImagesResponse, images_event};
-use unclip_stages::clients::MAX_MESSAGE_BYTES;
+use unclip_proto::{MAX_MESSAGE_BYTES, with_scheme};
 
 use crate::output::{ImageKind, write_preview};
 use crate::progress::ProgressView;
@@ -76,15 +76,6 @@ pub fn code_name(code: Code) -> &'static str {
         Code::Unavailable => "UNAVAILABLE",
         Code::DataLoss => "DATA_LOSS",
         Code::Unauthenticated => "UNAUTHENTICATED",
-    }
-}
-
-/// `url` with `http://` in front when it names no scheme.
-pub fn with_scheme(url: &str) -> String {
-    if url.contains("://") {
-        url.to_string()
-    } else {
-        format!("http://{url}")
     }
 }
 

@@ -7,7 +7,7 @@
 //! | [`client`] | the gateway connection, deadlines, gRPC errors as `CODE: message` |
 //! | [`progress`] | the progress bar fed by the gateway's `Progress` events |
 //! | [`output`] | output file names, printed lines, the `info` and `stats` reports |
-//! | [`stack`] | `--local` and `unclip stack`: a [`unclip_stages::LocalStack`] with the gateway |
+//! | [`stack`] | `--local` and `unclip stack`: a [`unclip_stack::LocalStack`] with the gateway |
 //! | [`bench`] | `unclip bench`: a load test of Generate, as a table or JSON |
 //!
 //! Every capability command reads its input files and checks its output folder before anything
@@ -26,7 +26,7 @@ pub mod stack;
 use std::process::ExitCode;
 
 use tracing_subscriber::EnvFilter;
-use unclip_stages::{LocalStack, RedisMode, StageReplicas};
+use unclip_stack::{LocalStack, RedisMode, StageReplicas};
 
 pub use args::{Cli, Command, GlobalArgs};
 pub use commands::Call;

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use unclip_stages::{
+use unclip_stack::{
     LocalStack, LocalStackConfig, RedisMode, ServiceBinaries, Stage, StageReplicas,
 };
 

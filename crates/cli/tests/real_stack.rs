@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
-use unclip_stages::{ServiceBinaries, Stage};
+use unclip_stack::{ServiceBinaries, Stage};
 
 /// The shapes model, once its manifest exists.
 fn shapes() -> Option<PathBuf> {

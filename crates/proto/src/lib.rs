@@ -8,8 +8,10 @@
 //! [`tensor`] turns wire tensors into arrays and back, validating dtype, shape and byte length on
 //! the way in (a request is untrusted input), and offers the shape and finiteness checks every
 //! service runs before handing arrays to a model. [`StepEvent`] is the common shape of the stage
-//! services' streaming events.
+//! services' streaming events. [`client`] holds the message limit and endpoint URL rule every
+//! client and server shares.
 
+pub mod client;
 pub mod steps;
 pub mod tensor;
 
@@ -22,5 +24,6 @@ pub mod v1 {
 /// The encoded `FileDescriptorSet` of every `unclip.v1` file, for reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("unclip_descriptor");
 
+pub use client::{MAX_MESSAGE_BYTES, with_scheme};
 pub use steps::StepEvent;
 pub use tensor::{Dim, Element, TensorError, check_finite, check_shape};

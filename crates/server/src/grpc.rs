@@ -6,10 +6,8 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use tonic_reflection::server::{v1, v1alpha};
 
-/// Default cap on one encoded message, each way. A 1024×1024 RGB image is 12 MiB as a float32
-/// tensor (3 MiB as raw bytes, less as PNG); 64 MiB leaves room for a small batch of them
-/// plus the protobuf framing. tonic's own default (4 MiB) would refuse a single such tensor.
-pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 << 20;
+/// Default cap on one encoded message, each way: [`unclip_proto::MAX_MESSAGE_BYTES`].
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = unclip_proto::MAX_MESSAGE_BYTES;
 
 /// The reflection service (`grpc.reflection.v1`), describing `unclip.v1` and
 /// `grpc.health.v1`.

@@ -1,21 +1,33 @@
 //! `LocalStack` with child processes: its error paths with stand-in scripts (missing model or
-//! binary, a service that dies, one that never serves and is stopped), the `unclip-stages`
-//! command's refusals, and, when the service binaries have been built next to this test (as
-//! `cargo test --workspace` does), a real stack and a real `unclip-stages generate`, and a stack
-//! with replicas and Redis whose processes are killed and restarted.
-
-mod common;
+//! binary, a service that dies, one that never serves and is stopped), and, with the service
+//! binaries built next to this test (`scripts/test` builds them first), a real stack with the
+//! gateway that generates and stops cleanly, and a stack with replicas and Redis whose processes
+//! are killed and restarted.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
-use common::{decode_png, karlo_tiny, require_ort};
-use unclip_stages::{
+use unclip_proto::v1::GenerateRequest;
+use unclip_proto::v1::gateway_client::GatewayClient;
+use unclip_stack::{
     Error, LocalProcess, LocalStack, LocalStackConfig, ProcessExit, RedisMode, ServiceBinaries,
-    Stage, StageClients, TextToImage, text_to_image,
+    Stage,
 };
+
+/// The committed test model (random weights).
+fn karlo_tiny() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/karlo-tiny")
+}
+
+/// Panics with a helpful message unless the ONNX Runtime library is configured.
+fn require_ort() {
+    assert!(
+        std::env::var_os("UNCLIP_ORT_LIBRARY").is_some(),
+        "UNCLIP_ORT_LIBRARY is not set: point it at libonnxruntime.so.1.N (N >= 31), e.g. \
+         <venv>/lib/python3.11/site-packages/onnxruntime/capi/libonnxruntime.so.1.32.0"
+    );
+}
 
 /// Writes an executable shell script `name` with `body` into `dir`.
 fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
@@ -116,46 +128,6 @@ async fn start_up_failures_are_reported_and_cleaned_up() {
     }
 }
 
-/// The command line refuses bad input with a message and a non-zero status, never a panic.
-#[test]
-fn the_command_refuses_bad_input() {
-    let run = |args: &[&str]| {
-        let output = Command::new(env!("CARGO_BIN_EXE_unclip-stages"))
-            .args(args)
-            .env_remove("UNCLIP_MODEL")
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-        assert!(!stderr.contains("panicked"), "{stderr}");
-        (output.status.code(), stderr)
-    };
-    let (code, stderr) = run(&["generate", "--prompt", "x", "--num-images", "0"]);
-    assert_eq!(code, Some(2), "{stderr}");
-    assert!(stderr.contains("--num-images"), "{stderr}");
-
-    let (code, stderr) = run(&["generate", "--prompt", "x", "--model", "/nonexistent"]);
-    assert_eq!(code, Some(1), "{stderr}");
-    assert!(
-        stderr.contains("/nonexistent is not a model repository"),
-        "{stderr}"
-    );
-
-    let (code, stderr) = run(&["generate", "--prompt", "x"]);
-    assert_eq!(code, Some(1), "{stderr}");
-    assert!(stderr.contains("--model is needed"), "{stderr}");
-
-    let (code, stderr) = run(&["generate", "--prompt", "x", "--clip", "127.0.0.1:1"]);
-    assert_eq!(code, Some(1), "{stderr}");
-    assert!(stderr.contains("give all three"), "{stderr}");
-
-    let (code, stderr) = run(&["generate", "--prompt", "x", "--out", "/nonexistent/x.png"]);
-    assert_eq!(code, Some(1), "{stderr}");
-    assert!(
-        stderr.contains("output folder /nonexistent does not exist"),
-        "{stderr}"
-    );
-}
-
 /// The service binaries next to this test, if they have been built.
 fn built_binaries() -> Option<ServiceBinaries> {
     let binaries = ServiceBinaries::next_to_current_exe().unwrap();
@@ -170,8 +142,8 @@ fn built_binaries() -> Option<ServiceBinaries> {
     built.then_some(binaries)
 }
 
-/// The real binaries: a stack on karlo-tiny serves text_to_image and stops cleanly on
-/// SIGTERM; then `unclip-stages generate` does the same end to end and writes the PNGs.
+/// The real binaries: a stack on karlo-tiny with the gateway in front generates through the
+/// gateway, and every process stops cleanly on SIGTERM.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_binaries_serve_and_stop() {
     let Some(binaries) = built_binaries() else {
@@ -180,61 +152,34 @@ async fn real_binaries_serve_and_stop() {
     require_ort();
     let config = LocalStackConfig {
         intra_threads: Some(1),
-        ..LocalStackConfig::new(karlo_tiny(), binaries.clone())
+        gateway: true,
+        ..LocalStackConfig::new(karlo_tiny(), binaries)
     };
     let stack = LocalStack::start(config).await.unwrap();
-    let mut clients = StageClients::connect(&stack.endpoints()).await.unwrap();
-    let request = TextToImage {
-        num_images: 2,
-        seed: 3,
-        ..TextToImage::new("a red cube")
-    };
-    let generated = text_to_image(&mut clients, &request).await.unwrap();
-    let images: Vec<_> = generated
-        .images
-        .iter()
-        .map(|i| decode_png(&i.png))
-        .collect();
-    assert_eq!(images[0].dimensions(), (generated.size, generated.size));
-    drop(clients);
-    let exits = stack.shutdown().await.unwrap();
-    assert_eq!(exits.len(), 3, "{exits:?}");
-    assert!(exits.iter().all(|e| e.status.success()), "{exits:?}");
-
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("cube.png");
-    let output = Command::new(env!("CARGO_BIN_EXE_unclip-stages"))
-        .args([
-            "generate",
-            "--prompt",
-            "a red cube",
-            "--num-images",
-            "2",
-            "--seed",
-            "3",
-        ])
-        .arg("--model")
-        .arg(karlo_tiny())
-        .arg("--bin-dir")
-        .arg(binaries.clip.parent().unwrap())
-        .args(["--intra-threads", "1", "--out"])
-        .arg(&out)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    println!("{stdout}");
-    assert!(stdout.contains("seed 3"), "{stdout}");
-    assert!(stdout.contains("decoder Upsample[0]"), "{stdout}");
-    // The command's images are the library's: same request, same settings.
-    for (k, image) in images.iter().enumerate() {
-        let png = std::fs::read(dir.path().join(format!("cube_{k}.png"))).unwrap();
-        assert_eq!(&decode_png(&png), image, "image {k}");
+    let url = stack.gateway_url().expect("a gateway was asked for");
+    let mut gateway = GatewayClient::connect(url).await.unwrap();
+    let response = gateway
+        .generate(GenerateRequest {
+            prompt: "a red cube".into(),
+            num_images: Some(2),
+            seed: Some(3),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(response.images.len(), 2);
+    for image in &response.images {
+        let decoded = image::load_from_memory(&image.png).unwrap();
+        assert_eq!(
+            (decoded.width(), decoded.height()),
+            (response.size, response.size)
+        );
     }
+    drop(gateway);
+    let exits = stack.shutdown().await.unwrap();
+    assert_eq!(exits.len(), 4, "{exits:?}");
+    assert!(exits.iter().all(|e| e.status.success()), "{exits:?}");
 }
 
 /// Replicas, Redis and the gateway's command line with the real stage binaries: a stand-in

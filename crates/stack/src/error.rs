@@ -1,11 +1,11 @@
-//! The crate's error type: what can go wrong talking to the stage services or running them.
+//! The crate's error type: what can go wrong starting, watching and stopping a local stack.
 
 use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::time::Duration;
 
-use crate::clients::Stage;
 use crate::local::LocalProcess;
+use crate::stage::Stage;
 
 /// Everything this crate's functions can fail with. Messages name the stage, the call or the
 /// path involved, so they can be shown to a user as they are.
@@ -26,40 +26,6 @@ pub enum Error {
         #[source]
         source: tonic::transport::Error,
     },
-
-    /// The service could not be reached.
-    #[error("cannot connect to the {stage} service at {url}: {source}")]
-    Connect {
-        /// Which service.
-        stage: Stage,
-        /// Where it was expected.
-        url: String,
-        /// tonic's reason.
-        #[source]
-        source: tonic::transport::Error,
-    },
-
-    /// A call was answered with an error status (e.g. INVALID_ARGUMENT for a bad setting).
-    #[error("{call} failed: {:?}: {}", .status.code(), .status.message())]
-    Rpc {
-        /// The call, e.g. "prior Sample".
-        call: &'static str,
-        /// The status the service answered with.
-        status: tonic::Status,
-    },
-
-    /// A response that breaks the API's contract (wrong count, missing tensor).
-    #[error("{call} answered something unexpected: {detail}")]
-    BadResponse {
-        /// The call, e.g. "decoder Decode".
-        call: &'static str,
-        /// What was wrong.
-        detail: String,
-    },
-
-    /// The three services loaded different model repositories.
-    #[error("the stage services serve different models: {0}")]
-    ModelMismatch(String),
 
     /// A service did not report SERVING in time.
     #[error("the {stage} service at {url} was not SERVING after {:.1} s{}", .after.as_secs_f64(), output_suffix(.output))]
@@ -166,14 +132,6 @@ fn output_suffix(output: &str) -> String {
 }
 
 impl Error {
-    /// The gRPC status of an [`Error::Rpc`], e.g. for a gateway to pass INVALID_ARGUMENT on.
-    pub fn status(&self) -> Option<&tonic::Status> {
-        match self {
-            Error::Rpc { status, .. } => Some(status),
-            _ => None,
-        }
-    }
-
     /// Wraps an I/O error with what was being done.
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         Error::Io {

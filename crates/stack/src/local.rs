@@ -35,8 +35,8 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tonic::transport::Endpoint;
 
-use crate::clients::{HEALTH_POLL_INTERVAL, HealthProbe, Stage, StageEndpoints};
 use crate::error::{Error, Result};
+use crate::stage::{HEALTH_POLL_INTERVAL, HealthProbe, Stage, StageEndpoints};
 
 /// Lines of each child's output kept for error messages.
 const OUTPUT_LINES: usize = 40;
@@ -77,7 +77,7 @@ impl ServiceBinaries {
         }
     }
 
-    /// The binaries next to the running executable: `target/release/unclip-stages` finds
+    /// The binaries next to the running executable: `target/release/unclip` finds
     /// `target/release/unclip-clip`, and a test binary in `target/debug/deps` those in
     /// `target/debug`.
     pub fn next_to_current_exe() -> Result<Self> {
