@@ -279,6 +279,20 @@ SPLIT_WORDS = {
 TARGETS = {"color": 0.95, "background": 0.95, "position": 0.85, "shape": 0.85}
 
 
+def inpainting_words(r: dict) -> str:
+    """The inpainting paragraph, from `inpaint-eval`'s summary when the figures carry one."""
+    i = r.get("inpainting")
+    if i is None:
+        return ""
+    o, k = i["object_right_colour"], i["kept_exact"]
+    return f"""Inpainting through the gateway (`inpaint-eval`, {i['cases']} held-out cases, masks 40…88 px squares):
+an object of the prompt's colour in the mask in {o['share']:.1%} ({o['hits']}/{i['cases']}; {o['ci95'][0]:.1%}–{o['ci95'][1]:.1%}),
+the kept area exact in {k['share']:.1%} ({k['hits']}/{i['cases']}), mean colour jump across the mask edge {i['seam_mean']:.2f}
+(the renderer's finished scene: {i['seam_truth_mean']:.2f}). {i.get('note', '')}
+
+"""
+
+
 def markdown(r: dict, args: argparse.Namespace, sheet: str) -> str:
     """The human-readable report (docs/shapes-quality.md)."""
     g, t = r["generated"], r["checker_on_ground_truth"]
@@ -336,13 +350,15 @@ Generation took {r['seconds_per_image']:.2f} s per image (reference sampler, Pyt
 machine's CPU, {args.threads} threads).
 Scheduler steps: {SCHEDULER_WORDS[r['scheduler']]}
 
-![contact sheet]({sheet})
+{inpainting_words(r)}![contact sheet]({sheet})
 
 Reproduce (needs the training folder for the shape classifier; about 4 + 3 minutes here):
 
 ```sh
 PYTHONPATH=tools .venv-tools/bin/python -m unclip_tools train-shapes --work runs/shapes --phase classifier
 PYTHONPATH=tools .venv-tools/bin/{cmd}
+# inpainting, against a running stack (`target/release/unclip stack --model models/shapes --listen-info stack.info`):
+PYTHONPATH=tools .venv/bin/python -m unclip_tools inpaint-eval --gateway HOST:PORT --n 50 --out docs/shapes-inpainting.json
 ```
 
 How the checks work: `tools/unclip_tools/shapes/checker.py` (background = median border colour,
