@@ -223,7 +223,9 @@ async fn every_capability() {
     assert_eq!(reader.info().animation_control().unwrap().num_frames, 3);
     assert!(stages_of(&diff).contains(&"decoder.invert".to_string()));
 
-    // --- Inpainting: regenerate the right half; the left half comes back exactly.
+    // --- Inpainting: regenerate the right half; the left half comes back exactly, and the
+    // regenerated half moves towards the prompt: a large green triangle in the centre reaches
+    // into it, so its centre-right region turns from white towards green (40, 170, 60).
     let mask = RgbaImage::from_fn(128, 128, |x, _| {
         Rgba([0, 0, 0, if x >= 64 { 0 } else { 255 }])
     });
@@ -244,6 +246,21 @@ async fn every_capability() {
             assert_eq!(out.get_pixel(x, y), original.get_pixel(x, y), "({x}, {y})");
         }
     }
+    let green = [40.0, 170.0, 60.0];
+    let distance = |c: [f64; 3]| {
+        c.iter()
+            .zip(green)
+            .map(|(a, b)| (a - b).powi(2))
+            .sum::<f64>()
+            .sqrt()
+    };
+    let before = distance(mean_colour(&original, 64, 44, 40));
+    let after = distance(mean_colour(&out, 64, 44, 40));
+    println!("inpainting: masked region's distance from green {before:.1} -> {after:.1}");
+    assert!(
+        after < before - 40.0,
+        "the masked area moved towards green: {before:.1} -> {after:.1}"
+    );
 
     // --- Streaming: progress per stage call, a preview after the decoder, then the result,
     // which equals the unary result for the same request.

@@ -110,3 +110,26 @@ def test_cli_renders_png(tmp_path: Path) -> None:
     img = np.asarray(Image.open(out))
     assert img.shape == (128, 128, 3)
     assert tuple(img[64, 64]) == COLORS["green"]
+
+
+def test_judge_counts_a_blank_image_wrong_for_every_attribute() -> None:
+    """The checker's "no object" outcome: a blank image of the right background is not a right
+    background; a true render is right on every attribute."""
+    from unclip_tools.shapes.checker import judge
+    from unclip_tools.shapes.render import scene_from_caption, single_caption
+
+    caption = single_caption("circle", "red", "large", "center", "white")
+    blank = np.full((128, 128, 3), BACKGROUNDS["white"], np.uint8)
+    assert judge(blank, caption, "circle") == {k: False for k in ("color", "background", "position", "size", "shape")} | {"no_object": True}
+    truth = np.asarray(render(scene_from_caption(caption, 0)).convert("RGB"))
+    assert judge(truth, caption, "circle") == {k: True for k in ("color", "background", "position", "size", "shape")} | {"no_object": False}
+
+
+def test_wilson_interval() -> None:
+    """Known values of the Wilson score interval (z = 1.96)."""
+    from unclip_tools.shapes.checker import wilson
+
+    lo, hi = wilson(187, 200)
+    assert (round(lo, 4), round(hi, 4)) == (0.892, 0.9616)
+    assert wilson(0, 50)[0] == 0.0 and round(wilson(0, 50)[1], 4) == 0.0714
+    assert wilson(50, 50)[1] == 1.0

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .render import BACKGROUNDS, COLORS, POSITIONS
+from .render import BACKGROUNDS, COLORS, POSITIONS, parse_caption
 
 
 
@@ -79,3 +79,23 @@ def check_two(reading: Reading, attrs: dict[str, str]) -> bool:
     return {"above": dy < -0.15, "below": dy > 0.15, "left of": dx < -0.15, "right of": dx > 0.15}[rel]
 
 
+def judge(img: np.ndarray, caption: str, shape: str) -> dict[str, bool]:
+    """Each attribute of the caption right or wrong in one image. "No object" is an outcome of its
+    own: a blank image is wrong for every attribute, background included."""
+    attrs = parse_caption(caption)
+    r = read_image(img)
+    keys = ("color", "background", "position", "size", "shape")
+    if r.color is None:
+        return {k: False for k in keys} | {"no_object": True}
+    got = {"color": r.color, "background": r.background, "position": r.position, "size": r.size, "shape": shape}
+    return {k: got[k] == attrs[k] for k in keys} | {"no_object": False}
+
+
+def wilson(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score 95% interval of a proportion hits/n."""
+    if n == 0:
+        return 0.0, 1.0
+    p = hits / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
