@@ -1,0 +1,224 @@
+//! The life-cycle checks every stage service passes over real gRPC: health transitions,
+//! reflection, `/metrics`, GetInfo's common fields, graceful shutdown with a call in flight, and
+//! start-up failures reported as errors.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_reflection::pb::{v1, v1alpha};
+use unclip_proto::v1::ModelInfo;
+
+use crate::{Service, TestServer, assert_contains, scrape};
+
+/// Health goes NOT_SERVING → SERVING once the model is loaded and warmed up (never SERVING
+/// before), then NOT_SERVING on shutdown; open Watch streams end, so shutdown is prompt (under
+/// 10 s). `server` has just been started.
+pub async fn health_transitions<S: Service>(server: TestServer<S>) {
+    let mut watch = server.watch().await;
+    let mut seen = Vec::new();
+    while seen.last() != Some(&ServingStatus::Serving) {
+        let m = watch
+            .message()
+            .await
+            .unwrap()
+            .expect("the stream ended before SERVING");
+        seen.push(ServingStatus::try_from(m.status).unwrap());
+    }
+    assert!(
+        seen[..seen.len() - 1]
+            .iter()
+            .all(|s| *s == ServingStatus::NotServing),
+        "statuses before SERVING: {seen:?}"
+    );
+    assert_eq!(server.status("").await, ServingStatus::Serving);
+
+    let started = Instant::now();
+    let stopping = tokio::spawn(server.stop());
+    let m = watch
+        .message()
+        .await
+        .unwrap()
+        .expect("a status on shutdown");
+    assert_eq!(
+        ServingStatus::try_from(m.status).unwrap(),
+        ServingStatus::NotServing
+    );
+    assert!(
+        matches!(watch.message().await, Ok(None) | Err(_)),
+        "the Watch stream must end"
+    );
+    stopping.await.unwrap().unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "shutdown waited {:?}",
+        started.elapsed()
+    );
+}
+
+/// Reflection v1 lists the service, health and reflection; v1alpha finds the file that
+/// declares the service.
+pub async fn reflection_lists_services<S: Service>(server: &TestServer<S>) {
+    let request = v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(
+            String::new(),
+        )),
+    };
+    let mut client =
+        v1::server_reflection_client::ServerReflectionClient::new(server.channel().await);
+    let response = client
+        .server_reflection_info(tokio_stream::iter(vec![request]))
+        .await
+        .unwrap()
+        .into_inner()
+        .message()
+        .await
+        .unwrap()
+        .unwrap();
+    let Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        response.message_response
+    else {
+        panic!("unexpected reflection response {response:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for expected in [
+        S::NAME,
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+    ] {
+        assert!(
+            names.iter().any(|n| n == expected),
+            "{expected} missing from {names:?}"
+        );
+    }
+
+    let request = v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            v1alpha::server_reflection_request::MessageRequest::FileContainingSymbol(
+                S::NAME.into(),
+            ),
+        ),
+    };
+    let mut client =
+        v1alpha::server_reflection_client::ServerReflectionClient::new(server.channel().await);
+    let response = client
+        .server_reflection_info(tokio_stream::iter(vec![request]))
+        .await
+        .unwrap()
+        .into_inner()
+        .message()
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(
+            response.message_response,
+            Some(v1alpha::server_reflection_response::MessageResponse::FileDescriptorResponse(_))
+        ),
+        "{response:?}"
+    );
+}
+
+/// `GET /metrics` on the gRPC port answers OpenMetrics text saying the (serving) stage is
+/// ready.
+pub async fn metrics_say_ready<S: Service>(server: &TestServer<S>) {
+    let metrics = scrape(&server.url()).await;
+    assert_eq!(metrics.status, "HTTP/1.1 200 OK", "{}", metrics.body);
+    assert!(
+        metrics
+            .content_type
+            .starts_with("application/openmetrics-text"),
+        "{}",
+        metrics.content_type
+    );
+    assert_eq!(metrics.value("unclip_stage_ready"), 1.0, "{}", metrics.body);
+    assert!(
+        metrics.body.trim_end().ends_with("# EOF"),
+        "{}",
+        metrics.body
+    );
+}
+
+/// What every service's GetInfo says of karlo-tiny on the CPU: its id, the manifest's
+/// version, the answering service, the device, width 32 and context 77.
+pub fn karlo_tiny_info<S: Service>(info: &ModelInfo) {
+    let manifest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(crate::karlo_tiny().join("manifest.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(info.model_id, "karlo-tiny");
+    assert_eq!(info.version, manifest["version"].as_str().unwrap());
+    assert_eq!(info.service, S::NAME);
+    assert_eq!(info.device, "cpu");
+    assert_eq!((info.embedding_dim, info.context_length), (32, 77));
+}
+
+/// The (input, output) sides of GetInfo's upsampler cascade.
+pub fn upsampler_sizes(info: &ModelInfo) -> Vec<(u32, u32)> {
+    info.upsamplers
+        .iter()
+        .map(|u| (u.input_size, u.output_size))
+        .collect()
+}
+
+/// A call in flight when shutdown starts still completes; afterwards the port is closed.
+/// Returns the call's result.
+///
+/// `heavy` and `barrier` must be calls on clones of one client (one connection): `heavy` is
+/// polled first, so it takes the connection's first stream; once `barrier` (a quick call such
+/// as GetInfo) has been answered, the server has certainly accepted the heavy call, and only
+/// then does shutdown start.
+pub async fn shutdown_finishes_calls_in_flight<S, T, H, B>(
+    server: TestServer<S>,
+    heavy: H,
+    barrier: B,
+) -> T
+where
+    S: Service,
+    H: Future<Output = T>,
+    B: Future<Output = ()>,
+{
+    let addr = server.addr;
+    let (result, stopped) = tokio::join!(heavy, async move {
+        barrier.await;
+        server.stop().await
+    });
+    stopped.expect("a graceful shutdown is Ok");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "the port must be closed"
+    );
+    result
+}
+
+/// A model folder without a manifest stops the server with an error naming it; `start` starts
+/// the service on the (empty) folder it is given.
+pub async fn bad_model_is_a_startup_error<S, F, Fut>(start: F)
+where
+    S: Service,
+    F: FnOnce(PathBuf) -> Fut,
+    Fut: Future<Output = TestServer<S>>,
+{
+    let dir = tempfile::tempdir().unwrap();
+    let message = start(dir.path().to_path_buf()).await.startup_error().await;
+    assert_contains(
+        &message,
+        &["opening the model repository", "no manifest.json in"],
+    );
+}
+
+/// A missing ONNX Runtime library is a start-up error naming the path.
+pub async fn missing_runtime_is_a_startup_error<S: Service>() {
+    let library = "/nonexistent/libonnxruntime.so.1.32.0";
+    let message = TestServer::<S>::start(&["--ort-library", library])
+        .await
+        .startup_error()
+        .await;
+    assert_contains(
+        &message,
+        &[&format!("ONNX Runtime library: {library} does not exist")],
+    );
+}
