@@ -12,7 +12,9 @@ use serde_json::Value;
 
 /// The workspace root.
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    root.canonicalize()
+        .unwrap_or_else(|e| panic!("the workspace root {}: {e}", root.display()))
 }
 
 /// `models/karlo-tiny`, the committed test model with the parity fixtures.
