@@ -9,8 +9,8 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use common::{Embedding, expect_shape};
-use unclip_testkit::{RedisServer, free_port};
 use unclip_cache::{Cache, CacheError, RedisConfig};
+use unclip_testkit::{RedisServer, free_port};
 
 /// Sanity bound on any cache call during an outage (the timeout is 250 ms; this is not a
 /// benchmark, it catches hangs).
