@@ -96,14 +96,7 @@ async fn health_follows_load() {
 
     // Prometheus scrapes the same port over HTTP/1.1.
     let metrics = scrape(&addr.to_string()).await;
-    assert_eq!(metrics.status, "HTTP/1.1 200 OK");
-    assert!(
-        metrics
-            .content_type
-            .starts_with("application/openmetrics-text"),
-        "{}",
-        metrics.content_type
-    );
+    metrics.assert_openmetrics();
     assert_eq!(metrics.value("unclip_test_loads_total{kind=\"test\"}"), 1.0);
 
     stop_tx.send(()).unwrap();

@@ -2,11 +2,11 @@
 //! reflection, `/metrics`, GetInfo's common fields, graceful shutdown with a call in flight, and
 //! start-up failures reported as errors.
 
-use std::future::Future;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
 use tonic_reflection::pb::{v1, v1alpha};
 use unclip_proto::v1::ModelInfo;
 
@@ -126,20 +126,21 @@ pub async fn reflection_lists_services<S: Service>(server: &TestServer<S>) {
 /// ready.
 pub async fn metrics_say_ready<S: Service>(server: &TestServer<S>) {
     let metrics = scrape(&server.url()).await;
-    assert_eq!(metrics.status, "HTTP/1.1 200 OK", "{}", metrics.body);
-    assert!(
-        metrics
-            .content_type
-            .starts_with("application/openmetrics-text"),
-        "{}",
-        metrics.content_type
-    );
+    metrics.assert_openmetrics();
     assert_eq!(metrics.value("unclip_stage_ready"), 1.0, "{}", metrics.body);
     assert!(
         metrics.body.trim_end().ends_with("# EOF"),
         "{}",
         metrics.body
     );
+}
+
+/// On karlo-tiny, serving: [`reflection_lists_services`] and [`metrics_say_ready`].
+pub async fn reflection_and_metrics<S: Service>() {
+    let server = TestServer::<S>::serving(&[]).await;
+    reflection_lists_services(&server).await;
+    metrics_say_ready(&server).await;
+    server.stop().await.unwrap();
 }
 
 /// What every service's GetInfo says of karlo-tiny on the CPU: its id, the manifest's
@@ -165,25 +166,25 @@ pub fn upsampler_sizes(info: &ModelInfo) -> Vec<(u32, u32)> {
 }
 
 /// A call in flight when shutdown starts still completes; afterwards the port is closed.
-/// Returns the call's result.
+/// `heavy` makes the call (long enough to be in flight at shutdown) on the client it is given;
+/// returns its answer.
 ///
-/// `heavy` and `barrier` must be calls on clones of one client (one connection): `heavy` is
-/// polled first, so it takes the connection's first stream; once `barrier` (a quick call such
-/// as GetInfo) has been answered, the server has certainly accepted the heavy call, and only
-/// then does shutdown start.
-pub async fn shutdown_finishes_calls_in_flight<S, T, H, B>(
-    server: TestServer<S>,
-    heavy: H,
-    barrier: B,
-) -> T
+/// The call and a health check share one connection: the call is polled first, so it takes
+/// the connection's first stream; once the later health check has been answered, the server
+/// has certainly accepted the call, and only then does shutdown start.
+pub async fn shutdown_finishes_calls_in_flight<S, R, F>(server: TestServer<S>, heavy: F) -> R
 where
     S: Service,
-    H: Future<Output = T>,
-    B: Future<Output = ()>,
+    F: AsyncFnOnce(S::Client) -> Result<tonic::Response<R>, tonic::Status>,
 {
     let addr = server.addr;
-    let (result, stopped) = tokio::join!(heavy, async move {
-        barrier.await;
+    let channel = server.channel().await;
+    let mut health = HealthClient::new(channel.clone());
+    let (result, stopped) = tokio::join!(heavy(S::client(channel)), async move {
+        health
+            .check(HealthCheckRequest::default())
+            .await
+            .expect("the health check before shutdown");
         server.stop().await
     });
     stopped.expect("a graceful shutdown is Ok");
@@ -191,19 +192,17 @@ where
         tokio::net::TcpStream::connect(addr).await.is_err(),
         "the port must be closed"
     );
-    result
+    result.expect("the call in flight completes").into_inner()
 }
 
-/// A model folder without a manifest stops the server with an error naming it; `start` starts
-/// the service on the (empty) folder it is given.
-pub async fn bad_model_is_a_startup_error<S, F, Fut>(start: F)
-where
-    S: Service,
-    F: FnOnce(PathBuf) -> Fut,
-    Fut: Future<Output = TestServer<S>>,
-{
+/// A model folder without a manifest stops the server with an error naming it.
+pub async fn bad_model_is_a_startup_error<S: Service>() {
     let dir = tempfile::tempdir().unwrap();
-    let message = start(dir.path().to_path_buf()).await.startup_error().await;
+    let config = TestServer::<S>::config_for(dir.path(), &[]);
+    let message = TestServer::<S>::start_with(config)
+        .await
+        .startup_error()
+        .await;
     assert_contains(
         &message,
         &["opening the model repository", "no manifest.json in"],

@@ -14,6 +14,17 @@ pub struct Scrape {
 }
 
 impl Scrape {
+    /// Asserts a `200 OK` answer of OpenMetrics text.
+    pub fn assert_openmetrics(&self) {
+        assert_eq!(self.status, "HTTP/1.1 200 OK", "{}", self.body);
+        assert!(
+            self.content_type
+                .starts_with("application/openmetrics-text"),
+            "{}",
+            self.content_type
+        );
+    }
+
     /// The value of `series` (name and labels, as written); panics naming it when absent.
     pub fn value(&self, series: &str) -> f64 {
         metric(&self.body, series)

@@ -51,17 +51,13 @@ async fn get_info() {
 /// says the stage is ready.
 #[tokio::test]
 async fn reflection_lists_services() {
-    let server = TestServer::serving(&[]).await;
-    checks::reflection_lists_services(&server).await;
-    checks::metrics_say_ready(&server).await;
-    server.stop().await.unwrap();
+    checks::reflection_and_metrics::<Clip>().await;
 }
 
 /// A call in flight when shutdown starts still completes; afterwards the port is closed.
 #[tokio::test]
 async fn shutdown_finishes_calls_in_flight() {
     let server = TestServer::serving(&[]).await;
-    let client = server.client().await;
     let image = {
         let rgb = image::RgbImage::from_fn(1024, 1024, |x, y| {
             let v = x
@@ -75,30 +71,17 @@ async fn shutdown_finishes_calls_in_flight() {
     let request = EncodeImageRequest {
         images: vec![image; 4],
     };
-    let (mut heavy_client, mut barrier_client) = (client.clone(), client);
-    let heavy = checks::shutdown_finishes_calls_in_flight(
-        server,
-        heavy_client.encode_image(request),
-        async move {
-            barrier_client.get_info(GetInfoRequest {}).await.unwrap();
-        },
-    )
+    let response = checks::shutdown_finishes_calls_in_flight(server, async move |mut client| {
+        client.encode_image(request).await
+    })
     .await;
-    let embeds = heavy
-        .expect("the call in flight completes")
-        .into_inner()
-        .image_embeds
-        .unwrap();
-    assert_eq!(embeds.shape, vec![4, 32]);
+    assert_eq!(response.image_embeds.unwrap().shape, vec![4, 32]);
 }
 
 /// A model folder without a manifest stops the server with an error naming it.
 #[tokio::test]
 async fn bad_model_is_a_startup_error() {
-    checks::bad_model_is_a_startup_error(async |dir| {
-        TestServer::start_with(TestServer::config_for(&dir, &[])).await
-    })
-    .await;
+    checks::bad_model_is_a_startup_error::<Clip>().await;
 }
 
 /// A missing ONNX Runtime library and an unusable CUDA device are start-up errors with clear

@@ -72,17 +72,13 @@ async fn get_info() {
 /// says the stage is ready.
 #[tokio::test]
 async fn reflection_lists_services() {
-    let server = TestServer::serving(&[]).await;
-    checks::reflection_lists_services(&server).await;
-    checks::metrics_say_ready(&server).await;
-    server.stop().await.unwrap();
+    checks::reflection_and_metrics::<Decoder>().await;
 }
 
 /// A Decode in flight when shutdown starts still completes; afterwards the port is closed.
 #[tokio::test]
 async fn shutdown_finishes_calls_in_flight() {
     let server = TestServer::serving(&[]).await;
-    let client = server.client().await;
     let request = DecodeRequest {
         image_embeds: Some(Tensor::from_array(&Array2::<f32>::zeros((2, 32)))),
         sampling: Some(SamplingOptions {
@@ -92,21 +88,11 @@ async fn shutdown_finishes_calls_in_flight() {
         format: ImageFormat::Tensor as i32,
         ..Default::default()
     };
-    let (mut heavy_client, mut barrier_client) = (client.clone(), client);
-    let heavy = checks::shutdown_finishes_calls_in_flight(
-        server,
-        heavy_client.decode(request),
-        async move {
-            barrier_client.get_info(GetInfoRequest {}).await.unwrap();
-        },
-    )
+    let response = checks::shutdown_finishes_calls_in_flight(server, async move |mut client| {
+        client.decode(request).await
+    })
     .await;
-    let samples = heavy
-        .expect("the call in flight completes")
-        .into_inner()
-        .samples
-        .unwrap();
-    assert_eq!(samples.shape, vec![2, 3, 32, 32]);
+    assert_eq!(response.samples.unwrap().shape, vec![2, 3, 32, 32]);
 }
 
 /// A request whose client has gone stops at its next model call.
@@ -136,10 +122,7 @@ fn cancelled_requests_stop_at_the_next_model_call() {
 /// A model folder without a manifest stops the server with an error naming it.
 #[tokio::test]
 async fn bad_model_is_a_startup_error() {
-    checks::bad_model_is_a_startup_error(async |dir| {
-        TestServer::start_with(TestServer::config_for(&dir, &[])).await
-    })
-    .await;
+    checks::bad_model_is_a_startup_error::<Decoder>().await;
 }
 
 /// A missing ONNX Runtime library is a start-up error with a clear message.

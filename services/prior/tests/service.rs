@@ -53,17 +53,13 @@ async fn get_info() {
 /// says the stage is ready.
 #[tokio::test]
 async fn reflection_lists_services() {
-    let server = TestServer::serving(&[]).await;
-    checks::reflection_lists_services(&server).await;
-    checks::metrics_say_ready(&server).await;
-    server.stop().await.unwrap();
+    checks::reflection_and_metrics::<Prior>().await;
 }
 
 /// A Sample in flight when shutdown starts still completes; afterwards the port is closed.
 #[tokio::test]
 async fn shutdown_finishes_calls_in_flight() {
     let server = TestServer::serving(&[]).await;
-    let client = server.client().await;
     // 4 prompts × 16 images × 400 guided steps: long enough to be in flight at shutdown.
     let request = PriorSampleRequest {
         text: Some(synthetic_encoding(4, 77, 32)),
@@ -71,31 +67,18 @@ async fn shutdown_finishes_calls_in_flight() {
         steps: 400,
         ..Default::default()
     };
-    let (mut heavy_client, mut barrier_client) = (client.clone(), client);
-    let heavy = checks::shutdown_finishes_calls_in_flight(
-        server,
-        heavy_client.sample(request),
-        async move {
-            barrier_client.get_info(GetInfoRequest {}).await.unwrap();
-        },
-    )
+    let response = checks::shutdown_finishes_calls_in_flight(server, async move |mut client| {
+        client.sample(request).await
+    })
     .await;
-    let embeds = heavy
-        .expect("the call in flight completes")
-        .into_inner()
-        .image_embeds
-        .unwrap();
-    assert_eq!(embeds.shape, vec![64, 32]);
+    assert_eq!(response.image_embeds.unwrap().shape, vec![64, 32]);
 }
 
 /// A model folder without a manifest, or a missing ONNX Runtime library, stops the server with
 /// an error naming the problem.
 #[tokio::test]
 async fn startup_failures_are_errors() {
-    checks::bad_model_is_a_startup_error(async |dir| {
-        TestServer::start_with(TestServer::config_for(&dir, &[])).await
-    })
-    .await;
+    checks::bad_model_is_a_startup_error::<Prior>().await;
     checks::missing_runtime_is_a_startup_error::<Prior>().await;
 }
 
