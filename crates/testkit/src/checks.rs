@@ -143,9 +143,13 @@ pub async fn reflection_and_metrics<S: Service>() {
     server.stop().await.unwrap();
 }
 
-/// What every service's GetInfo says of karlo-tiny on the CPU: its id, the manifest's
-/// version, the answering service, the device, width 32 and context 77.
-pub fn karlo_tiny_info<S: Service>(info: &ModelInfo) {
+/// The service's GetInfo, after checking what every service says of karlo-tiny on the CPU:
+/// its id, the manifest's version, the answering service, the device, width 32 and context 77.
+pub async fn karlo_tiny_info<S: Service>(server: &TestServer<S>) -> ModelInfo {
+    let info = S::get_info(&mut server.client().await)
+        .await
+        .expect("GetInfo")
+        .into_inner();
     let manifest: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(crate::karlo_tiny().join("manifest.json")).unwrap(),
     )
@@ -155,6 +159,7 @@ pub fn karlo_tiny_info<S: Service>(info: &ModelInfo) {
     assert_eq!(info.service, S::NAME);
     assert_eq!(info.device, "cpu");
     assert_eq!((info.embedding_dim, info.context_length), (32, 77));
+    info
 }
 
 /// The (input, output) sides of GetInfo's upsampler cascade.
@@ -220,4 +225,41 @@ pub async fn missing_runtime_is_a_startup_error<S: Service>() {
         &message,
         &[&format!("ONNX Runtime library: {library} does not exist")],
     );
+}
+
+/// The life-cycle tests every stage service passes, as `#[tokio::test]`s of the calling test
+/// crate, for the [`Service`] given: `health_transitions`, `reflection_lists_services` (with
+/// `/metrics`), `bad_model_is_a_startup_error` and `missing_runtime_is_a_startup_error`.
+#[macro_export]
+macro_rules! life_cycle_tests {
+    ($service:ty) => {
+        /// Health goes NOT_SERVING → SERVING once the model is loaded and warmed up (never
+        /// SERVING before), then NOT_SERVING on shutdown; open Watch streams end so shutdown is
+        /// prompt.
+        #[::tokio::test]
+        async fn health_transitions() {
+            let server =
+                $crate::TestServer::<$service>::start(&["--shutdown-grace-secs", "20"]).await;
+            $crate::checks::health_transitions(server).await;
+        }
+
+        /// Reflection (v1 and v1alpha) lists the service, health and reflection; `/metrics`
+        /// says the stage is ready.
+        #[::tokio::test]
+        async fn reflection_lists_services() {
+            $crate::checks::reflection_and_metrics::<$service>().await;
+        }
+
+        /// A model folder without a manifest stops the server with an error naming it.
+        #[::tokio::test]
+        async fn bad_model_is_a_startup_error() {
+            $crate::checks::bad_model_is_a_startup_error::<$service>().await;
+        }
+
+        /// A missing ONNX Runtime library is a start-up error naming it.
+        #[::tokio::test]
+        async fn missing_runtime_is_a_startup_error() {
+            $crate::checks::missing_runtime_is_a_startup_error::<$service>().await;
+        }
+    };
 }

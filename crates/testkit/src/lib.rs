@@ -31,5 +31,5 @@ pub use tonic_health::pb::health_check_response::ServingStatus;
 /// What [`service!`] expands to names, so the test crate need not depend on it.
 #[doc(hidden)]
 pub mod reexports {
-    pub use {anyhow, tokio, tonic};
+    pub use {anyhow, tokio, tonic, unclip_proto};
 }

@@ -16,6 +16,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
+use unclip_proto::v1::ModelInfo;
 
 /// Client-side message limit, as large as the services' default.
 pub const MAX_MESSAGE: usize = 64 << 20;
@@ -39,6 +40,10 @@ pub trait Service: 'static {
     ) -> impl Future<Output = anyhow::Result<()>> + Send + 'static;
     /// A client on `channel`, message limits raised to [`MAX_MESSAGE`].
     fn client(channel: Channel) -> Self::Client;
+    /// The service's GetInfo.
+    fn get_info(
+        client: &mut Self::Client,
+    ) -> impl Future<Output = Result<tonic::Response<ModelInfo>, tonic::Status>> + Send;
 }
 
 /// Implements [`Service`] for a stage service: `service!(Clip, unclip_clip, "unclip-clip",
@@ -71,6 +76,17 @@ macro_rules! service {
                 $client::new(channel)
                     .max_decoding_message_size($crate::MAX_MESSAGE)
                     .max_encoding_message_size($crate::MAX_MESSAGE)
+            }
+
+            async fn get_info(
+                client: &mut Self::Client,
+            ) -> Result<
+                $crate::reexports::tonic::Response<$crate::reexports::unclip_proto::v1::ModelInfo>,
+                $crate::reexports::tonic::Status,
+            > {
+                client
+                    .get_info($crate::reexports::unclip_proto::v1::GetInfoRequest {})
+                    .await
             }
         }
 

@@ -6,28 +6,16 @@ mod common;
 use clap::Parser;
 use common::{Clip, TestServer};
 use unclip_clip::Config;
-use unclip_proto::v1::{EncodeImageRequest, GetInfoRequest};
+use unclip_proto::v1::EncodeImageRequest;
 use unclip_testkit::checks;
 
-/// Health goes NOT_SERVING → SERVING once the model is loaded and warmed up (never SERVING
-/// before), then NOT_SERVING on shutdown; open Watch streams end so shutdown is prompt.
-#[tokio::test]
-async fn health_transitions() {
-    checks::health_transitions(TestServer::start(&["--shutdown-grace-secs", "20"]).await).await;
-}
+unclip_testkit::life_cycle_tests!(Clip);
 
 /// GetInfo describes karlo-tiny, its defaults and the configured limits.
 #[tokio::test]
 async fn get_info() {
     let server = TestServer::serving(&["--max-batch", "8"]).await;
-    let info = server
-        .client()
-        .await
-        .get_info(GetInfoRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    checks::karlo_tiny_info::<Clip>(&info);
+    let info = checks::karlo_tiny_info(&server).await;
     assert_eq!(info.service, "unclip.v1.ClipService");
     assert_eq!((info.clip_image_size, info.decoder_image_size), (32, 32));
     assert_eq!(checks::upsampler_sizes(&info), vec![(32, 64)]);
@@ -45,13 +33,6 @@ async fn get_info() {
     assert_eq!(l.max_batch, 8);
     assert_eq!((l.max_image_bytes, l.max_image_side), (16 << 20, 4096));
     server.stop().await.unwrap();
-}
-
-/// Reflection (v1 and v1alpha) lists the CLIP, health and reflection services; `/metrics`
-/// says the stage is ready.
-#[tokio::test]
-async fn reflection_lists_services() {
-    checks::reflection_and_metrics::<Clip>().await;
 }
 
 /// A call in flight when shutdown starts still completes; afterwards the port is closed.
@@ -78,17 +59,10 @@ async fn shutdown_finishes_calls_in_flight() {
     assert_eq!(response.image_embeds.unwrap().shape, vec![4, 32]);
 }
 
-/// A model folder without a manifest stops the server with an error naming it.
+/// An unusable CUDA device is a start-up error with a clear message (no panic, no silent CPU
+/// fall-back).
 #[tokio::test]
-async fn bad_model_is_a_startup_error() {
-    checks::bad_model_is_a_startup_error::<Clip>().await;
-}
-
-/// A missing ONNX Runtime library and an unusable CUDA device are start-up errors with clear
-/// messages (no panic, no silent CPU fall-back).
-#[tokio::test]
-async fn runtime_problems_are_startup_errors() {
-    checks::missing_runtime_is_a_startup_error::<Clip>().await;
+async fn cuda_problems_are_startup_errors() {
     let message = TestServer::start(&["--device", "cuda:0"])
         .await
         .startup_error()

@@ -14,13 +14,7 @@ use unclip_proto::v1::{DecodeRequest, GetInfoRequest, ImageFormat, SamplingOptio
 use unclip_server::ServiceError;
 use unclip_testkit::{ServingStatus, checks, karlo_tiny};
 
-/// Health goes NOT_SERVING → SERVING once the model is loaded and a warm-up Decode and
-/// Upsample succeeded (never SERVING before), then NOT_SERVING on shutdown; open Watch streams
-/// end so shutdown is prompt.
-#[tokio::test]
-async fn health_transitions() {
-    checks::health_transitions(TestServer::start(&["--shutdown-grace-secs", "20"]).await).await;
-}
+unclip_testkit::life_cycle_tests!(Decoder);
 
 /// Before the model is ready, calls are UNAVAILABLE rather than queued.
 #[tokio::test]
@@ -43,14 +37,7 @@ async fn calls_before_serving_are_unavailable() {
 #[tokio::test]
 async fn get_info() {
     let server = TestServer::serving(&["--max-batch", "8", "--max-images-per-input", "4"]).await;
-    let info = server
-        .client()
-        .await
-        .get_info(GetInfoRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    checks::karlo_tiny_info::<Decoder>(&info);
+    let info = checks::karlo_tiny_info(&server).await;
     assert_eq!(info.service, "unclip.v1.DecoderService");
     assert_eq!(info.decoder_image_size, 32);
     assert_eq!(checks::upsampler_sizes(&info), vec![(32, 64)]);
@@ -66,13 +53,6 @@ async fn get_info() {
     assert_eq!((l.min_steps, l.max_steps), (2, 1000));
     assert_eq!((l.max_image_bytes, l.max_image_side), (16 << 20, 4096));
     server.stop().await.unwrap();
-}
-
-/// Reflection (v1 and v1alpha) lists the decoder, health and reflection services; `/metrics`
-/// says the stage is ready.
-#[tokio::test]
-async fn reflection_lists_services() {
-    checks::reflection_and_metrics::<Decoder>().await;
 }
 
 /// A Decode in flight when shutdown starts still completes; afterwards the port is closed.
@@ -117,18 +97,6 @@ fn cancelled_requests_stop_at_the_next_model_call() {
         .upsampler(0, UpsamplerGraph::Last, &sample, &Array1::from_elem(1, 0))
         .unwrap();
     assert_eq!(out.shape(), &[1, 3, 64, 64]);
-}
-
-/// A model folder without a manifest stops the server with an error naming it.
-#[tokio::test]
-async fn bad_model_is_a_startup_error() {
-    checks::bad_model_is_a_startup_error::<Decoder>().await;
-}
-
-/// A missing ONNX Runtime library is a start-up error with a clear message.
-#[tokio::test]
-async fn missing_runtime_is_a_startup_error() {
-    checks::missing_runtime_is_a_startup_error::<Decoder>().await;
 }
 
 /// Flags with environment fallbacks parse, with the documented defaults.

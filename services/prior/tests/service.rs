@@ -6,15 +6,10 @@ mod common;
 use clap::Parser;
 use common::{Prior, TestServer, synthetic_encoding};
 use unclip_prior::Config;
-use unclip_proto::v1::{GetInfoRequest, PriorSampleRequest};
+use unclip_proto::v1::PriorSampleRequest;
 use unclip_testkit::checks;
 
-/// Health goes NOT_SERVING → SERVING once the model is loaded and a warm-up Sample passed
-/// (never SERVING before), then NOT_SERVING on shutdown; open Watch streams end.
-#[tokio::test]
-async fn health_transitions() {
-    checks::health_transitions(TestServer::start(&[]).await).await;
-}
+unclip_testkit::life_cycle_tests!(Prior);
 
 /// GetInfo describes karlo-tiny, its defaults, the prior component and the configured limits.
 #[tokio::test]
@@ -28,14 +23,7 @@ async fn get_info() {
         "4",
     ])
     .await;
-    let info = server
-        .client()
-        .await
-        .get_info(GetInfoRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    checks::karlo_tiny_info::<Prior>(&info);
+    let info = checks::karlo_tiny_info(&server).await;
     assert_eq!(info.service, "unclip.v1.PriorService");
     assert_eq!(info.components, vec!["prior"]);
     let d = info.defaults.unwrap();
@@ -47,13 +35,6 @@ async fn get_info() {
     );
     assert_eq!((l.min_steps, l.max_steps), (2, 1000));
     server.stop().await.unwrap();
-}
-
-/// Reflection (v1 and v1alpha) lists the prior, health and reflection services; `/metrics`
-/// says the stage is ready.
-#[tokio::test]
-async fn reflection_lists_services() {
-    checks::reflection_and_metrics::<Prior>().await;
 }
 
 /// A Sample in flight when shutdown starts still completes; afterwards the port is closed.
@@ -72,14 +53,6 @@ async fn shutdown_finishes_calls_in_flight() {
     })
     .await;
     assert_eq!(response.image_embeds.unwrap().shape, vec![64, 32]);
-}
-
-/// A model folder without a manifest, or a missing ONNX Runtime library, stops the server with
-/// an error naming the problem.
-#[tokio::test]
-async fn startup_failures_are_errors() {
-    checks::bad_model_is_a_startup_error::<Prior>().await;
-    checks::missing_runtime_is_a_startup_error::<Prior>().await;
 }
 
 /// Flags parse with their defaults.
