@@ -57,26 +57,32 @@ pub async fn health_transitions<S: Service>(server: TestServer<S>) {
     );
 }
 
+/// The first answer of reflection `$version` (`v1` or `v1alpha`) on `$server` to a request
+/// of `$kind` about `$subject`.
+macro_rules! reflect {
+    ($version:ident, $server:expr, $kind:ident($subject:expr)) => {{
+        let request = $version::ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some($version::server_reflection_request::MessageRequest::$kind(
+                $subject,
+            )),
+        };
+        $version::server_reflection_client::ServerReflectionClient::new($server.channel().await)
+            .server_reflection_info(tokio_stream::iter(vec![request]))
+            .await
+            .unwrap()
+            .into_inner()
+            .message()
+            .await
+            .unwrap()
+            .expect("a reflection answer")
+    }};
+}
+
 /// Reflection v1 lists the service, health and reflection; v1alpha finds the file that
 /// declares the service.
 pub async fn reflection_lists_services<S: Service>(server: &TestServer<S>) {
-    let request = v1::ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(
-            String::new(),
-        )),
-    };
-    let mut client =
-        v1::server_reflection_client::ServerReflectionClient::new(server.channel().await);
-    let response = client
-        .server_reflection_info(tokio_stream::iter(vec![request]))
-        .await
-        .unwrap()
-        .into_inner()
-        .message()
-        .await
-        .unwrap()
-        .unwrap();
+    let response = reflect!(v1, server, ListServices(String::new()));
     let Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
         response.message_response
     else {
@@ -94,25 +100,7 @@ pub async fn reflection_lists_services<S: Service>(server: &TestServer<S>) {
         );
     }
 
-    let request = v1alpha::ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(
-            v1alpha::server_reflection_request::MessageRequest::FileContainingSymbol(
-                S::NAME.into(),
-            ),
-        ),
-    };
-    let mut client =
-        v1alpha::server_reflection_client::ServerReflectionClient::new(server.channel().await);
-    let response = client
-        .server_reflection_info(tokio_stream::iter(vec![request]))
-        .await
-        .unwrap()
-        .into_inner()
-        .message()
-        .await
-        .unwrap()
-        .unwrap();
+    let response = reflect!(v1alpha, server, FileContainingSymbol(S::NAME.into()));
     assert!(
         matches!(
             response.message_response,
