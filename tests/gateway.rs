@@ -9,8 +9,8 @@ use image::{Rgb, RgbImage, Rgba, RgbaImage};
 use tonic::Code;
 use tonic::transport::Channel;
 use unclip_e2e::{
-    StackOptions, calls, gateway, mean_abs_diff, png, python, requests, rgb, scrape, stack,
-    stages_of, stats,
+    Scrape, StackOptions, calls, gateway, mean_abs_diff, metric, png, python, requests, rgb,
+    scrape, stack, stages_of, stats,
 };
 use unclip_proto::v1::gateway_client::GatewayClient;
 use unclip_proto::v1::{
@@ -339,7 +339,11 @@ async fn every_capability() {
     assert!(requests(&counts, "generate ok") >= 6);
 
     // The same counters for Prometheus, at GET /metrics on the gateway's port.
-    let (status, metrics) = scrape(&stack.gateway_url().unwrap()).await;
+    let Scrape {
+        status,
+        body: metrics,
+        ..
+    } = scrape(&stack.gateway_url().unwrap()).await;
     assert_eq!(status, "HTTP/1.1 200 OK", "{metrics}");
     let value = |series: &str| metric(&metrics, series);
     let generated = requests(&counts, "generate ok") as f64;
@@ -373,7 +377,11 @@ async fn every_capability() {
     assert!(metrics.trim_end().ends_with("# EOF"));
     // And each stage service's own: its graphs' calls and runs.
     let decoder_url = &stack.stage_urls(Stage::Decoder)[0];
-    let (status, metrics) = scrape(decoder_url).await;
+    let Scrape {
+        status,
+        body: metrics,
+        ..
+    } = scrape(decoder_url).await;
     assert_eq!(status, "HTTP/1.1 200 OK", "{metrics}");
     let value = |series: &str| metric(&metrics, series);
     assert_eq!(value("unclip_stage_ready"), 1.0);
@@ -381,14 +389,6 @@ async fn every_capability() {
     let runs = value(r#"unclip_stage_graph_runs_total{graph="decoder"}"#);
     assert!(calls >= 25.0 && runs <= calls, "{calls} calls, {runs} runs");
     stack.shutdown().await.unwrap();
-}
-
-/// The value of `series` (name and labels, as written) in a `/metrics` text.
-fn metric(metrics: &str, series: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
 }
 
 /// A GenerateStream call read to its end: progress, previews, then the result (which must be

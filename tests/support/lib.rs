@@ -1,44 +1,18 @@
 //! What the end-to-end tests share: the built service binaries, a local stack of them on the
-//! shapes model, gateway clients, PNG decoding and the gateway's counters.
+//! shapes model, gateway clients and the gateway's counters (the models, PNG and `/metrics`
+//! helpers are the test kit's, re-exported).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use image::RgbImage;
 use tonic::transport::Channel;
 use unclip_proto::v1::gateway_client::GatewayClient;
 use unclip_proto::v1::{GatewayStats, GetStatsRequest, ImagesResponse};
 use unclip_stack::{LocalStack, LocalStackConfig, RedisMode, ServiceBinaries, StageReplicas};
 
-/// The workspace root.
-pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_path_buf()
-}
-
-/// `models/shapes`.
-pub fn shapes() -> PathBuf {
-    root().join("models/shapes")
-}
-
-/// `models/karlo-tiny`.
-pub fn karlo_tiny() -> PathBuf {
-    root().join("models/karlo-tiny")
-}
-
-/// Panics with set-up instructions unless the ONNX Runtime library is configured.
-pub fn require_ort() {
-    let configured = ["UNCLIP_ORT_LIBRARY", "ORT_DYLIB_PATH"]
-        .iter()
-        .any(|v| std::env::var_os(v).is_some_and(|p| Path::new(&p).is_file()));
-    assert!(
-        configured,
-        "set UNCLIP_ORT_LIBRARY to libonnxruntime.so.1.N (scripts/test does: it installs the \
-         onnxruntime wheel into .venv)"
-    );
-}
+pub use unclip_testkit::{
+    Scrape, karlo_tiny, mean_abs_diff, metric, png, require_ort, rgb, root, scrape, shapes,
+};
 
 /// The service and gateway binaries next to this test (`cargo test --workspace` builds them);
 /// panics naming the command that builds them otherwise.
@@ -105,23 +79,6 @@ pub async fn gateway(stack: &LocalStack) -> GatewayClient<Channel> {
         .max_encoding_message_size(64 << 20)
 }
 
-/// `GET /metrics` of the service at `url` (`http://host:port`, the gRPC address), over plain
-/// HTTP/1.1: the status line and the body.
-pub async fn scrape(url: &str) -> (String, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let address = url.trim_start_matches("http://");
-    let mut socket = tokio::net::TcpStream::connect(address).await.unwrap();
-    let request = format!("GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
-    socket.write_all(request.as_bytes()).await.unwrap();
-    let mut answer = String::new();
-    socket.read_to_string(&mut answer).await.unwrap();
-    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
-    (
-        head.lines().next().unwrap_or("").to_string(),
-        body.to_string(),
-    )
-}
-
 /// The gateway's counters.
 pub async fn stats(client: &mut GatewayClient<Channel>) -> GatewayStats {
     client
@@ -144,37 +101,6 @@ pub fn calls(stats: &GatewayStats, stage: &str) -> u64 {
 /// The requests counted as `key` ("generate ok", ...).
 pub fn requests(stats: &GatewayStats, key: &str) -> u64 {
     stats.requests.get(key).copied().unwrap_or(0)
-}
-
-/// Decodes PNG bytes to RGB.
-pub fn rgb(png: &[u8]) -> RgbImage {
-    image::load_from_memory_with_format(png, image::ImageFormat::Png)
-        .expect("a PNG")
-        .to_rgb8()
-}
-
-/// Encodes an 8-bit image (RGB, RGBA, ...) as PNG.
-pub fn png<P>(image: &image::ImageBuffer<P, Vec<u8>>) -> bytes::Bytes
-where
-    P: image::PixelWithColorType<Subpixel = u8>,
-{
-    let mut out = std::io::Cursor::new(Vec::new());
-    image
-        .write_to(&mut out, image::ImageFormat::Png)
-        .expect("PNG encoding");
-    out.into_inner().into()
-}
-
-/// The mean absolute difference of two images' channels, in 0..=255.
-pub fn mean_abs_diff(a: &RgbImage, b: &RgbImage) -> f64 {
-    assert_eq!(a.dimensions(), b.dimensions());
-    let sum: u64 = a
-        .as_raw()
-        .iter()
-        .zip(b.as_raw())
-        .map(|(&x, &y)| u64::from(x.abs_diff(y)))
-        .sum();
-    sum as f64 / a.as_raw().len() as f64
 }
 
 /// The stage names of a response's timings, with "(cached)" after cache hits.

@@ -8,8 +8,9 @@ mod common;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use common::{Embedding, RedisServer, expect_shape, free_port};
+use common::{Embedding, expect_shape};
 use unclip_cache::{Cache, CacheError, RedisConfig};
+use unclip_testkit::{RedisServer, free_port};
 
 /// Sanity bound on any cache call during an outage (the timeout is 250 ms; this is not a
 /// benchmark, it catches hangs).

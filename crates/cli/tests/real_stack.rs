@@ -1,4 +1,4 @@
-//! `unclip` end to end with the real service binaries and gateway on models/shapes, when they
+//! `unclip` end to end with the real service binaries and gateway on models/shapes, which must
 //! have been built next to this test (`cargo build -p unclip-clip -p unclip-prior
 //! -p unclip-decoder -p unclip-gateway`, or `cargo test --workspace`): `unclip stack` with two
 //! decoder replicas serves `generate` and `stats` and stops cleanly on SIGTERM; `--local` runs a
@@ -10,34 +10,23 @@ use std::time::{Duration, Instant};
 
 use unclip_stack::{ServiceBinaries, Stage};
 
-/// The shapes model, once its manifest exists.
-fn shapes() -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/shapes");
-    dir.join("manifest.json").is_file().then_some(dir)
-}
-
-/// The model, when it and every binary are there (else the test is skipped, saying why).
-fn ready() -> Option<PathBuf> {
+/// The shapes model, once every binary is built and ONNX Runtime is configured (else the test
+/// fails, saying what is missing).
+fn ready() -> PathBuf {
     let binaries = ServiceBinaries::next_to_current_exe().unwrap();
-    let mut missing: Vec<_> = Stage::ALL
+    let missing: Vec<_> = Stage::ALL
         .iter()
         .map(|&s| binaries.get(s).to_path_buf())
         .chain([binaries.gateway.clone()])
         .filter(|p| !p.is_file())
         .collect();
-    let model = shapes();
-    if model.is_none() {
-        missing.push("models/shapes/manifest.json".into());
-    }
-    if !missing.is_empty() {
-        eprintln!("skipped: not built or not there: {missing:?}");
-        return None;
-    }
     assert!(
-        std::env::var_os("UNCLIP_ORT_LIBRARY").is_some(),
-        "UNCLIP_ORT_LIBRARY is not set: point it at libonnxruntime.so.1.N (N >= 31)"
+        missing.is_empty(),
+        "not built: {missing:?}; run `cargo build --workspace` (or `cargo test --workspace`, \
+         which builds every binary) first"
     );
-    model
+    unclip_testkit::require_ort();
+    unclip_testkit::shapes()
 }
 
 /// `unclip` with the test environment's variables that would change its behaviour removed.
@@ -91,9 +80,7 @@ fn png_width(path: &Path) -> u32 {
 /// serves `generate` and reports both decoder replicas.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stack_serves_until_sigterm() {
-    let Some(model) = ready() else {
-        return;
-    };
+    let model = ready();
     let dir = tempfile::tempdir().unwrap();
     let info = dir.path().join("listen.info");
     let mut stack = unclip(dir.path())
@@ -176,9 +163,7 @@ async fn stack_serves_until_sigterm() {
 /// decoder's base image first, then the image; `diff` writes frames and the animation.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_runs_one_command() {
-    let Some(model) = ready() else {
-        return;
-    };
+    let model = ready();
     let dir = tempfile::tempdir().unwrap();
     let generate = ["generate", "a red circle", "--seed", "1", "--out", "in.png"];
     let output = local(
@@ -222,9 +207,7 @@ async fn local_runs_one_command() {
 /// answered, every stage call counted, latencies ordered; a bad count is refused by name.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_reports_every_request() {
-    let Some(model) = ready() else {
-        return;
-    };
+    let model = ready();
     let dir = tempfile::tempdir().unwrap();
     let bench = [
         "bench",

@@ -4,25 +4,18 @@
 //! e.g. the PyPI wheel's `onnxruntime/capi/libonnxruntime.so.1.32.0`.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use ndarray::{Array2, ArrayD, Axis, IxDyn};
 use unclip_runtime::{
     Device, Inputs, ModelRepository, RuntimeError, SessionConfig, SessionExecutor, TensorData,
     init_environment,
 };
-
-fn karlo_tiny() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/karlo-tiny")
-}
+use unclip_testkit::{karlo_tiny, max_abs_diff, ort_library};
 
 /// The process-wide environment from `UNCLIP_ORT_LIBRARY`; fails loudly when it is unset.
 fn env() -> unclip_runtime::Environment {
-    let library = std::env::var_os("UNCLIP_ORT_LIBRARY").expect(
-        "UNCLIP_ORT_LIBRARY is not set: point it at libonnxruntime.so.1.N (N >= 31), e.g. \
-         <venv>/lib/python3.11/site-packages/onnxruntime/capi/libonnxruntime.so.1.32.0",
-    );
-    init_environment(Some(Path::new(&library))).expect("loading ONNX Runtime")
+    init_environment(Some(&ort_library())).expect("loading ONNX Runtime")
 }
 
 fn text_encoder(repo: &ModelRepository) -> SessionExecutor {
@@ -36,14 +29,6 @@ fn text_encoder(repo: &ModelRepository) -> SessionExecutor {
         },
     )
     .unwrap()
-}
-
-fn max_abs_diff(a: &ArrayD<f32>, b: &ArrayD<f32>) -> f32 {
-    assert_eq!(a.shape(), b.shape());
-    a.iter()
-        .zip(b.iter())
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
 }
 
 /// The text encoder reproduces the recorded CLIP encoding of "" (tensors.safetensors), through

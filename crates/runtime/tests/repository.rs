@@ -2,16 +2,12 @@
 //! copies of it in temporary folders: each problem must be refused with a message naming it.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use unclip_runtime::manifest::DataType;
 use unclip_runtime::repository::{blank_version, compute_version};
 use unclip_runtime::{ModelRepository, RuntimeError};
-
-/// The committed test model.
-fn karlo_tiny() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/karlo-tiny")
-}
+use unclip_testkit::karlo_tiny;
 
 fn copy_dir(from: &Path, to: &Path) {
     fs::create_dir_all(to).unwrap();

@@ -12,6 +12,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use unclip_server::metrics::{Metrics, counters, labels};
 use unclip_server::{ModelSlot, ServeConfig, ServiceError, serve};
+use unclip_testkit::scrape;
 
 const SERVICE: &str = "unclip.v1.TestService";
 
@@ -29,30 +30,6 @@ fn config() -> ServeConfig {
             );
         })),
     }
-}
-
-/// `GET /metrics` over HTTP/1.1: the status line, the content type and the body.
-async fn scrape(addr: std::net::SocketAddr) -> (String, String, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    socket.write_all(request.as_bytes()).await.unwrap();
-    let mut answer = String::new();
-    socket.read_to_string(&mut answer).await.unwrap();
-    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
-    let content_type = head
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("content-type: ")
-                .map(str::to_string)
-        })
-        .unwrap_or_default();
-    (
-        head.lines().next().unwrap().to_string(),
-        content_type,
-        body.to_string(),
-    )
 }
 
 async fn channel(addr: std::net::SocketAddr) -> Channel {
@@ -118,16 +95,9 @@ async fn health_follows_load() {
     assert_eq!(*slot.get().unwrap(), 7);
 
     // Prometheus scrapes the same port over HTTP/1.1.
-    let (status, content_type, body) = scrape(addr).await;
-    assert_eq!(status, "HTTP/1.1 200 OK");
-    assert!(
-        content_type.starts_with("application/openmetrics-text"),
-        "{content_type}"
-    );
-    assert!(
-        body.contains("unclip_test_loads_total{kind=\"test\"} 1"),
-        "{body}"
-    );
+    let metrics = scrape(&addr.to_string()).await;
+    metrics.assert_openmetrics();
+    assert_eq!(metrics.value("unclip_test_loads_total{kind=\"test\"}"), 1.0);
 
     stop_tx.send(()).unwrap();
     while let Ok(Some(_)) = watch.message().await {}

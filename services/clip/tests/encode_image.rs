@@ -5,15 +5,16 @@ mod common;
 
 use std::io::Cursor;
 
-use common::{Fixture, TestServer, assert_status, karlo_tiny, max_abs_diff};
+use common::TestServer;
 use image::{ImageFormat, RgbImage, RgbaImage};
 use ndarray::{ArrayD, Axis};
 use tonic::Code;
 use unclip_proto::v1::EncodeImageRequest;
+use unclip_testkit::{Fixture, assert_status, karlo_tiny, max_abs_diff};
 
 async fn encode(server: &TestServer, images: Vec<Vec<u8>>) -> Result<ArrayD<f32>, tonic::Status> {
     let response = server
-        .clip()
+        .client()
         .await
         .encode_image(EncodeImageRequest {
             images: images.into_iter().map(Into::into).collect(),
@@ -57,7 +58,7 @@ async fn matches_recorded_embedding() {
     let mut fixture = Fixture::open("variation_seed0_steps2-2");
     assert_eq!(fixture.json["settings"]["image"], "variation_input.png");
     let got = encode(&server, vec![variation_png()]).await.unwrap();
-    let want = fixture.f32("image_embeddings");
+    let want = fixture.value("image_embeddings");
     let d = max_abs_diff(&got, &want);
     assert!(d <= 1e-5, "image_embeds differ by {d}");
     server.stop().await.unwrap();
@@ -176,7 +177,7 @@ async fn refuses_bad_images() {
         &format!("images[2]: is {} bytes, the limit is 10000", heavy.len()),
     );
     assert_eq!(
-        server.status().await,
+        server.status("").await,
         tonic_health::pb::health_check_response::ServingStatus::Serving
     );
     assert_eq!(encode(&server, vec![png]).await.unwrap().shape(), &[1, 32]);
@@ -201,7 +202,7 @@ async fn text_only_has_no_image_encoder() {
         message,
     );
     let info = server
-        .clip()
+        .client()
         .await
         .get_info(unclip_proto::v1::GetInfoRequest {})
         .await

@@ -3,14 +3,15 @@
 
 mod common;
 
-use common::{Fixture, TestServer, assert_status, max_abs_diff};
+use common::TestServer;
 use ndarray::{ArrayD, Axis};
 use tonic::Code;
 use unclip_proto::v1::{EncodeTextRequest, TextEncoding};
+use unclip_testkit::{Fixture, assert_status, max_abs_diff};
 
 async fn encode(server: &TestServer, prompts: &[&str]) -> Result<TextEncoding, tonic::Status> {
     let response = server
-        .clip()
+        .client()
         .await
         .encode_text(EncodeTextRequest {
             prompts: prompts.iter().map(|p| p.to_string()).collect(),
@@ -31,19 +32,23 @@ async fn check_recorded_encodings(server: &TestServer, cases: &[String]) -> f32 
         let got = encode(server, &prompts).await.unwrap();
 
         let ids = got.input_ids.unwrap().to_array::<i64>().unwrap();
-        assert_eq!(ids, fixture.i64("prompt_input_ids"), "{case}: input_ids");
+        assert_eq!(
+            ids,
+            fixture.value_i64("prompt_input_ids"),
+            "{case}: input_ids"
+        );
         let mask = got.attention_mask.unwrap().to_array::<bool>().unwrap();
         assert_eq!(
             mask,
-            fixture.bool("prompt_attention_mask"),
+            fixture.value_bool("prompt_attention_mask"),
             "{case}: attention_mask"
         );
         let embeds = got.text_embeds.unwrap().to_f32_array().unwrap();
-        let d = max_abs_diff(&embeds, &fixture.f32("prompt_text_embeds"));
+        let d = max_abs_diff(&embeds, &fixture.value("prompt_text_embeds"));
         assert!(d <= 1e-5, "{case}: text_embeds differ by {d}");
         worst = worst.max(d);
         let hidden = got.last_hidden_state.unwrap().to_f32_array().unwrap();
-        let d = max_abs_diff(&hidden, &fixture.f32("prompt_last_hidden_state"));
+        let d = max_abs_diff(&hidden, &fixture.value("prompt_last_hidden_state"));
         assert!(d <= 1e-5, "{case}: last_hidden_state differ by {d}");
         worst = worst.max(d);
         assert_eq!(got.truncated, vec![false; prompts.len()], "{case}");
@@ -57,11 +62,11 @@ async fn check_recorded_encodings(server: &TestServer, cases: &[String]) -> f32 
         let empty = vec![""; prompts.len()];
         let got = encode(server, &empty).await.unwrap();
         let embeds = got.text_embeds.unwrap().to_f32_array().unwrap();
-        let d = max_abs_diff(&embeds, &fixture.f32("uncond_text_embeds"));
+        let d = max_abs_diff(&embeds, &fixture.value("uncond_text_embeds"));
         assert!(d <= 1e-5, "{case}: uncond text_embeds differ by {d}");
         worst = worst.max(d);
         let hidden = got.last_hidden_state.unwrap().to_f32_array().unwrap();
-        let d = max_abs_diff(&hidden, &fixture.f32("uncond_last_hidden_state"));
+        let d = max_abs_diff(&hidden, &fixture.value("uncond_last_hidden_state"));
         assert!(d <= 1e-5, "{case}: uncond last_hidden_state differ by {d}");
         worst = worst.max(d);
     }
@@ -74,7 +79,7 @@ async fn check_recorded_encodings(server: &TestServer, cases: &[String]) -> f32 
 #[tokio::test]
 async fn matches_recorded_encodings() {
     let server = TestServer::serving(&[]).await;
-    let cases = Fixture::cases("text_to_image");
+    let cases = Fixture::cases_of("text_to_image");
     assert!(
         cases.len() >= 2,
         "expected text-to-image fixtures, found {cases:?}"
@@ -89,7 +94,7 @@ async fn matches_recorded_encodings() {
 #[tokio::test]
 async fn matches_recorded_encodings_of_replay_cases() {
     let server = TestServer::serving(&[]).await;
-    let cases = Fixture::replay_cases("text_to_image");
+    let cases = Fixture::replay_cases_of("text_to_image");
     assert!(
         cases.len() >= 4,
         "expected the replay cases of index.json, found {cases:?}"
@@ -156,7 +161,7 @@ async fn refuses_bad_requests() {
         "prompts[1]: is 101 bytes long, the limit is 100",
     );
     assert_eq!(
-        server.status().await,
+        server.status("").await,
         tonic_health::pb::health_check_response::ServingStatus::Serving
     );
     let got = encode(&server, &["horse"; 4]).await.unwrap();

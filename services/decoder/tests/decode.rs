@@ -1,9 +1,9 @@
-//! Decode, Upsample and Invert over real gRPC against karlo-tiny (and models/shapes when it
-//! exists): formats, seeds per image, the cascade, DDIM, inversion and inpainting.
+//! Decode, Upsample and Invert over real gRPC against karlo-tiny (and models/shapes):
+//! formats, seeds per image, the cascade, DDIM, inversion and inpainting.
 
 mod common;
 
-use common::{Fixture, TestServer, max_abs_diff};
+use common::TestServer;
 use ndarray::{Array2, ArrayD, Axis, IxDyn, s};
 use tonic::transport::Channel;
 use unclip_proto::StepEvent;
@@ -14,6 +14,7 @@ use unclip_proto::v1::{
 };
 use unclip_sampler::pixels::{byte_to_signed, signed_to_byte};
 use unclip_sampler::{NoiseSource, NoiseStage};
+use unclip_testkit::{Fixture, max_abs_diff};
 
 type Client = DecoderServiceClient<Channel>;
 
@@ -79,7 +80,7 @@ fn samples(t: &Option<Tensor>) -> ArrayD<f32> {
 
 /// Decodes a PNG into `[3, H, W]` model range.
 fn png_to_signed(png: &[u8]) -> ArrayD<f32> {
-    let rgb = image::load_from_memory(png).unwrap().to_rgb8();
+    let rgb = unclip_testkit::rgb(png);
     let (w, h) = (rgb.width() as usize, rgb.height() as usize);
     ArrayD::from_shape_fn(IxDyn(&[3, h, w]), |d| {
         byte_to_signed(rgb.get_pixel(d[2] as u32, d[1] as u32)[d[0]])
@@ -92,7 +93,7 @@ fn png_to_signed(png: &[u8]) -> ArrayD<f32> {
 #[tokio::test]
 async fn decode_then_upsample_both_formats() {
     let server = TestServer::serving(&[]).await;
-    let mut client = server.decoder().await;
+    let mut client = server.client().await;
     let response = decode(
         &mut client,
         DecodeRequest {
@@ -178,7 +179,7 @@ async fn decode_then_upsample_both_formats() {
 #[tokio::test]
 async fn image_k_alone_equals_image_k_of_a_batch() {
     let server = TestServer::serving(&[]).await;
-    let mut client = server.decoder().await;
+    let mut client = server.client().await;
     let embeds = embeddings(2, 32, 2);
     let text = two_prompts();
     for options in [
@@ -262,7 +263,7 @@ async fn image_k_alone_equals_image_k_of_a_batch() {
 #[tokio::test]
 async fn listed_seeds_share_noise() {
     let server = TestServer::serving(&[]).await;
-    let mut client = server.decoder().await;
+    let mut client = server.client().await;
     let one = embeddings(1, 32, 9);
     let twice = ndarray::concatenate(Axis(0), &[one.view(), one.view()]).unwrap();
     let request = |embeds: &Array2<f32>, seed: u64, seeds: Vec<u64>| DecodeRequest {
@@ -323,7 +324,7 @@ async fn listed_seeds_share_noise() {
 #[tokio::test]
 async fn init_noise_replaces_only_the_initial_draw() {
     let server = TestServer::serving(&[]).await;
-    let mut client = server.decoder().await;
+    let mut client = server.client().await;
     let x_t = NoiseSource::new(9, 0, NoiseStage::Decoder)
         .draw(&[3, 32, 32])
         .insert_axis(Axis(0));
@@ -364,7 +365,7 @@ async fn init_noise_replaces_only_the_initial_draw() {
 #[tokio::test]
 async fn ddim_sampling() {
     let server = TestServer::serving(&[]).await;
-    let mut client = server.decoder().await;
+    let mut client = server.client().await;
     let request = |seed: u64, eta: f32| DecodeRequest {
         image_embeds: Some(Tensor::from_array(&embeddings(1, 32, 4))),
         seed,
@@ -464,7 +465,7 @@ async fn inversion_roundtrip(
 #[tokio::test]
 async fn inversion_contract() {
     let server = TestServer::serving(&[]).await;
-    let mut client = server.decoder().await;
+    let mut client = server.client().await;
     let embeds = embeddings(2, 32, 5);
     let images = ArrayD::from_shape_fn(IxDyn(&[2, 3, 32, 32]), |d| {
         byte_to_signed(((d[0] * 90 + d[1] * 40 + d[2] * 7 + d[3]) % 256) as u8)
@@ -510,7 +511,7 @@ fn pattern(side: usize) -> ArrayD<f32> {
 #[tokio::test]
 async fn inpainting_keeps_known_pixels() {
     let server = TestServer::serving(&[]).await;
-    let mut client = server.decoder().await;
+    let mut client = server.client().await;
     for (sampler, eta) in [
         (Sampler::Unclip, 0.0),
         (Sampler::Ddim, 0.0),
@@ -604,17 +605,14 @@ async fn inpainting_keeps_known_pixels() {
     server.stop().await.unwrap();
 }
 
-/// The shapes model (when trained and exported): the whole cascade 32 → 64 → 128 and an
+/// The shapes model: the whole cascade 32 → 64 → 128 and an
 /// inversion round trip of a decoded image under an embedding near the dataset mean: inverted
 /// then decoded with η = 0 DDIM, the image comes back, more closely with more steps.
 #[tokio::test]
 async fn shapes_cascade_and_inversion() {
-    let Some(model) = common::shapes() else {
-        println!("models/shapes/manifest.json does not exist yet: skipped");
-        return;
-    };
-    let server = TestServer::serving_with(common::config_for(&model, &[])).await;
-    let mut client = server.decoder().await;
+    let model = unclip_testkit::shapes();
+    let server = TestServer::serving_with(TestServer::config_for(&model, &[])).await;
+    let mut client = server.client().await;
     let info = client
         .get_info(unclip_proto::v1::GetInfoRequest {})
         .await
@@ -705,7 +703,7 @@ fn check_steps(what: &str, steps: &[(u32, u32)], total: u32) {
 #[tokio::test]
 async fn streams_report_steps_then_the_same_answer() {
     let server = TestServer::serving(&[]).await;
-    let mut client = server.decoder().await;
+    let mut client = server.client().await;
 
     let request = DecodeRequest {
         image_embeds: Some(Tensor::from_array(&embeddings(2, 32, 3))),

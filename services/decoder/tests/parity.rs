@@ -17,7 +17,7 @@ mod common;
 use std::collections::VecDeque;
 use std::sync::atomic::AtomicBool;
 
-use common::{Fixture, karlo_tiny, load_graphs, max_abs_diff};
+use common::load_graphs;
 use ndarray::{Array1, ArrayD, Axis, Ix2, Ix3};
 use serde_json::Value;
 use unclip_decoder::conditioning::{
@@ -33,6 +33,7 @@ use unclip_runtime::ModelRepository;
 use unclip_sampler::{BicubicResizer, SchedulerConfig, UnclipScheduler};
 use unclip_server::ServiceError;
 use unclip_server::validate::TextConditioning;
+use unclip_testkit::{Fixture, karlo_tiny, max_abs_diff};
 
 /// Required agreement of one scheduler step fed diffusers' inputs.
 const STEP_TOLERANCE: f32 = 1e-5;

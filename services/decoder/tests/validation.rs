@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{TestServer, assert_status};
+use common::TestServer;
 use ndarray::{Array2, Array3, ArrayD, IxDyn};
 use tonic::Code;
 use unclip_proto::v1::{
@@ -11,6 +11,7 @@ use unclip_proto::v1::{
     Tensor, TextEncoding, UpsampleRequest,
 };
 use unclip_sampler::pixels::byte_to_signed;
+use unclip_testkit::assert_status;
 
 const INVALID: Code = Code::InvalidArgument;
 
@@ -43,14 +44,9 @@ fn text(rows: usize, l: usize, d: usize) -> TextEncoding {
 }
 
 fn png(width: u32, height: u32) -> bytes::Bytes {
-    let rgb = image::RgbImage::from_fn(width, height, |x, y| image::Rgb([x as u8, y as u8, 7]));
-    let mut bytes = Vec::new();
-    rgb.write_to(
-        &mut std::io::Cursor::new(&mut bytes),
-        image::ImageFormat::Png,
-    )
-    .unwrap();
-    bytes.into()
+    unclip_testkit::png(&image::RgbImage::from_fn(width, height, |x, y| {
+        image::Rgb([x as u8, y as u8, 7])
+    }))
 }
 
 fn low_res(n: usize, side: usize) -> Option<Tensor> {
@@ -64,7 +60,7 @@ fn low_res(n: usize, side: usize) -> Option<Tensor> {
 #[tokio::test]
 async fn decode_refusals() {
     let server = TestServer::serving(&["--max-batch", "4", "--max-images-per-input", "3"]).await;
-    let mut client = server.decoder().await;
+    let mut client = server.client().await;
     let call = |r: DecodeRequest| {
         let mut client = client.clone();
         async move { client.decode(r).await.map(|r| r.into_inner()) }
@@ -275,8 +271,8 @@ async fn decode_refusals() {
     let ok: DecodeResponse = call(decode_request()).await.unwrap();
     assert!(ok.samples.is_some());
     assert_eq!(
-        server.status().await,
-        tonic_health::pb::health_check_response::ServingStatus::Serving
+        server.status("").await,
+        unclip_testkit::ServingStatus::Serving
     );
     client.decode(decode_request()).await.unwrap();
     server.stop().await.unwrap();
@@ -286,7 +282,7 @@ async fn decode_refusals() {
 #[tokio::test]
 async fn upsample_and_invert_refusals() {
     let server = TestServer::serving(&["--max-batch", "4"]).await;
-    let client = server.decoder().await;
+    let client = server.client().await;
     let upsample = |r: UpsampleRequest| {
         let mut client = client.clone();
         async move { client.upsample(r).await.map(|r| r.into_inner()) }
@@ -437,8 +433,8 @@ async fn upsample_and_invert_refusals() {
     upsample(base_upsample()).await.unwrap();
     invert(base()).await.unwrap();
     assert_eq!(
-        server.status().await,
-        tonic_health::pb::health_check_response::ServingStatus::Serving
+        server.status("").await,
+        unclip_testkit::ServingStatus::Serving
     );
     server.stop().await.unwrap();
 }
@@ -460,7 +456,7 @@ fn base_upsample() -> UpsampleRequest {
 #[tokio::test]
 async fn megapixel_messages_reach_validation() {
     let server = TestServer::serving(&[]).await;
-    let mut client = server.decoder().await;
+    let mut client = server.client().await;
     let result = client
         .upsample(UpsampleRequest {
             samples: low_res(1, 1024),

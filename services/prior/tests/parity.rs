@@ -13,17 +13,15 @@
 //!
 //! Run with `--nocapture` to see the measured differences.
 
-mod common;
-
 use std::sync::Mutex;
 
-use common::{Fixture, karlo_tiny, max_abs_diff, require_ort};
 use ndarray::{Array2, ArrayD, Ix2, Ix3};
 use serde_json::Value;
 use unclip_prior::sampler::{PriorInputs, PriorNoise, PriorOutput, PriorSampler, PriorSettings};
 use unclip_runtime::{ModelRepository, SessionConfig, SessionExecutor, init_environment};
 use unclip_server::ServiceError;
 use unclip_server::validate::TextConditioning;
+use unclip_testkit::{Fixture, karlo_tiny, max_abs_diff, ort_library};
 
 /// What one case recorded about the prior stage.
 struct PriorRecord {
@@ -69,13 +67,13 @@ fn prior_record(case: &str, fixture: &mut Fixture) -> PriorRecord {
     PriorRecord {
         case: case.to_string(),
         text: TextConditioning {
-            text_embeds: two(fixture.f32("prompt_text_embeds")),
+            text_embeds: two(fixture.value("prompt_text_embeds")),
             last_hidden_state: fixture
-                .f32("prompt_last_hidden_state")
+                .value("prompt_last_hidden_state")
                 .into_dimensionality::<Ix3>()
                 .unwrap(),
             attention_mask: fixture
-                .bool("prompt_attention_mask")
+                .value_bool("prompt_attention_mask")
                 .into_dimensionality::<Ix2>()
                 .unwrap(),
         },
@@ -97,9 +95,7 @@ fn repository() -> ModelRepository {
 }
 
 fn prior_executor(repo: &ModelRepository) -> SessionExecutor {
-    require_ort();
-    let library = std::env::var_os("UNCLIP_ORT_LIBRARY").map(std::path::PathBuf::from);
-    let env = init_environment(library.as_deref()).unwrap();
+    let env = init_environment(Some(&ort_library())).unwrap();
     let config = SessionConfig {
         intra_threads: 1,
         ..Default::default()
@@ -116,15 +112,15 @@ fn teacher_forced_steps() {
     let sampler = PriorSampler::from_repository(&repo).unwrap();
     let mut worst: (f32, f32) = (0.0, 0.0);
     let mut checked = 0;
-    for case in Fixture::cases("text_to_image") {
+    for case in Fixture::cases_of("text_to_image") {
         let mut fixture = Fixture::open(&case);
         let record = prior_record(&case, &mut fixture);
         assert_eq!(record.steps.len(), record.timesteps.len(), "{case}");
         assert_eq!(record.calls.len(), record.steps.len(), "{case}");
         for (i, (step, call)) in record.steps.iter().zip(&record.calls).enumerate() {
-            let raw = two(fixture.f32_ref(&call["outputs"]["predicted_image_embedding"]));
-            let sample = two(fixture.f32_ref(&step["sample"]));
-            let noise = (!step["noise"].is_null()).then(|| two(fixture.f32_ref(&step["noise"])));
+            let raw = two(fixture.f32(&call["outputs"]["predicted_image_embedding"]));
+            let sample = two(fixture.f32(&step["sample"]));
+            let noise = (!step["noise"].is_null()).then(|| two(fixture.f32(&step["noise"])));
             let t = step["timestep"].as_i64().unwrap();
             assert_eq!(t, record.timesteps[i]);
             let prev = step["prev_timestep"].as_i64();
@@ -141,12 +137,12 @@ fn teacher_forced_steps() {
                 .unwrap();
             let x0 = max_abs_diff(
                 &out.pred_original_sample,
-                &fixture.f32_ref(&step["pred_original_sample"]),
+                &fixture.f32(&step["pred_original_sample"]),
             );
-            let x_prev = max_abs_diff(&out.prev_sample, &fixture.f32_ref(&step["prev_sample"]));
+            let x_prev = max_abs_diff(&out.prev_sample, &fixture.f32(&step["prev_sample"]));
             // The recorded model_output is the guided output; the prior's x̂₀ is its clamp.
             let guided = fixture
-                .f32_ref(&step["model_output"])
+                .f32(&step["model_output"])
                 .mapv(|v| v.clamp(-5.0, 5.0));
             let guided_diff = max_abs_diff(&out.pred_original_sample, &guided);
             assert!(
@@ -173,13 +169,13 @@ async fn replayed_loop_assembles_recorded_inputs() {
     let sampler = PriorSampler::from_repository(&repo).unwrap();
     let mut worst_input: f32 = 0.0;
     let mut worst_latents: f32 = 0.0;
-    for case in Fixture::cases("text_to_image") {
+    for case in Fixture::cases_of("text_to_image") {
         let mut fixture = Fixture::open(&case);
         let record = prior_record(&case, &mut fixture);
         let outputs: Vec<Array2<f32>> = record
             .calls
             .iter()
-            .map(|c| two(fixture.f32_ref(&c["outputs"]["predicted_image_embedding"])))
+            .map(|c| two(fixture.f32(&c["outputs"]["predicted_image_embedding"])))
             .collect();
         let seen: Mutex<Vec<PriorInputs>> = Mutex::default();
         let network = |inputs: PriorInputs| {
@@ -222,7 +218,7 @@ async fn replayed_loop_assembles_recorded_inputs() {
                     inputs.encoder_hidden_states.clone().into_dyn(),
                 ),
             ] {
-                let diff = max_abs_diff(&got, &fixture.f32_ref(&rec[name]));
+                let diff = max_abs_diff(&got, &fixture.f32(&rec[name]));
                 assert!(diff <= 1e-6, "{case} call {i}: {name} differs by {diff:e}");
                 worst_input = worst_input.max(diff);
             }
@@ -278,11 +274,11 @@ fn final_diffs(out: &PriorOutput, fixture: &mut Fixture) -> (f32, f32) {
     (
         max_abs_diff(
             &out.latents.clone().into_dyn(),
-            &fixture.f32("prior_latents"),
+            &fixture.value("prior_latents"),
         ),
         max_abs_diff(
             &out.image_embeds.clone().into_dyn(),
-            &fixture.f32("image_embeddings"),
+            &fixture.value("image_embeddings"),
         ),
     )
 }
@@ -295,7 +291,7 @@ async fn free_running_loop_matches_recorded_latents() {
     let sampler = PriorSampler::from_repository(&repo).unwrap();
     let executor = prior_executor(&repo);
     let mut worst: f32 = 0.0;
-    for case in Fixture::cases("text_to_image") {
+    for case in Fixture::cases_of("text_to_image") {
         let (latents, embeds, steps) = free_run(&sampler, &executor, &case).await;
         eprintln!(
             "free running {case} ({steps} steps): latents {latents:e}, embeddings {embeds:e}"
@@ -314,7 +310,7 @@ async fn free_running_loop_matches_replay_cases() {
     let repo = repository();
     let sampler = PriorSampler::from_repository(&repo).unwrap();
     let executor = prior_executor(&repo);
-    let cases = Fixture::replay_cases("text_to_image");
+    let cases = Fixture::replay_cases_of("text_to_image");
     assert!(
         cases.len() >= 4,
         "expected the replay cases of index.json, found {cases:?}"

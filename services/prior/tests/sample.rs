@@ -1,4 +1,4 @@
-//! Sample over real gRPC against karlo-tiny (and models/shapes when present): shapes and
+//! Sample over real gRPC against karlo-tiny (and models/shapes): shapes and
 //! settings of the answer, determinism, seed + k reproducibility, best-of-k reranking, and the
 //! refusal of every kind of bad request (after which the service still answers).
 
@@ -6,18 +6,19 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::{Fixture, TestServer, assert_status, max_abs_diff, synthetic_encoding};
+use common::{TestServer, prompt_encoding, synthetic_encoding};
 use ndarray::{Array2, ArrayD, Ix2};
 use tonic::Code;
-use tonic_health::pb::health_check_response::ServingStatus;
 use unclip_proto::StepEvent;
 use unclip_proto::v1::{PriorSampleRequest, PriorSampleResponse, Tensor, TextEncoding};
+use unclip_testkit::ServingStatus;
+use unclip_testkit::{Fixture, assert_status, max_abs_diff};
 
 async fn sample(
     server: &TestServer,
     request: PriorSampleRequest,
 ) -> Result<PriorSampleResponse, tonic::Status> {
-    Ok(server.prior().await.sample(request).await?.into_inner())
+    Ok(server.client().await.sample(request).await?.into_inner())
 }
 
 fn embeds(response: &PriorSampleResponse) -> Array2<f32> {
@@ -43,7 +44,7 @@ fn request(text: TextEncoding, num_images: u32, seed: u64) -> PriorSampleRequest
 
 /// The recorded encodings of "horse" and the red cube (B = 2).
 fn two_prompts() -> TextEncoding {
-    Fixture::open("t2i_batch2_seed0_steps2-2-2").prompt_encoding()
+    prompt_encoding(&mut Fixture::open("t2i_batch2_seed0_steps2-2-2"))
 }
 
 /// A prompt-major [B × num_images, D] answer with one seed per row, the defaults applied, and
@@ -89,7 +90,7 @@ async fn happy_path_and_defaults() {
 async fn negative_prompt() {
     let server = TestServer::serving(&[]).await;
     let mut fixture = Fixture::open("t2i_red-cube_seed0_steps2-2-2");
-    let negative = fixture.prompt_encoding();
+    let negative = prompt_encoding(&mut fixture);
     let response = sample(
         &server,
         PriorSampleRequest {
@@ -120,7 +121,7 @@ async fn negative_prompt() {
 #[tokio::test]
 async fn determinism_and_seed_plus_k() {
     for (model, text, _keep) in informative_models() {
-        let server = TestServer::start_with(common::config_for(&model, &[])).await;
+        let server = TestServer::start_with(TestServer::config_for(&model, &[])).await;
         server.wait_serving().await;
         let first = embeds(
             &sample(&server, request(text.clone(), 3, 1000))
@@ -158,7 +159,7 @@ async fn determinism_and_seed_plus_k() {
 }
 
 /// Models whose raw embeddings are informative, with encodings to send: karlo-tiny with
-/// non-zero prior clip statistics (its own are zeros), and models/shapes when present. The
+/// non-zero prior clip statistics (its own are zeros), and models/shapes. The
 /// third member keeps a temporary repository alive.
 fn informative_models() -> Vec<(PathBuf, TextEncoding, Option<tempfile::TempDir>)> {
     let tiny = common::karlo_tiny_with_prior_stats(
@@ -166,12 +167,11 @@ fn informative_models() -> Vec<(PathBuf, TextEncoding, Option<tempfile::TempDir>
         |i| 0.5 + 0.05 * i as f32,
     );
     let mut models = vec![(tiny.path().to_path_buf(), two_prompts(), Some(tiny))];
-    if let Some(shapes) = common::shapes() {
-        let repo = unclip_runtime::ModelRepository::open(&shapes).unwrap();
-        let s = repo.sizes();
-        let text = synthetic_encoding(2, s.context_length, s.embedding_dim);
-        models.push((shapes, text, None));
-    }
+    let shapes = unclip_testkit::shapes();
+    let repo = unclip_runtime::ModelRepository::open(&shapes).unwrap();
+    let s = repo.sizes();
+    let text = synthetic_encoding(2, s.context_length, s.embedding_dim);
+    models.push((shapes, text, None));
     models
 }
 
@@ -201,7 +201,7 @@ fn only_prompt(text: &TextEncoding, i: usize) -> TextEncoding {
 #[tokio::test]
 async fn best_of_k_keeps_the_highest_dot_product() {
     for (model, text, _keep) in informative_models() {
-        let server = TestServer::start_with(common::config_for(&model, &[])).await;
+        let server = TestServer::start_with(TestServer::config_for(&model, &[])).await;
         server.wait_serving().await;
         let text_embeds: ArrayD<f32> = text.text_embeds.as_ref().unwrap().to_f32_array().unwrap();
         let k = 3u64;
@@ -388,7 +388,7 @@ async fn bad_requests_name_field_and_limit() {
 async fn sample_stream_reports_steps_then_the_same_answer() {
     // 2 prompts × 2 images in chunks of 3 rows: two loops of 4 steps.
     let server = TestServer::serving(&["--max-rows-per-call", "3"]).await;
-    let mut client = server.prior().await;
+    let mut client = server.client().await;
     let req = PriorSampleRequest {
         steps: 4,
         best_of: 1,

@@ -1,0 +1,68 @@
+//! Reading a service's `GET /metrics` (OpenMetrics text beside gRPC on the same port).
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// One answer of `GET /metrics`.
+#[derive(Debug, Clone)]
+pub struct Scrape {
+    /// The status line, e.g. `HTTP/1.1 200 OK`.
+    pub status: String,
+    /// The `content-type` header's value (lower-cased), or "".
+    pub content_type: String,
+    /// The body.
+    pub body: String,
+}
+
+impl Scrape {
+    /// Asserts a `200 OK` answer of OpenMetrics text.
+    pub fn assert_openmetrics(&self) {
+        assert_eq!(self.status, "HTTP/1.1 200 OK", "{}", self.body);
+        assert!(
+            self.content_type
+                .starts_with("application/openmetrics-text"),
+            "{}",
+            self.content_type
+        );
+    }
+
+    /// The value of `series` (name and labels, as written); panics naming it when absent.
+    pub fn value(&self, series: &str) -> f64 {
+        metric(&self.body, series)
+    }
+}
+
+/// `GET /metrics` of the service at `address` (`host:port`, or the gRPC URL
+/// `http://host:port`), over plain HTTP/1.1.
+pub async fn scrape(address: &str) -> Scrape {
+    let address = address.trim_start_matches("http://");
+    let mut socket = tokio::net::TcpStream::connect(address)
+        .await
+        .unwrap_or_else(|e| panic!("connecting to {address} for /metrics: {e}"));
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    socket.read_to_string(&mut answer).await.unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    let content_type = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-type: ")
+                .map(str::to_string)
+        })
+        .unwrap_or_default();
+    Scrape {
+        status: head.lines().next().unwrap_or("").to_string(),
+        content_type,
+        body: body.to_string(),
+    }
+}
+
+/// The value of `series` (name and labels, as written) in a `/metrics` text; panics naming it
+/// when absent.
+pub fn metric(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
+}
