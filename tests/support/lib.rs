@@ -75,8 +75,8 @@ pub async fn gateway(stack: &LocalStack) -> GatewayClient<Channel> {
         .await
         .expect("connecting to the gateway");
     GatewayClient::new(channel)
-        .max_decoding_message_size(64 << 20)
-        .max_encoding_message_size(64 << 20)
+        .max_decoding_message_size(unclip_proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(unclip_proto::MAX_MESSAGE_BYTES)
 }
 
 /// The gateway's counters.

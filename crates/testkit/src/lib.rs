@@ -24,9 +24,10 @@ pub use images::{mean_abs_diff, png, rgb};
 pub use metrics::{Scrape, metric, scrape};
 pub use numeric::{assert_close, max_abs_diff};
 pub use redis_server::{RedisServer, free_port};
-pub use server::{MAX_MESSAGE, Service, Shutdown, TestServer, init_logs};
+pub use server::{Service, Shutdown, TestServer, init_logs};
 pub use status::{assert_contains, assert_status};
 pub use tonic_health::pb::health_check_response::ServingStatus;
+pub use unclip_proto::MAX_MESSAGE_BYTES;
 
 /// What [`service!`] expands to names, so the test crate need not depend on it.
 #[doc(hidden)]

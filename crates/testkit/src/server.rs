@@ -18,9 +18,6 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use unclip_proto::v1::ModelInfo;
 
-/// Client-side message limit, as large as the services' default.
-pub const MAX_MESSAGE: usize = 64 << 20;
-
 /// A service the kit can run: its flags, its `run(config, listener, shutdown)` and its client.
 /// [`service!`](crate::service!) writes the implementation for a stage service.
 pub trait Service: 'static {
@@ -38,7 +35,7 @@ pub trait Service: 'static {
         listener: TcpListener,
         shutdown: Shutdown,
     ) -> impl Future<Output = anyhow::Result<()>> + Send + 'static;
-    /// A client on `channel`, message limits raised to [`MAX_MESSAGE`].
+    /// A client on `channel`, message limits raised to [`unclip_proto::MAX_MESSAGE_BYTES`].
     fn client(channel: Channel) -> Self::Client;
     /// The service's GetInfo.
     fn get_info(
@@ -74,8 +71,8 @@ macro_rules! service {
 
             fn client(channel: $crate::reexports::tonic::transport::Channel) -> Self::Client {
                 $client::new(channel)
-                    .max_decoding_message_size($crate::MAX_MESSAGE)
-                    .max_encoding_message_size($crate::MAX_MESSAGE)
+                    .max_decoding_message_size($crate::MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size($crate::MAX_MESSAGE_BYTES)
             }
 
             async fn get_info(

@@ -203,43 +203,6 @@ impl Core {
         Self { layer, ..self }
     }
 
-    /// Text to image.
-    pub async fn generate(
-        &self,
-        caller: Caller,
-        request: GenerateRequest,
-    ) -> Result<ImagesResponse> {
-        self.run(caller, request).await
-    }
-
-    /// Variations of an image.
-    pub async fn vary(&self, caller: Caller, request: VaryRequest) -> Result<ImagesResponse> {
-        self.run(caller, request).await
-    }
-
-    /// Frames between two images.
-    pub async fn interpolate(
-        &self,
-        caller: Caller,
-        request: InterpolateRequest,
-    ) -> Result<ImagesResponse> {
-        self.run(caller, request).await
-    }
-
-    /// An image moved towards a caption, frame by frame, and their animation.
-    pub async fn text_diff(
-        &self,
-        caller: Caller,
-        request: TextDiffRequest,
-    ) -> Result<ImagesResponse> {
-        self.run(caller, request).await
-    }
-
-    /// The masked part of an image regenerated.
-    pub async fn inpaint(&self, caller: Caller, request: InpaintRequest) -> Result<ImagesResponse> {
-        self.run(caller, request).await
-    }
-
     /// Runs any image capability to its response.
     pub async fn run(
         &self,
@@ -410,7 +373,7 @@ mod tests {
         let caller = Caller::default();
         let unavailable = |e: Error| assert_eq!(e.code(), tonic::Code::Unavailable, "{e}");
         unavailable(
-            core.generate(caller.clone(), GenerateRequest::default())
+            core.run(caller.clone(), GenerateRequest::default())
                 .await
                 .unwrap_err(),
         );

@@ -112,15 +112,19 @@ def png_bytes(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def proportion(hits: int, n: int) -> dict:
+    """A share with its count and 95% Wilson interval, as the report prints it."""
+    return {"hits": hits, "share": hits / n, "ci95": list(wilson(hits, n))}
+
+
 def summarise(results: list[dict]) -> dict:
     n = len(results)
     ok = sum(r["object_right_colour"] for r in results)
     kept = sum(r["kept_max_diff"] == 0 for r in results)
-    lo, hi = wilson(ok, n)
     return {
         "cases": n,
-        "object_right_colour": {"hits": ok, "share": ok / n, "ci95": [lo, hi]},
-        "kept_exact": {"hits": kept, "share": kept / n, "ci95": list(wilson(kept, n))},
+        "object_right_colour": proportion(ok, n),
+        "kept_exact": proportion(kept, n),
         "seam_mean": float(np.mean([r["seam"] for r in results])),
         "seam_truth_mean": float(np.mean([r["seam_truth"] for r in results])),
     }
