@@ -25,7 +25,6 @@ pub mod stack;
 
 use std::process::ExitCode;
 
-use tracing_subscriber::EnvFilter;
 use unclip_stack::{LocalStack, RedisMode, StageReplicas};
 
 pub use args::{Cli, Command, GlobalArgs};
@@ -39,13 +38,7 @@ pub struct Interrupted;
 /// The whole program after parsing: logs warnings to stderr, runs the command, prints an error
 /// as `error: ...` (no backtrace) and turns it into the exit status.
 pub async fn main(cli: Cli) -> ExitCode {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .without_time()
-        .with_target(false)
-        .try_init();
+    unclip_server::logging::init_cli_tracing();
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.is::<Interrupted>() => {
@@ -87,7 +80,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     // Dropping the call's future cancels it, which the gateway passes on to its stages.
     let result = tokio::select! {
         result = call.execute(&url, &global) => result,
-        () = stack::shutdown_signal() => Err(Interrupted.into()),
+        () = unclip_server::shutdown_signal() => Err(Interrupted.into()),
     };
     if let Some(stack) = local {
         let stopped = stack::stop(stack).await;

@@ -46,7 +46,7 @@ pub async fn start(config: LocalStackConfig, quiet: bool) -> anyhow::Result<Loca
     }
     let stack = tokio::select! {
         stack = LocalStack::start(config) => stack?,
-        () = shutdown_signal() => return Err(Interrupted.into()),
+        () = unclip_server::shutdown_signal() => return Err(Interrupted.into()),
     };
     if !quiet {
         eprintln!("local stack up in {:.1} s", started.elapsed().as_secs_f64());
@@ -62,22 +62,6 @@ pub async fn stop(stack: LocalStack) -> anyhow::Result<()> {
         tracing::warn!("the local {} ended with {}", exit.process, exit.status);
     }
     Ok(())
-}
-
-/// Ctrl-C or SIGTERM, whichever comes first.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut terminate) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = terminate.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }
 
 /// The `--listen-info` file's lines: `gateway=URL`, `redis=URL` when it runs, and the stage
@@ -146,7 +130,7 @@ pub async fn run(global: &GlobalArgs, args: &StackArgs) -> anyhow::Result<()> {
         eprintln!("serving; Ctrl-C or SIGTERM stops everything");
     }
 
-    shutdown_signal().await;
+    unclip_server::shutdown_signal().await;
     if !global.quiet {
         eprintln!("stopping ...");
     }

@@ -11,9 +11,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 pub use prometheus_client;
-use unclip_runtime::ExecutorStats;
-
-use crate::serve::ModelSlot;
 
 /// The response's content type.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -111,50 +108,6 @@ pub fn gauges_over<T>(
             items.iter().map(|(l, t)| (l.clone(), value(t))),
         );
     }
-}
-
-/// The metrics of a stage service: `unclip_stage_ready` (1 once the model serves), and per
-/// graph its executor's calls, runs (fewer than calls when calls were stacked) and rows, as
-/// `graphs` lists them for the loaded model.
-pub fn graph_metrics<M: Send + Sync + 'static>(
-    slot: ModelSlot<M>,
-    graphs: fn(&M) -> Vec<(String, ExecutorStats)>,
-) -> Metrics {
-    Metrics::new(move |registry| {
-        let model = slot.get().ok();
-        gauges(
-            registry,
-            "unclip_stage_ready",
-            "1 once the model is loaded and warmed up.",
-            [(Labels::new(), i64::from(model.is_some()))],
-        );
-        let Some(model) = model else {
-            return;
-        };
-        let stats: Vec<(Labels, ExecutorStats)> = graphs(&model)
-            .into_iter()
-            .map(|(graph, s)| (labels([("graph", graph.as_str())]), s))
-            .collect();
-        counters_over(
-            registry,
-            &stats,
-            &[
-                (
-                    "unclip_stage_graph_calls",
-                    "Calls answered, per graph.",
-                    |s| s.calls,
-                ),
-                (
-                    "unclip_stage_graph_runs",
-                    "Graph runs (calls stacked together run once), per graph.",
-                    |s| s.runs,
-                ),
-                ("unclip_stage_graph_rows", "Rows run, per graph.", |s| {
-                    s.rows
-                }),
-            ],
-        );
-    })
 }
 
 /// `[(key, value)]` as owned labels.

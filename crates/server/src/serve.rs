@@ -1,10 +1,13 @@
-//! The serving skeleton of every service: health that turns SERVING only after the model has
-//! loaded and answered a warm-up, reflection v1 and v1alpha, a bound listener with TCP_NODELAY,
-//! and graceful shutdown that finishes the calls in flight (for at most a grace period).
+//! The serving skeleton of every service: health that turns SERVING only after the service's
+//! state is ready (a stage's model loaded and warmed up, the gateway's stages checked),
+//! reflection v1 and v1alpha, a bound listener with TCP_NODELAY, and graceful shutdown that
+//! finishes the calls in flight (for at most a grace period).
 //!
 //! A service supplies three things: its tonic server(s) as [`Routes`] (message limits already
-//! applied, see [`ServeArgs::max_message_bytes`]), a [`ModelSlot`] its handlers read the model
-//! from, and a `load` future that opens the model and warms it up. [`serve`] does the rest.
+//! applied, see [`ServeArgs::max_message_bytes`]), a [`Slot`] its handlers read their state
+//! from (a stage's model, the gateway's checked stages), and a `load` future that makes that
+//! state ready (opens and warms up the model; checks the stages). [`serve`] does the rest.
+//! Nothing here knows about models: `unclip-model-server` adds those on top.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -17,7 +20,6 @@ use tokio::sync::Notify;
 use tonic::service::Routes;
 use tonic::transport::Server;
 
-use crate::error::ServiceError;
 use crate::grpc::{self, DEFAULT_MAX_MESSAGE_BYTES, Health};
 use crate::metrics::{CONTENT_TYPE, Metrics};
 
@@ -74,41 +76,38 @@ impl ServeConfig {
     }
 }
 
-/// Where the handlers find the model: empty until `load` (load and warm-up) has succeeded.
-/// Cheap to clone; every clone sees the same model.
+/// Where the handlers find the service's state: empty until `load` has succeeded. Cheap to
+/// clone; every clone sees the same value.
 #[derive(Debug)]
-pub struct ModelSlot<M>(Arc<OnceLock<Arc<M>>>);
+pub struct Slot<T>(Arc<OnceLock<Arc<T>>>);
 
-impl<M> Clone for ModelSlot<M> {
+impl<T> Clone for Slot<T> {
     fn clone(&self) -> Self {
         Self(Arc::clone(&self.0))
     }
 }
 
-impl<M> Default for ModelSlot<M> {
+impl<T> Default for Slot<T> {
     fn default() -> Self {
         Self(Arc::new(OnceLock::new()))
     }
 }
 
-impl<M> ModelSlot<M> {
+impl<T> Slot<T> {
     /// An empty slot.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// The model, or UNAVAILABLE "the model is still loading".
-    pub fn get(&self) -> Result<Arc<M>, ServiceError> {
-        self.0
-            .get()
-            .cloned()
-            .ok_or_else(|| ServiceError::Unavailable("the model is still loading".into()))
+    /// The value, or `None` while `load` has not finished.
+    pub fn get(&self) -> Option<Arc<T>> {
+        self.0.get().cloned()
     }
 
     /// Fills the slot (the first call wins). [`serve`] does this after `load`; tests of
     /// handlers may do it directly.
-    pub fn set(&self, model: M) {
-        let _ = self.0.set(Arc::new(model));
+    pub fn set(&self, value: T) {
+        let _ = self.0.set(Arc::new(value));
     }
 }
 
@@ -116,24 +115,24 @@ impl<M> ModelSlot<M> {
 /// error is then returned.
 ///
 /// 1. Health (`grpc.health.v1`, under `config.service` and "") answers at once, NOT_SERVING.
-/// 2. `load` runs in the background; when it returns the model, it goes into `slot` and
-///    health turns SERVING. `load` should include a warm-up call so SERVING means "answers".
+/// 2. `load` runs in the background; when it returns, its value goes into `slot` and health
+///    turns SERVING. `load` should include a warm-up call so SERVING means "answers".
 ///    Blocking work inside it belongs in `spawn_blocking`.
 /// 3. On `shutdown`: health NOT_SERVING and the health statuses are removed (ending open
 ///    `Watch` streams), no new connections are accepted, calls in flight finish, and `serve`
 ///    returns, or after `config.shutdown_grace` stops anyway with a warning.
 ///
 /// Reflection v1 and v1alpha are added for `unclip.v1` and the health service.
-pub async fn serve<M>(
+pub async fn serve<T>(
     config: ServeConfig,
     listener: TcpListener,
     routes: Routes,
-    slot: ModelSlot<M>,
-    load: impl Future<Output = anyhow::Result<M>> + Send + 'static,
+    slot: Slot<T>,
+    load: impl Future<Output = anyhow::Result<T>> + Send + 'static,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()>
 where
-    M: Send + Sync + 'static,
+    T: Send + Sync + 'static,
 {
     let address = listener
         .local_addr()
@@ -149,13 +148,13 @@ where
         let (health, failure, failed) = (health.clone(), Arc::clone(&failure), Arc::clone(&failed));
         tokio::spawn(async move {
             match load.await {
-                Ok(model) => {
-                    slot.set(model);
+                Ok(value) => {
+                    slot.set(value);
                     health.set(true).await;
                     tracing::info!("serving");
                 }
                 Err(e) => {
-                    tracing::error!(cause = format!("{e:#}"), "loading the model failed");
+                    tracing::error!(cause = format!("{e:#}"), "failed to start");
                     *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
                     // notify_one stores a permit, so this is not lost if nobody waits yet.
                     failed.notify_one();

@@ -1,5 +1,5 @@
 //! The serving skeleton without any model: health follows `load`, a failed load is `serve`'s
-//! error, shutdown ends health watches, and the model slot answers UNAVAILABLE until filled.
+//! error, shutdown ends health watches, and the slot stays empty until the state is ready.
 
 use std::time::Duration;
 
@@ -11,7 +11,7 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use unclip_server::metrics::{Metrics, counters, labels};
-use unclip_server::{ModelSlot, ServeConfig, ServiceError, serve};
+use unclip_server::{ServeConfig, Slot, serve};
 use unclip_testkit::scrape;
 
 const SERVICE: &str = "unclip.v1.TestService";
@@ -56,7 +56,7 @@ async fn status(health: &mut HealthClient<Channel>) -> ServingStatus {
 async fn health_follows_load() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let slot: ModelSlot<u32> = ModelSlot::new();
+    let slot: Slot<u32> = Slot::new();
     let (loaded_tx, loaded_rx) = oneshot::channel::<()>();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let load = async move {
@@ -76,7 +76,7 @@ async fn health_follows_load() {
 
     let mut health = HealthClient::new(channel(addr).await);
     assert_eq!(status(&mut health).await, ServingStatus::NotServing);
-    assert!(matches!(slot.get(), Err(ServiceError::Unavailable(_))));
+    assert!(slot.get().is_none(), "empty until the state is ready");
 
     let mut watch = health
         .watch(HealthCheckRequest {
@@ -113,7 +113,7 @@ async fn failed_load_is_the_error() {
         config(),
         listener,
         Routes::default(),
-        ModelSlot::new(),
+        Slot::<u32>::new(),
         load,
         std::future::pending(),
     )

@@ -578,6 +578,12 @@ fn gateway_args(config: &LocalStackConfig, addr: SocketAddr, stack: &LocalStack)
     if let Some(url) = stack.redis_url() {
         args.extend(["--redis-url".into(), url.into()]);
     }
+    // Explicit, so that the `unclip` command's UNCLIP_STARTUP_TIMEOUT_SECS, which the gateway
+    // inherits, is not read as the gateway's deprecated name for it.
+    args.extend([
+        "--startup-timeout-secs".into(),
+        config.startup_timeout.as_secs().max(1).to_string().into(),
+    ]);
     args.extend(config.gateway_args.iter().map(OsString::from));
     args
 }

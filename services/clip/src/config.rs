@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::Parser;
-use unclip_server::{RuntimeArgs, ServeArgs};
+use unclip_model_server::{RuntimeArgs, ServeArgs};
 
 /// unclip-clip: CLIP text and image encodings for unCLIP over gRPC (unclip.v1.ClipService).
 #[derive(Debug, Clone, Parser)]

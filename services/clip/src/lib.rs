@@ -25,9 +25,8 @@ use std::future::Future;
 
 use tokio::net::TcpListener;
 use tonic::service::Routes;
+use unclip_model_server::{ModelSlot, serve_model};
 use unclip_proto::v1::clip_service_server::ClipServiceServer;
-use unclip_server::ModelSlot;
-use unclip_server::metrics::graph_metrics;
 
 pub use config::Config;
 pub use service::SERVICE_NAME;
@@ -52,30 +51,9 @@ pub async fn run(
             max_side: config.max_image_side,
         },
     };
-    let clip = ClipServiceServer::new(ClipApi::new(slot.clone(), limits))
+    let server = ClipServiceServer::new(ClipApi::new(slot.clone(), limits))
         .max_decoding_message_size(config.serve.max_message_bytes)
         .max_encoding_message_size(config.serve.max_message_bytes);
-    let load = {
-        let config = config.clone();
-        async move {
-            let model = tokio::task::spawn_blocking(move || ClipModel::load(&config))
-                .await
-                .map_err(|e| anyhow::anyhow!("the loading task panicked: {e}"))??;
-            model.warm_up().await?;
-            anyhow::Ok(model)
-        }
-    };
-    tracing::info!(model = %config.model.display(), "starting");
-    unclip_server::serve(
-        config
-            .serve
-            .serve_config(SERVICE_NAME)
-            .with_metrics(graph_metrics(slot.clone(), ClipModel::graph_stats)),
-        listener,
-        Routes::new(clip),
-        slot,
-        load,
-        shutdown,
-    )
-    .await
+    let serve = config.serve.serve_config(SERVICE_NAME);
+    serve_model(config, serve, listener, Routes::new(server), slot, shutdown).await
 }

@@ -5,17 +5,18 @@
 //! decoding and resizing images) runs on tokio's blocking pool, and the graphs run on their
 //! executors' own threads, so the async runtime only ever awaits.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
 use bytes::Bytes;
 use ndarray::{Array4, ArrayD, Axis};
+use unclip_model_server::{ServiceError, StageModel};
 use unclip_proto::v1::{Tensor, TextEncoding};
 use unclip_runtime::{
     Device, ExecutorStats, ModelRepository, SessionExecutor, TensorData, init_environment,
 };
-use unclip_server::ServiceError;
 
 use crate::config::Config;
 use crate::preprocess::{ClipPreprocessor, ImageLimits, decode_rgb};
@@ -54,70 +55,6 @@ fn max_abs_diff(a: &ArrayD<f32>, b: &ArrayD<f32>) -> f32 {
 }
 
 impl ClipModel {
-    /// Opens and checks the repository, hashes the files this service uses, loads ONNX Runtime
-    /// and the encoder sessions. Blocking.
-    pub fn load(config: &Config) -> anyhow::Result<Self> {
-        let started = Instant::now();
-        let repo = ModelRepository::open(&config.model)
-            .with_context(|| format!("opening the model repository {}", config.model.display()))?;
-        let manifest = repo.manifest();
-        let image_spec = manifest
-            .components
-            .image_encoder
-            .as_ref()
-            .filter(|_| !config.text_only);
-
-        // Hash exactly what this service reads, so it serves what the version names.
-        let mut files = vec![
-            manifest.text.tokenizer.as_str(),
-            manifest.tensors.file.as_str(),
-            manifest.components.text_encoder.file.as_str(),
-        ];
-        if let Some(spec) = image_spec {
-            files.push(&spec.file);
-        }
-        repo.verify_files(files.iter().copied())
-            .context("checking the model files")?;
-
-        let env = init_environment(config.runtime.ort_library.as_deref())?;
-        let session_config = config.runtime.session_config();
-        let tokenizer =
-            PromptTokenizer::from_file(&repo.tokenizer_path(), repo.sizes().context_length)?;
-        let text_encoder = repo.load_executor(
-            &env,
-            "text_encoder",
-            &manifest.components.text_encoder,
-            &session_config,
-        )?;
-        let image = match image_spec {
-            Some(spec) => Some(ImageEncoder {
-                preprocessor: Arc::new(ClipPreprocessor::new(
-                    manifest
-                        .image_preprocess
-                        .as_ref()
-                        .expect("validated: an image encoder comes with image_preprocess"),
-                )),
-                executor: repo.load_executor(&env, "image_encoder", spec, &session_config)?,
-            }),
-            None => None,
-        };
-        tracing::info!(
-            model = %manifest.model_id,
-            version = %manifest.version,
-            device = %config.runtime.device,
-            image_encoder = image.is_some(),
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "model loaded"
-        );
-        Ok(Self {
-            device: config.runtime.device,
-            repo,
-            tokenizer: Arc::new(tokenizer),
-            text_encoder,
-            image,
-        })
-    }
-
     /// The repository.
     pub fn repo(&self) -> &ModelRepository {
         &self.repo
@@ -133,15 +70,6 @@ impl ClipModel {
         self.image.is_some()
     }
 
-    /// Each graph's executor counters, for `/metrics`.
-    pub fn graph_stats(&self) -> Vec<(String, ExecutorStats)> {
-        let mut stats = vec![("text_encoder".to_string(), self.text_encoder.stats())];
-        if let Some(image) = &self.image {
-            stats.push(("image_encoder".to_string(), image.executor.stats()));
-        }
-        stats
-    }
-
     /// Labels of the loaded components.
     pub fn components(&self) -> Vec<&'static str> {
         let mut c = vec!["text_encoder"];
@@ -149,52 +77,6 @@ impl ClipModel {
             c.push("image_encoder");
         }
         c
-    }
-
-    /// Encodes "" through the whole EncodeText path and compares it with the encoding
-    /// recorded in tensors.safetensors; runs the image encoder once. Required before SERVING.
-    pub async fn warm_up(&self) -> anyhow::Result<()> {
-        let started = Instant::now();
-        let encoding = self
-            .encode_text(vec![String::new()])
-            .await
-            .map_err(|e| anyhow::anyhow!("warm-up EncodeText failed: {e}"))?;
-        let uncond = self.repo.tensors().uncond_text();
-        let embeds = encoding
-            .text_embeds
-            .as_ref()
-            .context("warm-up: no text_embeds")?
-            .to_f32_array()?;
-        let ids = encoding
-            .input_ids
-            .as_ref()
-            .context("warm-up: no input_ids")?
-            .to_array::<i64>()?;
-        anyhow::ensure!(
-            ids.index_axis(Axis(0), 0) == uncond.input_ids.view().into_dyn(),
-            "warm-up: the tokenizer's ids for \"\" differ from uncond_input_ids in {}",
-            self.repo.manifest().tensors.file
-        );
-        let diff = max_abs_diff(
-            &embeds,
-            &uncond.text_embeds.clone().insert_axis(Axis(0)).into_dyn(),
-        );
-        if diff > 1e-3 {
-            tracing::warn!(
-                max_abs_diff = diff,
-                "the text encoder's encoding of \"\" differs from the one recorded in the \
-                 model repository (expected on reduced-precision devices only)"
-            );
-        }
-        if let Some(image) = &self.image {
-            image.executor.warm_up().await?;
-        }
-        tracing::info!(
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            uncond_max_abs_diff = diff,
-            "warm-up done"
-        );
-        Ok(())
     }
 
     /// Tokenises and encodes `prompts` (already validated).
@@ -258,5 +140,130 @@ impl ClipModel {
             .await?;
         let embeds = outputs.take_f32("image_embeds")?;
         Ok(Tensor::from_array(&embeds))
+    }
+}
+
+impl StageModel for ClipModel {
+    type Config = Config;
+
+    fn repository(config: &Config) -> &Path {
+        &config.model
+    }
+
+    /// Checks the opened repository, hashes the files this service uses, loads ONNX Runtime
+    /// and the encoder sessions. Blocking.
+    fn open(config: &Config, repo: ModelRepository) -> anyhow::Result<Self> {
+        let started = Instant::now();
+        let manifest = repo.manifest();
+        let image_spec = manifest
+            .components
+            .image_encoder
+            .as_ref()
+            .filter(|_| !config.text_only);
+
+        // Hash exactly what this service reads, so it serves what the version names.
+        let mut files = vec![
+            manifest.text.tokenizer.as_str(),
+            manifest.tensors.file.as_str(),
+            manifest.components.text_encoder.file.as_str(),
+        ];
+        if let Some(spec) = image_spec {
+            files.push(&spec.file);
+        }
+        repo.verify_files(files.iter().copied())
+            .context("checking the model files")?;
+
+        let env = init_environment(config.runtime.ort_library.as_deref())?;
+        let session_config = config.runtime.session_config();
+        let tokenizer =
+            PromptTokenizer::from_file(&repo.tokenizer_path(), repo.sizes().context_length)?;
+        let text_encoder = repo.load_executor(
+            &env,
+            "text_encoder",
+            &manifest.components.text_encoder,
+            &session_config,
+        )?;
+        let image = match image_spec {
+            Some(spec) => Some(ImageEncoder {
+                preprocessor: Arc::new(ClipPreprocessor::new(
+                    manifest
+                        .image_preprocess
+                        .as_ref()
+                        .expect("validated: an image encoder comes with image_preprocess"),
+                )),
+                executor: repo.load_executor(&env, "image_encoder", spec, &session_config)?,
+            }),
+            None => None,
+        };
+        tracing::info!(
+            model = %manifest.model_id,
+            version = %manifest.version,
+            device = %config.runtime.device,
+            image_encoder = image.is_some(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "model loaded"
+        );
+        Ok(Self {
+            device: config.runtime.device,
+            repo,
+            tokenizer: Arc::new(tokenizer),
+            text_encoder,
+            image,
+        })
+    }
+
+    /// Encodes "" through the whole EncodeText path and compares it with the encoding
+    /// recorded in tensors.safetensors; runs the image encoder once. Required before SERVING.
+    async fn warm_up(&self) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let encoding = self
+            .encode_text(vec![String::new()])
+            .await
+            .map_err(|e| anyhow::anyhow!("warm-up EncodeText failed: {e}"))?;
+        let uncond = self.repo.tensors().uncond_text();
+        let embeds = encoding
+            .text_embeds
+            .as_ref()
+            .context("warm-up: no text_embeds")?
+            .to_f32_array()?;
+        let ids = encoding
+            .input_ids
+            .as_ref()
+            .context("warm-up: no input_ids")?
+            .to_array::<i64>()?;
+        anyhow::ensure!(
+            ids.index_axis(Axis(0), 0) == uncond.input_ids.view().into_dyn(),
+            "warm-up: the tokenizer's ids for \"\" differ from uncond_input_ids in {}",
+            self.repo.manifest().tensors.file
+        );
+        let diff = max_abs_diff(
+            &embeds,
+            &uncond.text_embeds.clone().insert_axis(Axis(0)).into_dyn(),
+        );
+        if diff > 1e-3 {
+            tracing::warn!(
+                max_abs_diff = diff,
+                "the text encoder's encoding of \"\" differs from the one recorded in the \
+                 model repository (expected on reduced-precision devices only)"
+            );
+        }
+        if let Some(image) = &self.image {
+            image.executor.warm_up().await?;
+        }
+        tracing::info!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            uncond_max_abs_diff = diff,
+            "warm-up done"
+        );
+        Ok(())
+    }
+
+    /// Each graph's executor counters, for `/metrics`.
+    fn graphs(&self) -> Vec<(String, ExecutorStats)> {
+        let mut stats = vec![("text_encoder".to_string(), self.text_encoder.stats())];
+        if let Some(image) = &self.image {
+            stats.push(("image_encoder".to_string(), image.executor.stats()));
+        }
+        stats
     }
 }

@@ -161,7 +161,7 @@ fn resize_rgb8(input: &Array3<u8>, out_h: usize, out_w: usize) -> Array3<u8> {
     out
 }
 
-pub use unclip_server::image_input::{ImageLimits, decode_rgb};
+pub use unclip_model_server::image_input::{ImageLimits, decode_rgb};
 
 /// The manifest's CLIP preprocessing, ready to apply.
 #[derive(Debug, Clone)]
@@ -223,7 +223,7 @@ mod tests {
     use super::*;
     use std::io::Cursor;
 
-    use unclip_server::image_input::ImageError;
+    use unclip_model_server::image_input::ImageError;
 
     /// Fixed-point weights of each output sum to 1.0 in 22-bit fixed point (within rounding),
     /// as PIL's do, both when shrinking and when enlarging.

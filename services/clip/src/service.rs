@@ -3,14 +3,14 @@
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
+use unclip_model_server::info::model_info;
+use unclip_model_server::validate::batch_size;
+use unclip_model_server::{ModelSlot, ServiceError};
 use unclip_proto::v1::clip_service_server::ClipService;
 use unclip_proto::v1::{
     EncodeImageRequest, EncodeImageResponse, EncodeTextRequest, EncodeTextResponse, GetInfoRequest,
     ModelInfo, RequestLimits,
 };
-use unclip_server::info::model_info;
-use unclip_server::validate::batch_size;
-use unclip_server::{ModelSlot, ServiceError};
 
 use crate::model::ClipModel;
 use crate::preprocess::ImageLimits;

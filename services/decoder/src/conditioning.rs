@@ -18,8 +18,8 @@
 //! the N conditional rows alone.
 
 use ndarray::{Array1, Array2, Array3, ArrayD, Axis, concatenate, s};
+use unclip_model_server::validate::TextConditioning;
 use unclip_runtime::UncondText;
-use unclip_server::validate::TextConditioning;
 
 /// The unconditional half of the guidance batch, from tensors.safetensors.
 #[derive(Debug, Clone, PartialEq)]

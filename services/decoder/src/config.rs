@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::Parser;
-use unclip_server::{RuntimeArgs, ServeArgs};
+use unclip_model_server::{RuntimeArgs, ServeArgs};
 
 /// unclip-decoder: unCLIP's image decoder and super-resolution cascade over gRPC
 /// (unclip.v1.DecoderService), with DDIM sampling, DDIM inversion and inpainting.

@@ -11,11 +11,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use ndarray::{Array1, ArrayD};
+use unclip_model_server::ServiceError;
 use unclip_runtime::{
     Environment, ExecutorStats, ModelRepository, Outputs, SessionConfig, SessionExecutor,
     TensorData,
 };
-use unclip_server::ServiceError;
 
 use crate::conditioning::{TextProjInputs, TextProjOutputs};
 use crate::sampling::{DecoderCall, DecoderGraphs, UpsamplerGraph, UpsamplerGraphs};

@@ -9,10 +9,10 @@ use bytes::Bytes;
 use image::codecs::png::{CompressionType, FilterType, PngEncoder};
 use image::{ExtendedColorType, ImageEncoder};
 use ndarray::{Array3, Array4, ArrayView3, ArrayView4, Axis};
+use unclip_model_server::ServiceError;
 use unclip_sampler::pixels::{hwc_bytes_to_nchw, nchw_to_hwc_bytes};
-use unclip_server::ServiceError;
 
-pub use unclip_server::image_input::{ImageError, ImageLimits, decode_rgb};
+pub use unclip_model_server::image_input::{ImageError, ImageLimits, decode_rgb};
 
 /// Decodes one image (field `field`) that must be `side`² pixels into `[3, side, side]` model
 /// range. `what` names where `side` comes from.

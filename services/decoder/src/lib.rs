@@ -20,8 +20,9 @@
 //! | `service` | the gRPC handlers |
 //!
 //! [`run`] serves on a listener the caller bound until `shutdown` resolves, through
-//! `unclip_server::serve`: NOT_SERVING while the model loads, SERVING only after a warm-up
-//! Decode and Upsample (every stage) succeeded, graceful shutdown finishing calls in flight.
+//! [`unclip_model_server::serve_model()`]: NOT_SERVING while the model loads, SERVING only
+//! after a warm-up Decode and Upsample (every stage) succeeded, graceful shutdown finishing
+//! calls in flight.
 
 pub mod conditioning;
 pub mod config;
@@ -37,9 +38,8 @@ use std::future::Future;
 
 use tokio::net::TcpListener;
 use tonic::service::Routes;
+use unclip_model_server::{ModelSlot, serve_model};
 use unclip_proto::v1::decoder_service_server::DecoderServiceServer;
-use unclip_server::ModelSlot;
-use unclip_server::metrics::graph_metrics;
 
 pub use config::Config;
 pub use service::SERVICE_NAME;
@@ -67,33 +67,9 @@ pub async fn run(
             max_side: config.max_image_side,
         },
     };
-    let decoder = DecoderServiceServer::new(DecoderApi::new(slot.clone(), limits))
+    let server = DecoderServiceServer::new(DecoderApi::new(slot.clone(), limits))
         .max_decoding_message_size(config.serve.max_message_bytes)
         .max_encoding_message_size(config.serve.max_message_bytes);
-    let load = {
-        let config = config.clone();
-        async move {
-            // Blocking: hashing files, creating sessions, and the warm-up's sampling loops.
-            tokio::task::spawn_blocking(move || {
-                let model = DecoderModel::load(&config)?;
-                model.warm_up()?;
-                anyhow::Ok(model)
-            })
-            .await
-            .map_err(|e| anyhow::anyhow!("the loading task panicked: {e}"))?
-        }
-    };
-    tracing::info!(model = %config.model.display(), "starting");
-    unclip_server::serve(
-        config
-            .serve
-            .serve_config(SERVICE_NAME)
-            .with_metrics(graph_metrics(slot.clone(), DecoderModel::graph_stats)),
-        listener,
-        Routes::new(decoder),
-        slot,
-        load,
-        shutdown,
-    )
-    .await
+    let serve = config.serve.serve_config(SERVICE_NAME);
+    serve_model(config, serve, listener, Routes::new(server), slot, shutdown).await
 }

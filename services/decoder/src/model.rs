@@ -5,15 +5,16 @@
 //! is synchronous, its scheduler math can take milliseconds per step at 1024², and its model
 //! calls wait on the executors' own threads. The async runtime only awaits the result.
 
+use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use anyhow::Context as _;
 use ndarray::{Array2, ArrayD, Ix4};
+use unclip_model_server::{ServiceError, StageModel, Steps};
 use unclip_proto::v1::{DecodeResponse, ImageFormat, InvertResponse, Tensor, UpsampleResponse};
 use unclip_runtime::{Device, ModelRepository, init_environment};
 use unclip_sampler::{BicubicResizer, NoiseStage};
-use unclip_server::{ServiceError, Steps};
 
 use crate::conditioning::{ImageConditioning, Unconditional, plan};
 use crate::config::Config;
@@ -39,47 +40,6 @@ pub struct DecoderModel {
 }
 
 impl DecoderModel {
-    /// Opens and checks the repository, hashes the files this service uses, loads ONNX Runtime
-    /// and the sessions. Blocking.
-    pub fn load(config: &Config) -> anyhow::Result<Self> {
-        let started = Instant::now();
-        let repo = ModelRepository::open(&config.model)
-            .with_context(|| format!("opening the model repository {}", config.model.display()))?;
-        let mut files = Graphs::files(&repo);
-        files.push(&repo.manifest().tensors.file);
-        repo.verify_files(files.iter().copied())
-            .context("checking the model files")?;
-        let env = init_environment(config.runtime.ort_library.as_deref())?;
-        let graphs = Graphs::load(&repo, &env, &config.runtime.session_config())?;
-        let resizers = repo
-            .sizes()
-            .upsampler_sizes
-            .iter()
-            .map(|&(i, o)| BicubicResizer::new((i, i), (o, o)))
-            .collect::<Result<Vec<_>, _>>()
-            .context("preparing the bicubic upsampling")?;
-        let tensors = repo.tensors();
-        let uncond = Unconditional {
-            image_embedding: tensors.decoder_cfg_embedding(),
-            text: tensors.uncond_text(),
-        };
-        tracing::info!(
-            model = %repo.manifest().model_id,
-            version = %repo.manifest().version,
-            device = %config.runtime.device,
-            upsampler_stages = resizers.len(),
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "model loaded"
-        );
-        Ok(Self {
-            repo,
-            device: config.runtime.device,
-            graphs,
-            uncond,
-            resizers,
-        })
-    }
-
     /// The repository.
     pub fn repo(&self) -> &ModelRepository {
         &self.repo
@@ -88,11 +48,6 @@ impl DecoderModel {
     /// The device the graphs run on.
     pub fn device(&self) -> Device {
         self.device
-    }
-
-    /// Each graph's executor counters, for `/metrics`.
-    pub fn graph_stats(&self) -> Vec<(String, unclip_runtime::ExecutorStats)> {
-        self.graphs.stats()
     }
 
     /// Labels of the loaded components.
@@ -246,7 +201,7 @@ impl DecoderModel {
     /// One Decode (2 steps, guided) and one Upsample per stage (2 steps) through the whole
     /// request path, checking that the results are finite. Required before SERVING: it also pays
     /// ONNX Runtime's first-run costs. Blocking.
-    pub fn warm_up(&self) -> anyhow::Result<()> {
+    pub fn warm_up_blocking(&self) -> anyhow::Result<()> {
         let started = Instant::now();
         let never = AtomicBool::new(false);
         let d = self.repo.sizes().embedding_dim;
@@ -302,6 +257,62 @@ impl DecoderModel {
             "warm-up done"
         );
         Ok(())
+    }
+}
+
+impl StageModel for DecoderModel {
+    type Config = Config;
+
+    fn repository(config: &Config) -> &Path {
+        &config.model
+    }
+
+    /// Checks the opened repository, hashes the files this service uses, loads ONNX Runtime
+    /// and the sessions, then warms up ([`DecoderModel::warm_up_blocking`]): the decoder's
+    /// loops block, so its warm-up belongs here, on the blocking thread, rather than in
+    /// [`StageModel::warm_up`]. Blocking.
+    fn open(config: &Config, repo: ModelRepository) -> anyhow::Result<Self> {
+        let started = Instant::now();
+        let mut files = Graphs::files(&repo);
+        files.push(&repo.manifest().tensors.file);
+        repo.verify_files(files.iter().copied())
+            .context("checking the model files")?;
+        let env = init_environment(config.runtime.ort_library.as_deref())?;
+        let graphs = Graphs::load(&repo, &env, &config.runtime.session_config())?;
+        let resizers = repo
+            .sizes()
+            .upsampler_sizes
+            .iter()
+            .map(|&(i, o)| BicubicResizer::new((i, i), (o, o)))
+            .collect::<Result<Vec<_>, _>>()
+            .context("preparing the bicubic upsampling")?;
+        let tensors = repo.tensors();
+        let uncond = Unconditional {
+            image_embedding: tensors.decoder_cfg_embedding(),
+            text: tensors.uncond_text(),
+        };
+        tracing::info!(
+            model = %repo.manifest().model_id,
+            version = %repo.manifest().version,
+            device = %config.runtime.device,
+            upsampler_stages = resizers.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "model loaded"
+        );
+        let model = Self {
+            repo,
+            device: config.runtime.device,
+            graphs,
+            uncond,
+            resizers,
+        };
+        model.warm_up_blocking().context("warming the model up")?;
+        Ok(model)
+    }
+
+    /// Each graph's executor counters, for `/metrics`.
+    fn graphs(&self) -> Vec<(String, unclip_runtime::ExecutorStats)> {
+        self.graphs.stats()
     }
 }
 

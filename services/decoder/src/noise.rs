@@ -15,8 +15,8 @@
 //! batch. The parity tests replay diffusers' recorded draws through the same trait.
 
 use ndarray::ArrayD;
+use unclip_model_server::ServiceError;
 use unclip_sampler::{NoiseSource, NoiseStage, draw_batch};
-use unclip_server::ServiceError;
 
 /// A source of whole-batch standard-normal draws, consumed in the loops' documented order.
 pub trait NoiseDraws {

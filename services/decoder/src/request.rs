@@ -4,16 +4,16 @@
 
 use bytes::Bytes;
 use ndarray::{Array2, ArrayD, Axis, IxDyn};
+use unclip_model_server::ServiceError;
+use unclip_model_server::validate::{
+    TextConditioning, batch_size, float_tensor, guidance_scale, required, steps, text_encoding,
+};
 use unclip_proto::Dim;
 use unclip_proto::v1::{
     DType, DecodeRequest, ImageFormat, InpaintSpec, InvertRequest, Sampler, SamplingOptions,
     Tensor, TextEncoding, UpsampleRequest,
 };
 use unclip_runtime::ModelRepository;
-use unclip_server::ServiceError;
-use unclip_server::validate::{
-    TextConditioning, batch_size, float_tensor, guidance_scale, required, steps, text_encoding,
-};
 
 use crate::conditioning::{ImageConditioning, Unconditional};
 use crate::images::{ImageLimits, decode_batch, decode_image};

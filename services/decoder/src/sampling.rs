@@ -28,12 +28,12 @@
 //! Noise is drawn in the order documented in [`crate::noise`].
 
 use ndarray::{Array1, Array2, ArrayD, Axis, Slice, concatenate};
+use unclip_model_server::ServiceError;
 use unclip_sampler::{
     DdimParams, DdimScheduler, NoiseSchedule, SamplerError, SchedulerConfig, StepOutput,
     UnclipScheduler, duplicate_for_guidance, guide_decoder, inversion_pairs, repaint_combine,
     step_pairs,
 };
-use unclip_server::ServiceError;
 
 use crate::conditioning::{ConditioningPlan, DecoderConditioning, TextProjInputs, TextProjOutputs};
 use crate::noise::NoiseDraws;
@@ -467,8 +467,8 @@ mod tests {
     use super::*;
     use crate::conditioning::{ImageConditioning, Unconditional, plan};
     use ndarray::{Array3, IxDyn, array};
+    use unclip_model_server::validate::TextConditioning;
     use unclip_runtime::UncondText;
-    use unclip_server::validate::TextConditioning;
 
     /// A fake decoder: ε = 0.1·x on the conditional rows and 0 on the unconditional ones,
     /// variance channels 0; counts calls and checks the shapes it is given.

@@ -6,13 +6,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use tonic::{Request, Response, Status};
+use unclip_model_server::info::model_info;
+use unclip_model_server::{EventStream, ModelSlot, ServiceError, Steps, stream_request};
 use unclip_proto::v1::decoder_service_server::DecoderService;
 use unclip_proto::v1::{
     DecodeEvent, DecodeRequest, DecodeResponse, GetInfoRequest, InvertEvent, InvertRequest,
     InvertResponse, ModelInfo, RequestLimits, UpsampleEvent, UpsampleRequest, UpsampleResponse,
 };
-use unclip_server::info::model_info;
-use unclip_server::{EventStream, ModelSlot, ServiceError, Steps, stream_request};
 
 use crate::model::DecoderModel;
 use crate::request::{Limits, MIN_STEPS};

@@ -29,10 +29,10 @@ use unclip_decoder::sampling::{
     self, DecoderCall, DecoderGraphs, LoopSettings, SamplerKind, StepTrace, Stepper,
     UpsamplerGraph, UpsamplerGraphs, guided_output,
 };
+use unclip_model_server::ServiceError;
+use unclip_model_server::validate::TextConditioning;
 use unclip_runtime::ModelRepository;
 use unclip_sampler::{BicubicResizer, SchedulerConfig, UnclipScheduler};
-use unclip_server::ServiceError;
-use unclip_server::validate::TextConditioning;
 use unclip_testkit::{Fixture, karlo_tiny, max_abs_diff};
 
 /// Required agreement of one scheduler step fed diffusers' inputs.

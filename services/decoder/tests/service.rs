@@ -10,8 +10,8 @@ use common::{Decoder, TestServer, load_graphs};
 use ndarray::{Array1, Array2, ArrayD, IxDyn};
 use unclip_decoder::Config;
 use unclip_decoder::sampling::{UpsamplerGraph, UpsamplerGraphs};
+use unclip_model_server::ServiceError;
 use unclip_proto::v1::{DecodeRequest, GetInfoRequest, ImageFormat, SamplingOptions, Tensor};
-use unclip_server::ServiceError;
 use unclip_testkit::{ServingStatus, checks, karlo_tiny};
 
 unclip_testkit::life_cycle_tests!(Decoder);

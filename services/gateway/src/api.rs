@@ -30,7 +30,7 @@ use unclip_proto::v1::{
     DecoderSettings, GatewayInfo, GatewayStats, GenerateRequest, ImagesEvent, ImagesResponse,
     InpaintRequest, InterpolateRequest, TextDiffRequest, VariationMode, VaryRequest, images_event,
 };
-use unclip_server::ModelSlot;
+use unclip_server::Slot;
 use unclip_server::metrics::Metrics;
 
 use crate::error::{Error, Result};
@@ -168,7 +168,7 @@ impl ImagesRequest {
 #[derive(Debug, Clone)]
 pub struct Core {
     /// Filled once the stages have been checked.
-    slot: ModelSlot<Gateway>,
+    slot: Slot<Gateway>,
     /// Admits requests.
     layer: Arc<dyn RequestLayer>,
     /// Request counters.
@@ -188,7 +188,7 @@ struct Admitted {
 
 impl Core {
     /// The capabilities over a slot the start-up check fills, admitting every request.
-    pub fn new(slot: ModelSlot<Gateway>, request_timeout: Duration) -> Self {
+    pub fn new(slot: Slot<Gateway>, request_timeout: Duration) -> Self {
         Self {
             slot,
             layer: Arc::new(AdmitAll),
@@ -303,7 +303,7 @@ impl Core {
     fn gateway(&self) -> Result<Arc<Gateway>> {
         self.slot
             .get()
-            .map_err(|e| Error::Unavailable(e.to_string()))
+            .ok_or_else(|| Error::Unavailable("the gateway is still checking its stages".into()))
     }
 
     /// The caller's deadline, bounded by the request timeout.
@@ -369,7 +369,7 @@ mod tests {
     /// and nothing is counted.
     #[tokio::test]
     async fn not_ready_is_unavailable() {
-        let core = Core::new(ModelSlot::new(), Duration::from_secs(1));
+        let core = Core::new(Slot::new(), Duration::from_secs(1));
         let caller = Caller::default();
         let unavailable = |e: Error| assert_eq!(e.code(), tonic::Code::Unavailable, "{e}");
         unavailable(

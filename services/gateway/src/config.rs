@@ -3,8 +3,21 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
 use unclip_server::ServeArgs;
+
+/// `--startup-timeout-secs` when neither the flag nor an environment variable sets it.
+const DEFAULT_STARTUP_TIMEOUT_SECS: u64 = 120;
+
+/// Environment names the gateway used to read, with the flag (field) each now belongs to and
+/// the name that replaced it. The old name is still honoured, with a warning, when neither the
+/// flag nor the new name is given.
+const RENAMED_ENV: &[(&str, &str, &str)] = &[(
+    "UNCLIP_STARTUP_TIMEOUT_SECS",
+    "startup_timeout_secs",
+    "UNCLIP_GATEWAY_STARTUP_TIMEOUT_SECS",
+)];
 
 /// unclip-gateway: text-to-image, variations, interpolations, text diffs and inpainting over the
 /// unCLIP stage services (unclip.v1.Gateway), with an embedding cache.
@@ -85,8 +98,14 @@ pub struct Config {
     #[arg(long, env = "UNCLIP_DNS_REFRESH_SECS", default_value_t = 30)]
     pub dns_refresh_secs: u64,
 
-    /// Seconds to wait at start-up for every stage replica to answer GetInfo.
-    #[arg(long, env = "UNCLIP_STARTUP_TIMEOUT_SECS", default_value_t = 120)]
+    /// Seconds to wait at start-up for every stage replica to answer GetInfo. The environment
+    /// name UNCLIP_STARTUP_TIMEOUT_SECS (which the `unclip` command uses for its own local
+    /// services) is still accepted here, with a deprecation warning.
+    #[arg(
+        long,
+        env = "UNCLIP_GATEWAY_STARTUP_TIMEOUT_SECS",
+        default_value_t = DEFAULT_STARTUP_TIMEOUT_SECS
+    )]
     pub startup_timeout_secs: u64,
 
     /// Longest a request may run when its client sets no deadline, in seconds.
@@ -99,13 +118,51 @@ pub struct Config {
 }
 
 impl Config {
-    /// Flags parsed from `args` (the first is the program name), for tests.
+    /// The process's flags and environment, as the binary reads them: `--help` and parse
+    /// errors exit, and a renamed environment variable still set under its old name is used
+    /// with a warning (logged, so call this after setting up tracing).
+    pub fn from_env_and_args() -> Self {
+        let matches = Self::command().get_matches();
+        Self::from_matches(&matches, |name| std::env::var(name).ok()).unwrap_or_else(|e| e.exit())
+    }
+
+    /// Flags parsed from `args` (the first is the program name), for tests. Environment
+    /// fallbacks apply as for the binary.
     pub fn from_args<I, T>(args: I) -> Result<Self, clap::Error>
     where
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
-        Self::try_parse_from(args)
+        let matches = Self::command().try_get_matches_from(args)?;
+        Self::from_matches(&matches, |name| std::env::var(name).ok())
+    }
+
+    /// The configuration `matches` describe, with the renamed environment variables read
+    /// through `env` where the flag was left at its default.
+    fn from_matches(
+        matches: &ArgMatches,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, clap::Error> {
+        let mut config = Self::from_arg_matches(matches)?;
+        for &(old, field, new) in RENAMED_ENV {
+            if matches.value_source(field) != Some(ValueSource::DefaultValue) {
+                continue;
+            }
+            let Some(value) = env(old) else { continue };
+            tracing::warn!("{old} is deprecated for the gateway; set {new} instead");
+            match field {
+                "startup_timeout_secs" => {
+                    config.startup_timeout_secs = value.trim().parse().map_err(|_| {
+                        Self::command().error(
+                            clap::error::ErrorKind::ValueValidation,
+                            format!("{old}: expected a whole number of seconds, got {value:?}"),
+                        )
+                    })?;
+                }
+                _ => unreachable!("every renamed variable is handled above: {field}"),
+            }
+        }
+        Ok(config)
     }
 
     /// The cache TTL.
@@ -116,5 +173,52 @@ impl Config {
     /// The default request deadline.
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs(self.request_timeout_secs.max(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str], env: &[(&str, &str)]) -> Result<Config, clap::Error> {
+        let matches = Config::command().try_get_matches_from(
+            [
+                "unclip-gateway",
+                "--clip",
+                "a:1",
+                "--prior",
+                "b:1",
+                "--decoder",
+                "c:1",
+            ]
+            .iter()
+            .chain(args),
+        )?;
+        Config::from_matches(&matches, |name| {
+            env.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        })
+    }
+
+    /// The old name applies only when nothing newer says otherwise; a bad value names it.
+    #[test]
+    fn renamed_startup_timeout() {
+        let old = "UNCLIP_STARTUP_TIMEOUT_SECS";
+        assert_eq!(
+            parse(&[], &[]).unwrap().startup_timeout_secs,
+            DEFAULT_STARTUP_TIMEOUT_SECS
+        );
+        assert_eq!(
+            parse(&[], &[(old, "240")]).unwrap().startup_timeout_secs,
+            240
+        );
+        let flag = ["--startup-timeout-secs", "30"];
+        assert_eq!(
+            parse(&flag, &[(old, "240")]).unwrap().startup_timeout_secs,
+            30
+        );
+        let e = parse(&[], &[(old, "soon")]).unwrap_err().to_string();
+        assert!(e.contains("UNCLIP_STARTUP_TIMEOUT_SECS"), "{e}");
     }
 }

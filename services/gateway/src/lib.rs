@@ -49,7 +49,7 @@ use tokio::net::TcpListener;
 use tonic::service::Routes;
 use unclip_cache::{Cache, MemoryConfig, RedisConfig};
 use unclip_proto::v1::gateway_server::GatewayServer;
-use unclip_server::ModelSlot;
+use unclip_server::Slot;
 use unclip_server::image_input::ImageLimits;
 
 pub use api::Core;
@@ -98,7 +98,7 @@ async fn serve(
     load: impl Future<Output = anyhow::Result<Gateway>> + Send + 'static,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let slot: ModelSlot<Gateway> = ModelSlot::new();
+    let slot: Slot<Gateway> = Slot::new();
     let core = Core::new(slot.clone(), config.request_timeout()).with_layer(layer);
     let api = GatewayApi::new(core);
     let metrics = api.metrics();

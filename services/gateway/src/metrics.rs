@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use unclip_proto::v1::ReplicaInfo;
-use unclip_server::ModelSlot;
+use unclip_server::Slot;
 use unclip_server::metrics::{Labels, Metrics, counters, counters_over, gauges_over, labels};
 
 use crate::pipeline::Gateway;
@@ -14,7 +14,7 @@ use crate::stats::RequestStats;
 /// successful ones, and, once the stages are connected, the seconds of successful stage calls
 /// by stage label (`decoder.decode`, ...), every replica's calls, failures, retries, calls in
 /// flight and availability, and the cache's counters.
-pub fn metrics(slot: ModelSlot<Gateway>, stats: Arc<RequestStats>) -> Metrics {
+pub fn metrics(slot: Slot<Gateway>, stats: Arc<RequestStats>) -> Metrics {
     Metrics::new(move |registry| {
         let requests = stats.snapshot().into_iter().map(|(key, count)| {
             let (capability, outcome) = key.split_once(' ').unwrap_or((&key, ""));
@@ -34,7 +34,7 @@ pub fn metrics(slot: ModelSlot<Gateway>, stats: Arc<RequestStats>) -> Metrics {
             "Seconds of successful requests, by capability.",
             stats.durations(),
         );
-        let Ok(gw) = slot.get() else {
+        let Some(gw) = slot.get() else {
             return;
         };
         registry.register(

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::Parser;
-use unclip_server::{RuntimeArgs, ServeArgs};
+use unclip_model_server::{RuntimeArgs, ServeArgs};
 
 /// unclip-prior: the unCLIP diffusion prior over gRPC (unclip.v1.PriorService): CLIP text
 /// encodings in, CLIP image embeddings out.

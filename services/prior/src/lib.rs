@@ -9,8 +9,8 @@
 //! * `GetInfo`: the model, its sizes and defaults, and this service's limits.
 //!
 //! [`run`] serves on a listener the caller bound until `shutdown` resolves, through
-//! [`unclip_server::serve()`]: health NOT_SERVING until the model has loaded and a warm-up Sample
-//! succeeded, reflection, graceful shutdown. The loop itself is a plain async function over a
+//! [`unclip_model_server::serve_model()`]: health NOT_SERVING until the model has loaded and a
+//! warm-up Sample succeeded, reflection, graceful shutdown. The loop itself is a plain async function over a
 //! [`sampler::PriorNetwork`] (the ONNX executor, or a closure in tests) with injectable noise,
 //! so it is tested against diffusers' recordings without gRPC (tests/parity.rs).
 
@@ -23,9 +23,8 @@ use std::future::Future;
 
 use tokio::net::TcpListener;
 use tonic::service::Routes;
+use unclip_model_server::{ModelSlot, serve_model};
 use unclip_proto::v1::prior_service_server::PriorServiceServer;
-use unclip_server::ModelSlot;
-use unclip_server::metrics::graph_metrics;
 
 pub use config::Config;
 pub use service::{MAX_GUIDANCE_SCALE, MAX_STEPS, MIN_STEPS, SERVICE_NAME};
@@ -46,30 +45,9 @@ pub async fn run(
         max_images_per_input: config.max_images_per_input.max(1),
         max_best_of: config.max_best_of.max(1),
     };
-    let prior = PriorServiceServer::new(PriorApi::new(slot.clone(), limits))
+    let server = PriorServiceServer::new(PriorApi::new(slot.clone(), limits))
         .max_decoding_message_size(config.serve.max_message_bytes)
         .max_encoding_message_size(config.serve.max_message_bytes);
-    let load = {
-        let config = config.clone();
-        async move {
-            let model = tokio::task::spawn_blocking(move || PriorModel::load(&config))
-                .await
-                .map_err(|e| anyhow::anyhow!("the loading task panicked: {e}"))??;
-            model.warm_up().await?;
-            anyhow::Ok(model)
-        }
-    };
-    tracing::info!(model = %config.model.display(), "starting");
-    unclip_server::serve(
-        config
-            .serve
-            .serve_config(SERVICE_NAME)
-            .with_metrics(graph_metrics(slot.clone(), PriorModel::graph_stats)),
-        listener,
-        Routes::new(prior),
-        slot,
-        load,
-        shutdown,
-    )
-    .await
+    let serve = config.serve.serve_config(SERVICE_NAME);
+    serve_model(config, serve, listener, Routes::new(server), slot, shutdown).await
 }

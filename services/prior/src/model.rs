@@ -7,13 +7,14 @@
 //! arithmetic (guidance, scheduler steps, noise) is O(rows × D) per step, microseconds, so it
 //! stays on the async task.
 
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::Context;
 use ndarray::{Array2, Axis};
+use unclip_model_server::validate::TextConditioning;
+use unclip_model_server::{ServiceError, StageModel, Steps};
 use unclip_runtime::{Device, ExecutorStats, ModelRepository, SessionExecutor, init_environment};
-use unclip_server::validate::TextConditioning;
-use unclip_server::{ServiceError, Steps};
 
 use crate::config::Config;
 use crate::sampler::{
@@ -71,44 +72,6 @@ pub struct PriorModel {
 }
 
 impl PriorModel {
-    /// Opens and checks the repository, hashes the files this service uses, loads ONNX Runtime
-    /// and the prior session. Blocking.
-    pub fn load(config: &Config) -> anyhow::Result<Self> {
-        let started = Instant::now();
-        let repo = ModelRepository::open(&config.model)
-            .with_context(|| format!("opening the model repository {}", config.model.display()))?;
-        let manifest = repo.manifest();
-        // Hash exactly what this service reads, so it serves what the version names.
-        repo.verify_files([
-            manifest.tensors.file.as_str(),
-            manifest.components.prior.file.as_str(),
-        ])
-        .context("checking the model files")?;
-        let sampler = PriorSampler::from_repository(&repo)
-            .map_err(|e| anyhow::anyhow!("building the prior sampler: {e}"))?;
-        let env = init_environment(config.runtime.ort_library.as_deref())?;
-        let prior = repo.load_executor(
-            &env,
-            "prior",
-            &manifest.components.prior,
-            &config.runtime.session_config(),
-        )?;
-        tracing::info!(
-            model = %manifest.model_id,
-            version = %manifest.version,
-            device = %config.runtime.device,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "model loaded"
-        );
-        Ok(Self {
-            device: config.runtime.device,
-            repo,
-            sampler,
-            prior,
-            max_rows_per_call: config.max_rows_per_call.max(1),
-        })
-    }
-
     /// The repository.
     pub fn repo(&self) -> &ModelRepository {
         &self.repo
@@ -119,45 +82,9 @@ impl PriorModel {
         self.device
     }
 
-    /// The graph's executor counters, for `/metrics`.
-    pub fn graph_stats(&self) -> Vec<(String, ExecutorStats)> {
-        vec![("prior".to_string(), self.prior.stats())]
-    }
-
     /// Labels of the loaded components.
     pub fn components(&self) -> Vec<&'static str> {
         vec!["prior"]
-    }
-
-    /// Samples one embedding for the prompt "" (guided, 2 steps, best of 2) through the whole
-    /// Sample path and checks it is finite. Required before SERVING.
-    pub async fn warm_up(&self) -> anyhow::Result<()> {
-        let started = Instant::now();
-        let job = SampleJob {
-            text: self.sampler.uncond().to_conditioning(),
-            negative: None,
-            num_images: 1,
-            best_of: 2,
-            seed: 0,
-            settings: PriorSettings {
-                steps: 2,
-                guidance_scale: 4.0,
-            },
-        };
-        let result = self
-            .sample(job, &Steps::none())
-            .await
-            .map_err(|e| anyhow::anyhow!("warm-up Sample failed: {e}"))?;
-        anyhow::ensure!(
-            result.image_embeds.dim() == (1, self.repo.sizes().embedding_dim)
-                && result.image_embeds.iter().all(|v| v.is_finite()),
-            "warm-up Sample returned a non-finite or misshapen embedding"
-        );
-        tracing::info!(
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "warm-up done"
-        );
-        Ok(())
     }
 
     /// Runs a validated request: B × num_images × best_of rows, each with its own seed, in
@@ -219,6 +146,86 @@ impl PriorModel {
             seeds: kept.iter().map(|&r| seeds[r]).collect(),
             scores: picks.iter().map(|(_, score)| *score).collect(),
         })
+    }
+}
+
+impl StageModel for PriorModel {
+    type Config = Config;
+
+    fn repository(config: &Config) -> &Path {
+        &config.model
+    }
+
+    /// Checks the opened repository, hashes the files this service uses, loads ONNX Runtime
+    /// and the prior session. Blocking.
+    fn open(config: &Config, repo: ModelRepository) -> anyhow::Result<Self> {
+        let started = Instant::now();
+        let manifest = repo.manifest();
+        // Hash exactly what this service reads, so it serves what the version names.
+        repo.verify_files([
+            manifest.tensors.file.as_str(),
+            manifest.components.prior.file.as_str(),
+        ])
+        .context("checking the model files")?;
+        let sampler = PriorSampler::from_repository(&repo)
+            .map_err(|e| anyhow::anyhow!("building the prior sampler: {e}"))?;
+        let env = init_environment(config.runtime.ort_library.as_deref())?;
+        let prior = repo.load_executor(
+            &env,
+            "prior",
+            &manifest.components.prior,
+            &config.runtime.session_config(),
+        )?;
+        tracing::info!(
+            model = %manifest.model_id,
+            version = %manifest.version,
+            device = %config.runtime.device,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "model loaded"
+        );
+        Ok(Self {
+            device: config.runtime.device,
+            repo,
+            sampler,
+            prior,
+            max_rows_per_call: config.max_rows_per_call.max(1),
+        })
+    }
+
+    /// Samples one embedding for the prompt "" (guided, 2 steps, best of 2) through the whole
+    /// Sample path and checks it is finite. Required before SERVING.
+    async fn warm_up(&self) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let job = SampleJob {
+            text: self.sampler.uncond().to_conditioning(),
+            negative: None,
+            num_images: 1,
+            best_of: 2,
+            seed: 0,
+            settings: PriorSettings {
+                steps: 2,
+                guidance_scale: 4.0,
+            },
+        };
+        let result = self
+            .sample(job, &Steps::none())
+            .await
+            .map_err(|e| anyhow::anyhow!("warm-up Sample failed: {e}"))?;
+        anyhow::ensure!(
+            result.image_embeds.dim() == (1, self.repo.sizes().embedding_dim)
+                && result.image_embeds.iter().all(|v| v.is_finite()),
+            "warm-up Sample returned a non-finite or misshapen embedding"
+        );
+        tracing::info!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "warm-up done"
+        );
+        Ok(())
+    }
+
+    /// The graph's executor counters, for `/metrics`.
+    fn graphs(&self) -> Vec<(String, ExecutorStats)> {
+        vec![("prior".to_string(), self.prior.stats())]
     }
 }
 

@@ -27,12 +27,12 @@ use std::collections::VecDeque;
 use std::future::Future;
 
 use ndarray::{Array1, Array2, Array3, ArrayView2, Axis, Ix2, concatenate, s};
+use unclip_model_server::ServiceError;
+use unclip_model_server::validate::TextConditioning;
 use unclip_runtime::{ModelRepository, SessionExecutor, TensorData};
 use unclip_sampler::{
     NoiseSource, NoiseStage, SchedulerConfig, StepOutput, UnclipScheduler, draw_batch, guide_prior,
 };
-use unclip_server::ServiceError;
-use unclip_server::validate::TextConditioning;
 
 /// The inputs of one prior model call, by the graph's input names.
 #[derive(Debug, Clone, PartialEq)]

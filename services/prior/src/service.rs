@@ -4,14 +4,14 @@
 //! its limit, so a bad request never reaches the graph and the service stays healthy.
 
 use tonic::{Request, Response, Status};
+use unclip_model_server::info::model_info;
+use unclip_model_server::validate::{self, text_encoding};
+use unclip_model_server::{EventStream, ModelSlot, ServiceError, Steps, stream_request};
 use unclip_proto::v1::prior_service_server::PriorService;
 use unclip_proto::v1::{
     GetInfoRequest, ModelInfo, PriorSampleEvent, PriorSampleRequest, PriorSampleResponse,
     RequestLimits, Tensor,
 };
-use unclip_server::info::model_info;
-use unclip_server::validate::{self, text_encoding};
-use unclip_server::{EventStream, ModelSlot, ServiceError, Steps, stream_request};
 
 use crate::model::{PriorModel, SampleJob};
 use crate::sampler::{PriorSettings, UncondEncoding};

@@ -17,10 +17,10 @@ use std::sync::Mutex;
 
 use ndarray::{Array2, ArrayD, Ix2, Ix3};
 use serde_json::Value;
+use unclip_model_server::ServiceError;
+use unclip_model_server::validate::TextConditioning;
 use unclip_prior::sampler::{PriorInputs, PriorNoise, PriorOutput, PriorSampler, PriorSettings};
 use unclip_runtime::{ModelRepository, SessionConfig, SessionExecutor, init_environment};
-use unclip_server::ServiceError;
-use unclip_server::validate::TextConditioning;
 use unclip_testkit::{Fixture, karlo_tiny, max_abs_diff, ort_library};
 
 /// What one case recorded about the prior stage.

@@ -1,0 +1,51 @@
+//! The `/metrics` of a stage service: readiness and each graph executor's counters, on top of
+//! [`unclip_server::metrics`] (re-exported here, so a service needs one import).
+
+use unclip_runtime::ExecutorStats;
+pub use unclip_server::metrics::*;
+
+use crate::serve::ModelSlot;
+
+/// The metrics of a stage service: `unclip_stage_ready` (1 once the model serves), and per
+/// graph its executor's calls, runs (fewer than calls when calls were stacked) and rows, as
+/// `graphs` lists them for the loaded model.
+pub fn graph_metrics<M: Send + Sync + 'static>(
+    slot: ModelSlot<M>,
+    graphs: fn(&M) -> Vec<(String, ExecutorStats)>,
+) -> Metrics {
+    Metrics::new(move |registry| {
+        let model = slot.get().ok();
+        gauges(
+            registry,
+            "unclip_stage_ready",
+            "1 once the model is loaded and warmed up.",
+            [(Labels::new(), i64::from(model.is_some()))],
+        );
+        let Some(model) = model else {
+            return;
+        };
+        let stats: Vec<(Labels, ExecutorStats)> = graphs(&model)
+            .into_iter()
+            .map(|(graph, s)| (labels([("graph", graph.as_str())]), s))
+            .collect();
+        counters_over(
+            registry,
+            &stats,
+            &[
+                (
+                    "unclip_stage_graph_calls",
+                    "Calls answered, per graph.",
+                    |s| s.calls,
+                ),
+                (
+                    "unclip_stage_graph_runs",
+                    "Graph runs (calls stacked together run once), per graph.",
+                    |s| s.runs,
+                ),
+                ("unclip_stage_graph_rows", "Rows run, per graph.", |s| {
+                    s.rows
+                }),
+            ],
+        );
+    })
+}
