@@ -48,3 +48,18 @@ pub use error::CacheError;
 pub use key::CacheKey;
 pub use memory::MemoryConfig;
 pub use redis_store::RedisConfig;
+
+/// The value frame's checks, public for the fuzz target `fuzz/fuzz_targets/cache_frame.rs`
+/// only; not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// The payload of a well-formed frame of `kind`, or `None`.
+    pub fn decode_frame<'a>(kind: &str, bytes: &'a [u8]) -> Option<&'a [u8]> {
+        crate::frame::decode(kind, bytes).ok()
+    }
+
+    /// `payload` framed as a value of `kind`, or `None` when `kind` is too long.
+    pub fn encode_frame(kind: &str, payload: &[u8]) -> Option<Vec<u8>> {
+        crate::frame::encode_with(kind, payload.len(), |out| out.extend_from_slice(payload)).ok()
+    }
+}
