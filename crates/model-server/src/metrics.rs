@@ -4,15 +4,12 @@
 use unclip_runtime::ExecutorStats;
 pub use unclip_server::metrics::*;
 
-use crate::serve::ModelSlot;
+use crate::serve::{ModelSlot, StageModel};
 
 /// The metrics of a stage service: `unclip_stage_ready` (1 once the model serves), and per
 /// graph its executor's calls, runs (fewer than calls when calls were stacked) and rows, as
-/// `graphs` lists them for the loaded model.
-pub fn graph_metrics<M: Send + Sync + 'static>(
-    slot: ModelSlot<M>,
-    graphs: fn(&M) -> Vec<(String, ExecutorStats)>,
-) -> Metrics {
+/// [`StageModel::graphs`] lists them for the loaded model.
+pub fn graph_metrics<M: StageModel>(slot: ModelSlot<M>) -> Metrics {
     Metrics::new(move |registry| {
         let model = slot.get().ok();
         gauges(
@@ -24,7 +21,8 @@ pub fn graph_metrics<M: Send + Sync + 'static>(
         let Some(model) = model else {
             return;
         };
-        let stats: Vec<(Labels, ExecutorStats)> = graphs(&model)
+        let stats: Vec<(Labels, ExecutorStats)> = model
+            .graphs()
             .into_iter()
             .map(|(graph, s)| (labels([("graph", graph.as_str())]), s))
             .collect();

@@ -6,7 +6,7 @@
 //! turns health SERVING and serves `/metrics` with every graph's counters.
 
 use std::future::Future;
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -22,9 +22,6 @@ use crate::metrics::graph_metrics;
 pub trait StageModel: Sized + Send + Sync + 'static {
     /// The service's configuration, which says where the model is and how it runs.
     type Config: Send + 'static;
-
-    /// The model repository `config` names (logged at start-up).
-    fn repository(config: &Self::Config) -> &Path;
 
     /// Opens the model from its repository (already opened: manifest read and checked): hashes
     /// the files the service reads, creates the ONNX Runtime sessions. Blocking;
@@ -80,11 +77,12 @@ impl<M> ModelSlot<M> {
 }
 
 /// Serves `routes` (the service's tonic server over `slot`, message limits applied) on
-/// `listener` until `shutdown` resolves, with `config`'s model: NOT_SERVING while the model
+/// `listener` until `shutdown` resolves, with the model in `repository` opened under `config`: NOT_SERVING while the model
 /// opens ([`StageModel::open`], on a blocking thread) and warms up ([`StageModel::warm_up`]),
 /// SERVING after, `/metrics` with `unclip_stage_ready` and each graph's counters. A model
 /// that fails to open or warm up stops the server and is the error returned.
 pub async fn serve_model<M: StageModel>(
+    repository: PathBuf,
     config: M::Config,
     serve: ServeConfig,
     listener: TcpListener,
@@ -92,13 +90,13 @@ pub async fn serve_model<M: StageModel>(
     slot: ModelSlot<M>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    tracing::info!(model = %M::repository(&config).display(), "starting");
+    tracing::info!(model = %repository.display(), "starting");
     let load = async move {
         let model = tokio::task::spawn_blocking(move || {
-            let path = M::repository(&config);
-            let repository = ModelRepository::open(path)
-                .with_context(|| format!("opening the model repository {}", path.display()))?;
-            M::open(&config, repository)
+            let opened = ModelRepository::open(&repository).with_context(|| {
+                format!("opening the model repository {}", repository.display())
+            })?;
+            M::open(&config, opened)
         })
         .await
         .map_err(|e| anyhow::anyhow!("the loading task panicked: {e}"))?
@@ -106,6 +104,6 @@ pub async fn serve_model<M: StageModel>(
         model.warm_up().await.context("warming the model up")?;
         Ok(model)
     };
-    let serve = serve.with_metrics(graph_metrics(slot.clone(), M::graphs));
+    let serve = serve.with_metrics(graph_metrics(slot.clone()));
     unclip_server::serve(serve, listener, routes, slot.0, load, shutdown).await
 }

@@ -3,7 +3,7 @@
 //! model that fails to open its repository, to load or to warm up is the start-up error,
 //! saying which step failed.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -28,10 +28,6 @@ struct ToyConfig {
 
 impl StageModel for Toy {
     type Config = ToyConfig;
-
-    fn repository(config: &ToyConfig) -> &Path {
-        &config.repository
-    }
 
     fn open(config: &ToyConfig, repository: ModelRepository) -> anyhow::Result<Self> {
         if config.open_fails {
@@ -80,6 +76,7 @@ async fn slot_fills_after_warm_up_and_metrics_name_the_graphs() {
     let (stop, stopped) = oneshot::channel::<()>();
     let serve = ServeArgs::default().serve_config("unclip.v1.ToyService");
     let server = tokio::spawn(serve_model(
+        karlo_tiny(),
         toy(false, false),
         serve,
         listener,
@@ -142,6 +139,7 @@ async fn failures_say_which_step_failed() {
     ] {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let e = serve_model(
+            config.repository.clone(),
             config,
             ServeArgs::default().serve_config("unclip.v1.ToyService"),
             listener,

@@ -5,7 +5,6 @@
 //! decoding and resizing images) runs on tokio's blocking pool, and the graphs run on their
 //! executors' own threads, so the async runtime only ever awaits.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -145,10 +144,6 @@ impl ClipModel {
 
 impl StageModel for ClipModel {
     type Config = Config;
-
-    fn repository(config: &Config) -> &Path {
-        &config.model
-    }
 
     /// Checks the opened repository, hashes the files this service uses, loads ONNX Runtime
     /// and the encoder sessions. Blocking.

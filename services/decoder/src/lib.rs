@@ -71,5 +71,14 @@ pub async fn run(
         .max_decoding_message_size(config.serve.max_message_bytes)
         .max_encoding_message_size(config.serve.max_message_bytes);
     let serve = config.serve.serve_config(SERVICE_NAME);
-    serve_model(config, serve, listener, Routes::new(server), slot, shutdown).await
+    serve_model(
+        config.model.clone(),
+        config,
+        serve,
+        listener,
+        Routes::new(server),
+        slot,
+        shutdown,
+    )
+    .await
 }

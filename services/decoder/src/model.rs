@@ -5,7 +5,6 @@
 //! is synchronous, its scheduler math can take milliseconds per step at 1024², and its model
 //! calls wait on the executors' own threads. The async runtime only awaits the result.
 
-use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
@@ -262,10 +261,6 @@ impl DecoderModel {
 
 impl StageModel for DecoderModel {
     type Config = Config;
-
-    fn repository(config: &Config) -> &Path {
-        &config.model
-    }
 
     /// Checks the opened repository, hashes the files this service uses, loads ONNX Runtime
     /// and the sessions, then warms up ([`DecoderModel::warm_up_blocking`]): the decoder's

@@ -10,14 +10,10 @@ use unclip_server::ServeArgs;
 /// `--startup-timeout-secs` when neither the flag nor an environment variable sets it.
 const DEFAULT_STARTUP_TIMEOUT_SECS: u64 = 120;
 
-/// Environment names the gateway used to read, with the flag (field) each now belongs to and
-/// the name that replaced it. The old name is still honoured, with a warning, when neither the
-/// flag nor the new name is given.
-const RENAMED_ENV: &[(&str, &str, &str)] = &[(
-    "UNCLIP_STARTUP_TIMEOUT_SECS",
-    "startup_timeout_secs",
-    "UNCLIP_GATEWAY_STARTUP_TIMEOUT_SECS",
-)];
+/// The name `--startup-timeout-secs` was read from before UNCLIP_GATEWAY_STARTUP_TIMEOUT_SECS
+/// (the `unclip` command reads it too, meaning something else). Still honoured, with a
+/// warning, when neither the flag nor the new name is given.
+const DEPRECATED_STARTUP_TIMEOUT_ENV: &str = "UNCLIP_STARTUP_TIMEOUT_SECS";
 
 /// unclip-gateway: text-to-image, variations, interpolations, text diffs and inpainting over the
 /// unCLIP stage services (unclip.v1.Gateway), with an embedding cache.
@@ -137,30 +133,26 @@ impl Config {
         Self::from_matches(&matches, |name| std::env::var(name).ok())
     }
 
-    /// The configuration `matches` describe, with the renamed environment variables read
-    /// through `env` where the flag was left at its default.
+    /// The configuration `matches` describe, with the deprecated environment name read through
+    /// `env` where the flag was left at its default.
     fn from_matches(
         matches: &ArgMatches,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, clap::Error> {
         let mut config = Self::from_arg_matches(matches)?;
-        for &(old, field, new) in RENAMED_ENV {
-            if matches.value_source(field) != Some(ValueSource::DefaultValue) {
-                continue;
-            }
-            let Some(value) = env(old) else { continue };
-            tracing::warn!("{old} is deprecated for the gateway; set {new} instead");
-            match field {
-                "startup_timeout_secs" => {
-                    config.startup_timeout_secs = value.trim().parse().map_err(|_| {
-                        Self::command().error(
-                            clap::error::ErrorKind::ValueValidation,
-                            format!("{old}: expected a whole number of seconds, got {value:?}"),
-                        )
-                    })?;
-                }
-                _ => unreachable!("every renamed variable is handled above: {field}"),
-            }
+        let defaulted =
+            matches.value_source("startup_timeout_secs") == Some(ValueSource::DefaultValue);
+        if let Some(value) = env(DEPRECATED_STARTUP_TIMEOUT_ENV).filter(|_| defaulted) {
+            let old = DEPRECATED_STARTUP_TIMEOUT_ENV;
+            tracing::warn!(
+                "{old} is deprecated for the gateway; set UNCLIP_GATEWAY_STARTUP_TIMEOUT_SECS instead"
+            );
+            config.startup_timeout_secs = value.trim().parse().map_err(|_| {
+                Self::command().error(
+                    clap::error::ErrorKind::ValueValidation,
+                    format!("{old}: expected a whole number of seconds, got {value:?}"),
+                )
+            })?;
         }
         Ok(config)
     }

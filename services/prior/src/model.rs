@@ -7,7 +7,6 @@
 //! arithmetic (guidance, scheduler steps, noise) is O(rows × D) per step, microseconds, so it
 //! stays on the async task.
 
-use std::path::Path;
 use std::time::Instant;
 
 use anyhow::Context;
@@ -151,10 +150,6 @@ impl PriorModel {
 
 impl StageModel for PriorModel {
     type Config = Config;
-
-    fn repository(config: &Config) -> &Path {
-        &config.model
-    }
 
     /// Checks the opened repository, hashes the files this service uses, loads ONNX Runtime
     /// and the prior session. Blocking.
