@@ -16,7 +16,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tonic::service::Routes;
 use tonic::transport::Server;
 
@@ -51,6 +51,8 @@ impl ServeArgs {
             service,
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
             metrics: None,
+            http: None,
+            readiness: None,
         }
     }
 }
@@ -64,6 +66,13 @@ pub struct ServeConfig {
     pub shutdown_grace: Duration,
     /// What `GET /metrics` reports (HTTP/1.1 on the same port as gRPC); `None`: no endpoint.
     pub metrics: Option<Metrics>,
+    /// More HTTP routes served beside gRPC on the same port (HTTP/1.1 and HTTP/2), merged into
+    /// the router after `/metrics`; `None`: none.
+    pub http: Option<axum::Router>,
+    /// Whether the loaded service can answer right now (a stage's executors alive, the
+    /// gateway's stages reachable). After `load`, health follows it: SERVING while it holds
+    /// `true`, NOT_SERVING while `false`. `None`: SERVING from `load` until shutdown.
+    pub readiness: Option<watch::Receiver<bool>>,
 }
 
 impl ServeConfig {
@@ -71,6 +80,22 @@ impl ServeConfig {
     pub fn with_metrics(self, metrics: Metrics) -> Self {
         Self {
             metrics: Some(metrics),
+            ..self
+        }
+    }
+
+    /// The same, also serving `router`'s routes over HTTP on the gRPC port.
+    pub fn with_http(self, router: axum::Router) -> Self {
+        Self {
+            http: Some(router),
+            ..self
+        }
+    }
+
+    /// The same, with health following `readiness` once loaded (see [`ServeConfig::readiness`]).
+    pub fn with_readiness(self, readiness: watch::Receiver<bool>) -> Self {
+        Self {
+            readiness: Some(readiness),
             ..self
         }
     }
@@ -111,12 +136,29 @@ impl<T> Slot<T> {
     }
 }
 
+/// Sets health from `readiness` now and on every change, until the sender is dropped (then it
+/// keeps the last value). The loader task running this is aborted when serving stops.
+async fn follow(health: &Health, mut readiness: watch::Receiver<bool>) {
+    loop {
+        let ready = *readiness.borrow_and_update();
+        health.set(ready).await;
+        if ready {
+            tracing::info!("serving");
+        } else {
+            tracing::warn!("not ready: health NOT_SERVING");
+        }
+        if readiness.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 /// Serves `routes` on `listener` until `shutdown` resolves, or until `load` fails, whose
 /// error is then returned.
 ///
 /// 1. Health (`grpc.health.v1`, under `config.service` and "") answers at once, NOT_SERVING.
 /// 2. `load` runs in the background; when it returns, its value goes into `slot` and health
-///    turns SERVING. `load` should include a warm-up call so SERVING means "answers".
+///    turns SERVING (or follows `config.readiness` from then on). `load` should include a warm-up call so SERVING means "answers".
 ///    Blocking work inside it belongs in `spawn_blocking`.
 /// 3. On `shutdown`: health NOT_SERVING and the health statuses are removed (ending open
 ///    `Watch` streams), no new connections are accepted, calls in flight finish, and `serve`
@@ -146,12 +188,18 @@ where
     let failed = Arc::new(Notify::new());
     let loader = {
         let (health, failure, failed) = (health.clone(), Arc::clone(&failure), Arc::clone(&failed));
+        let readiness = config.readiness.clone();
         tokio::spawn(async move {
             match load.await {
                 Ok(value) => {
                     slot.set(value);
-                    health.set(true).await;
-                    tracing::info!("serving");
+                    match readiness {
+                        None => {
+                            health.set(true).await;
+                            tracing::info!("serving");
+                        }
+                        Some(readiness) => follow(&health, readiness).await,
+                    }
                 }
                 Err(e) => {
                     tracing::error!(cause = format!("{e:#}"), "failed to start");
@@ -168,16 +216,20 @@ where
     let stopping = Arc::new(Notify::new());
     let stop = {
         let (health, stopping) = (health.clone(), Arc::clone(&stopping));
+        // The loader may be following readiness: stop it so it cannot turn health back on.
+        let loader = loader.abort_handle();
         async move {
             tokio::select! {
                 _ = shutdown => tracing::info!("shutting down: finishing calls in flight"),
                 _ = failed.notified() => {}
             }
             stopping.notify_one();
+            loader.abort();
             health.stop().await;
         }
     };
     let grace = config.shutdown_grace;
+    let http1 = config.metrics.is_some() || config.http.is_some();
     tracing::info!(%address, service = config.service, "listening");
     let mut routes = routes
         .add_service(health_service)
@@ -194,9 +246,12 @@ where
                 .route("/metrics", axum::routing::get(scrape)),
         );
     }
+    if let Some(http) = config.http.clone() {
+        routes = Routes::from(routes.into_axum_router().merge(http));
+    }
     let server = Server::builder()
-        // Prometheus scrapes over HTTP/1.1; gRPC stays on HTTP/2.
-        .accept_http1(config.metrics.is_some())
+        // Prometheus scrapes (and HTTP clients call) over HTTP/1.1; gRPC stays on HTTP/2.
+        .accept_http1(http1)
         .add_routes(routes)
         .serve_with_incoming_shutdown(grpc::incoming(listener), stop);
     tokio::select! {

@@ -12,7 +12,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use unclip_server::metrics::{Metrics, counters, labels};
 use unclip_server::{ServeConfig, Slot, serve};
-use unclip_testkit::scrape;
+use unclip_testkit::{http_get, scrape};
 
 const SERVICE: &str = "unclip.v1.TestService";
 
@@ -29,6 +29,8 @@ fn config() -> ServeConfig {
                 [(labels([("kind", "test")]), 1)],
             );
         })),
+        http: None,
+        readiness: None,
     }
 }
 
@@ -120,4 +122,59 @@ async fn failed_load_is_the_error() {
     .await
     .unwrap_err();
     assert_eq!(e.to_string(), "no such model");
+}
+
+/// After `load`, health follows the readiness signal both ways; extra HTTP routes answer on the
+/// gRPC port beside `/metrics`; shutdown still ends health.
+#[tokio::test]
+async fn health_follows_readiness_and_http_routes_answer() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (ready_tx, ready_rx) = tokio::sync::watch::channel(false);
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let router = axum::Router::new().route("/hello", axum::routing::get(|| async { "hi" }));
+    let server = tokio::spawn(serve(
+        config().with_http(router).with_readiness(ready_rx),
+        listener,
+        Routes::default(),
+        Slot::<u32>::new(),
+        async { anyhow::Ok(1u32) },
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+    let mut health = HealthClient::new(channel(addr).await);
+    let mut watch = health
+        .watch(HealthCheckRequest {
+            service: SERVICE.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut next = async || {
+        ServingStatus::try_from(watch.message().await.unwrap().expect("a status").status).unwrap()
+    };
+    assert_eq!(
+        next().await,
+        ServingStatus::NotServing,
+        "loaded but not ready"
+    );
+    ready_tx.send(true).unwrap();
+    assert_eq!(next().await, ServingStatus::Serving);
+    ready_tx.send(false).unwrap();
+    assert_eq!(next().await, ServingStatus::NotServing, "readiness lost");
+    ready_tx.send(true).unwrap();
+    assert_eq!(next().await, ServingStatus::Serving);
+
+    let hello = http_get(&addr.to_string(), "/hello").await;
+    assert_eq!(
+        (hello.status.as_str(), hello.body.as_str()),
+        ("HTTP/1.1 200 OK", "hi")
+    );
+    scrape(&addr.to_string()).await.assert_openmetrics();
+
+    stop_tx.send(()).unwrap();
+    // Turning ready again after shutdown must not bring SERVING back.
+    let _ = ready_tx.send(true);
+    server.await.unwrap().unwrap();
 }

@@ -21,7 +21,7 @@ pub mod status;
 
 pub use fixtures::{Fixture, karlo_tiny, ort_library, require_ort, root, shapes};
 pub use images::{mean_abs_diff, png, rgb};
-pub use metrics::{Scrape, metric, scrape};
+pub use metrics::{Scrape, http_get, metric, scrape};
 pub use numeric::{assert_close, max_abs_diff};
 pub use redis_server::{RedisServer, free_port};
 pub use server::{Service, Shutdown, TestServer, init_logs};

@@ -1,8 +1,9 @@
-//! Reading a service's `GET /metrics` (OpenMetrics text beside gRPC on the same port).
+//! Reading a service's `GET /metrics` (OpenMetrics text beside gRPC on the same port), and plain
+//! HTTP/1.1 GETs of its other routes.
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// One answer of `GET /metrics`.
+/// One answer of `GET /metrics` (or of another [`http_get`]).
 #[derive(Debug, Clone)]
 pub struct Scrape {
     /// The status line, e.g. `HTTP/1.1 200 OK`.
@@ -34,11 +35,17 @@ impl Scrape {
 /// `GET /metrics` of the service at `address` (`host:port`, or the gRPC URL
 /// `http://host:port`), over plain HTTP/1.1.
 pub async fn scrape(address: &str) -> Scrape {
+    http_get(address, "/metrics").await
+}
+
+/// `GET path` of the service at `address` (`host:port`, or `http://host:port`), over plain
+/// HTTP/1.1 with `Connection: close`; the body as text (no chunked encoding expected).
+pub async fn http_get(address: &str, path: &str) -> Scrape {
     let address = address.trim_start_matches("http://");
     let mut socket = tokio::net::TcpStream::connect(address)
         .await
-        .unwrap_or_else(|e| panic!("connecting to {address} for /metrics: {e}"));
-    let request = format!("GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+        .unwrap_or_else(|e| panic!("connecting to {address} for {path}: {e}"));
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
     socket.write_all(request.as_bytes()).await.unwrap();
     let mut answer = String::new();
     socket.read_to_string(&mut answer).await.unwrap();
