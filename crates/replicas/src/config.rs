@@ -1,4 +1,4 @@
-//! [`ReplicaConfig`]: attempts, timeouts, backoff and DNS refresh of a replica set.
+//! [`ReplicaConfig`]: attempts, timeouts, backoff, DNS refresh and probing of a replica set.
 
 use std::time::Duration;
 
@@ -19,6 +19,10 @@ pub struct ReplicaConfig {
     /// [`Duration::ZERO`] resolves only once, in [`ReplicaSet::new`](crate::ReplicaSet::new).
     /// Default 30 s.
     pub dns_refresh: Duration,
+    /// How often a set built with [`ReplicaSet::probed`](crate::ReplicaSet::probed) probes
+    /// every replica again (new ones and ones that just failed are probed at once).
+    /// [`Duration::ZERO`] probes only those. Default 5 s.
+    pub probe_interval: Duration,
 }
 
 impl Default for ReplicaConfig {
@@ -29,11 +33,21 @@ impl Default for ReplicaConfig {
             backoff_min: Duration::from_millis(500),
             backoff_max: Duration::from_secs(10),
             dns_refresh: Duration::from_secs(30),
+            probe_interval: Duration::from_secs(5),
         }
     }
 }
 
 impl ReplicaConfig {
+    /// How long a call waits before retrying after its `busy_failures`-th RESOURCE_EXHAUSTED:
+    /// [`backoff`](Self::backoff)`(n)` with equal jitter, uniformly in `[b/2, b]`, so calls
+    /// pushed back together do not return together.
+    pub fn busy_backoff(&self, busy_failures: u32) -> Duration {
+        let full = self.backoff(busy_failures);
+        let half = full / 2;
+        half + full.saturating_sub(half).mul_f64(rand::random::<f64>())
+    }
+
     /// How long a replica is skipped after `consecutive_failures` failures in a row (at
     /// least 1): `backoff_min * 2^(n-1)`, at most `backoff_max`.
     pub fn backoff(&self, consecutive_failures: u32) -> Duration {
@@ -61,6 +75,22 @@ mod tests {
         assert_eq!(ms(u32::MAX), 10_000);
         // Zero failures is treated as one.
         assert_eq!(ms(0), 500);
+    }
+
+    /// The busy backoff stays within half and all of the plain backoff.
+    #[test]
+    fn busy_backoff_is_jittered_within_bounds() {
+        let config = ReplicaConfig::default();
+        for n in [1, 2, 3, 10] {
+            let full = config.backoff(n);
+            for _ in 0..200 {
+                let delay = config.busy_backoff(n);
+                assert!(
+                    delay >= full / 2 && delay <= full,
+                    "{n}: {delay:?} of {full:?}"
+                );
+            }
+        }
     }
 
     #[test]

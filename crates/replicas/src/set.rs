@@ -1,5 +1,5 @@
 //! [`ReplicaSet`]: the replicas of one stage service, the choice of a replica for each
-//! attempt, retries on another replica, backoff, counters and DNS refresh.
+//! attempt, retries on another replica, backoff, counters, DNS refresh and probing.
 
 use std::fmt;
 use std::future::Future;
@@ -8,19 +8,24 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
 use crate::address::{self, Target};
-use crate::{ReplicaConfig, ReplicaError};
+use crate::probe::PROBE_TIMEOUT;
+use crate::{Probe, ReplicaConfig, ReplicaError, Verdict};
 
 /// HTTP/2 PING interval on every channel: a replica that vanished without closing its
 /// connections (host down, network cut) is noticed between calls, not on the next call.
 const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
 /// How long a PING may go unanswered before the connection is dropped.
 const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How soon a DNS name that resolves to no replica is looked up again (or the DNS refresh
+/// period, when shorter).
+const EMPTY_RETRY: Duration = Duration::from_secs(1);
 
 /// The replicas of one stage service (clip, prior or decoder), called through
 /// [`call`](Self::call). Cheap to clone: clones share the replicas, their counters and the
@@ -39,9 +44,18 @@ struct Inner {
     targets: Vec<Target>,
     /// The current replicas. A std mutex: it is never held across an `.await`.
     state: Mutex<State>,
-    /// Dropped with the last clone, which stops the DNS refresh task at once (the task only
-    /// holds a `Weak`, so it cannot keep the set alive).
-    _stop_refresh: Option<oneshot::Sender<()>>,
+    /// What a replica must pass before its first call; `None` admits every replica.
+    probe: Option<Arc<dyn Probe>>,
+    /// Wakes the probe task early: a replica was added or failed.
+    wake: Arc<Notify>,
+    /// How many replicas are available (admitted, serving, not backed off... see
+    /// [`ReplicaSet::available`]).
+    available: watch::Sender<usize>,
+    /// Times a probe found a replica serving something else (transitions into refused).
+    refusals: AtomicU64,
+    /// Dropped with the last clone, which stops the DNS refresh and probe tasks at once (the
+    /// tasks only hold a `Weak`, so they cannot keep the set alive).
+    stop: watch::Sender<()>,
 }
 
 /// The replica list and the round-robin cursor.
@@ -64,6 +78,27 @@ struct Replica {
     retried: AtomicU64,
     in_flight: AtomicU64,
     health: Mutex<Health>,
+    /// What the latest probe found.
+    probed: Mutex<Probed>,
+}
+
+/// Whether a replica passed its probe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Admission {
+    /// Not probed successfully yet: no call.
+    Pending,
+    /// Passed a probe (the right model): may receive calls.
+    Admitted,
+    /// Serves something else, the reason given: no call.
+    Refused(String),
+}
+
+/// The state probes keep of a replica.
+#[derive(Debug, Clone)]
+struct Probed {
+    admission: Admission,
+    /// The latest probe found it serving (and no call has failed on it since).
+    serving: bool,
 }
 
 /// Backoff state of a replica.
@@ -96,8 +131,12 @@ pub struct Answered<T> {
 pub struct ReplicaStats {
     /// Display name of the replica.
     pub address: String,
-    /// Not currently backed off after failing to do the work.
+    /// Takes calls now: admitted by its probe (if the set has one), serving when last probed,
+    /// and not backed off after failing to do the work.
     pub available: bool,
+    /// Kept out by its probe because it serves something else (the reason), e.g. another
+    /// model version. `None` otherwise.
+    pub refused: Option<String>,
     /// Attempts sent to it.
     pub calls: u64,
     /// Attempts that ended in an error, whatever the code.
@@ -181,6 +220,7 @@ impl Replica {
         index: usize,
         addr: SocketAddr,
         config: &ReplicaConfig,
+        probed: bool,
     ) -> Result<Self, tonic::transport::Error> {
         // Connect to the resolved address, but keep the configured host name as the
         // requests' origin (`:authority`).
@@ -202,7 +242,30 @@ impl Replica {
             retried: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             health: Mutex::new(Health::default()),
+            probed: Mutex::new(Probed {
+                admission: if probed {
+                    Admission::Pending
+                } else {
+                    Admission::Admitted
+                },
+                serving: !probed,
+            }),
         })
+    }
+
+    fn probed(&self) -> MutexGuard<'_, Probed> {
+        self.probed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// (admitted, serving) now.
+    fn admitted_serving(&self) -> (bool, bool) {
+        let probed = self.probed();
+        (probed.admission == Admission::Admitted, probed.serving)
+    }
+
+    /// Admitted, serving and not backed off at `now`.
+    fn available(&self, now: Instant) -> bool {
+        self.admitted_serving() == (true, true) && self.backed_off(now).is_none()
     }
 
     fn health(&self) -> MutexGuard<'_, Health> {
@@ -219,6 +282,37 @@ impl Replica {
         *self.health() = Health::default();
     }
 
+    /// Applies a probe's verdict; `true` when it newly refused the replica.
+    fn apply(&self, verdict: Verdict, stage: &str) -> bool {
+        let mut probed = self.probed();
+        let before = probed.clone();
+        let mut newly_refused = false;
+        match verdict {
+            Verdict::Ready => {
+                probed.admission = Admission::Admitted;
+                probed.serving = true;
+                if before.admission != Admission::Admitted || !before.serving {
+                    tracing::info!(stage, replica = %self.name, "replica available");
+                }
+            }
+            Verdict::NotServing(reason) => {
+                probed.serving = false;
+                if before.serving || before.admission == Admission::Pending {
+                    tracing::warn!(stage, replica = %self.name, reason, "replica not serving");
+                }
+            }
+            Verdict::Refused(reason) => {
+                probed.serving = false;
+                if before.admission != Admission::Refused(reason.clone()) {
+                    tracing::warn!(stage, replica = %self.name, reason, "replica kept out");
+                    newly_refused = true;
+                }
+                probed.admission = Admission::Refused(reason);
+            }
+        }
+        newly_refused
+    }
+
     /// Backs the replica off after an attempt started at `started` could not be served.
     fn could_not_serve(&self, started: Instant, config: &ReplicaConfig) {
         let now = Instant::now();
@@ -232,9 +326,14 @@ impl Replica {
     }
 
     fn stats(&self, now: Instant) -> ReplicaStats {
+        let refused = match &self.probed().admission {
+            Admission::Refused(reason) => Some(reason.clone()),
+            _ => None,
+        };
         ReplicaStats {
             address: self.name.clone(),
-            available: self.backed_off(now).is_none(),
+            available: self.available(now),
+            refused,
             calls: self.calls.load(Ordering::Relaxed),
             failures: self.failures.load(Ordering::Relaxed),
             retried: self.retried.load(Ordering::Relaxed),
@@ -246,7 +345,8 @@ impl Replica {
 impl ReplicaSet {
     /// Builds the replicas of `stage` ("clip", "prior", "decoder": a label for logs and
     /// messages) from `addresses`: URLs (`http://host:port`) or bare `host:port` (which get
-    /// `http://`).
+    /// `http://`). Every replica may receive calls at once (see [`probed`](Self::probed) for
+    /// a set that checks them first).
     ///
     /// An IP address is one replica, named by its URL. A DNS name is resolved with
     /// [`tokio::net::lookup_host`] and every distinct address it resolves to becomes a
@@ -255,14 +355,49 @@ impl ReplicaSet {
     /// down now does not fail `new`. When [`ReplicaConfig::dns_refresh`] is not zero and some
     /// address is a DNS name, a background task resolves the names again at that period,
     /// adding new addresses and dropping vanished ones (calls in flight on a dropped replica
-    /// finish); a failed lookup keeps the replicas it had. The task ends when the last clone
-    /// of the set is dropped.
+    /// finish); a failed lookup keeps the replicas it had. A name that resolves to nothing
+    /// (yet) is then not an error: it is looked up again every second until it resolves, and
+    /// calls meanwhile get UNAVAILABLE. The task ends when the last clone of the set is
+    /// dropped.
     ///
     /// Must be called inside a Tokio runtime.
     pub async fn new(
         stage: &str,
         addresses: &[String],
         config: ReplicaConfig,
+    ) -> Result<Self, ReplicaError> {
+        Self::build(stage, addresses, config, None).await
+    }
+
+    /// As [`new`](Self::new), but a replica receives calls only once `probe` found it
+    /// [`Verdict::Ready`], however it was found (listed, resolved at start or added by DNS
+    /// refresh later). Every replica is probed again every
+    /// [`ReplicaConfig::probe_interval`], a new one and one whose call just failed in
+    /// transport at once; each probe is bounded by [`PROBE_TIMEOUT`].
+    ///
+    /// - [`Verdict::Refused`] (serves another model version, say) keeps the replica out
+    ///   until a later probe finds it ready; it is logged and counted
+    ///   ([`refusals`](Self::refusals), [`ReplicaStats::refused`]).
+    /// - [`Verdict::NotServing`] takes it out of the rotation; an admitted replica stays a
+    ///   last resort when no replica is serving, so a probe lost under load does not refuse
+    ///   calls outright.
+    ///
+    /// [`available`](Self::available) follows how many replicas take calls. The first probes
+    /// run in the background; [`probe_now`](Self::probe_now) waits for a round.
+    pub async fn probed(
+        stage: &str,
+        addresses: &[String],
+        config: ReplicaConfig,
+        probe: Arc<dyn Probe>,
+    ) -> Result<Self, ReplicaError> {
+        Self::build(stage, addresses, config, Some(probe)).await
+    }
+
+    async fn build(
+        stage: &str,
+        addresses: &[String],
+        config: ReplicaConfig,
+        probe: Option<Arc<dyn Probe>>,
     ) -> Result<Self, ReplicaError> {
         let targets = addresses
             .iter()
@@ -274,16 +409,27 @@ impl ReplicaSet {
                 stage: stage.to_owned(),
             });
         }
+        let refresh = !config.dns_refresh.is_zero() && targets.iter().any(Target::is_name);
         let mut replicas = Vec::new();
         for (index, target) in targets.iter().enumerate() {
-            for addr in target.resolve(stage).await? {
-                let replica = Replica::new(target, index, addr, &config).map_err(|e| {
-                    ReplicaError::BadAddress {
-                        stage: stage.to_owned(),
-                        address: target.url.clone(),
-                        reason: format!("resolved address {addr} is not usable: {e}"),
-                    }
-                })?;
+            let addrs = match target.resolve(stage).await {
+                Ok(addrs) => addrs,
+                // Resolved again by the refresh task until it resolves.
+                Err(e) if refresh => {
+                    tracing::warn!(stage, error = %e, "no replica yet; resolving again every second");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            for addr in addrs {
+                let replica =
+                    Replica::new(target, index, addr, &config, probe.is_some()).map_err(|e| {
+                        ReplicaError::BadAddress {
+                            stage: stage.to_owned(),
+                            address: target.url.clone(),
+                            reason: format!("resolved address {addr} is not usable: {e}"),
+                        }
+                    })?;
                 replicas.push(Arc::new(replica));
             }
         }
@@ -293,14 +439,8 @@ impl ReplicaSet {
             "replica set ready"
         );
 
-        let refresh = !config.dns_refresh.is_zero() && targets.iter().any(Target::is_name);
-        let (stop_tx, stop_rx) = if refresh {
-            let (tx, rx) = oneshot::channel();
-            (Some(tx), Some(rx))
-        } else {
-            (None, None)
-        };
-        let every = config.dns_refresh;
+        let (stop, _) = watch::channel(());
+        let probing = probe.is_some();
         let inner = Arc::new(Inner {
             stage: stage.to_owned(),
             config,
@@ -309,12 +449,46 @@ impl ReplicaSet {
                 replicas,
                 cursor: 0,
             }),
-            _stop_refresh: stop_tx,
+            probe,
+            wake: Arc::new(Notify::new()),
+            available: watch::channel(0).0,
+            refusals: AtomicU64::new(0),
+            stop,
         });
-        if let Some(stop) = stop_rx {
-            tokio::spawn(refresh_loop(Arc::downgrade(&inner), stop, every));
+        inner.count_available();
+        if refresh {
+            tokio::spawn(refresh_loop(
+                Arc::downgrade(&inner),
+                inner.stop.subscribe(),
+                inner.config.dns_refresh,
+            ));
+        }
+        if probing {
+            tokio::spawn(probe_loop(
+                Arc::downgrade(&inner),
+                inner.stop.subscribe(),
+                inner.config.probe_interval,
+            ));
         }
         Ok(Self { inner })
+    }
+
+    /// Probes every replica now and applies the verdicts (a no-op without a probe).
+    pub async fn probe_now(&self) {
+        self.inner.probe_round().await;
+    }
+
+    /// How many replicas take calls now (admitted by the probe, serving, not backed off),
+    /// updated as probes, failures and DNS refresh change it. Without a probe every replica
+    /// counts. A backoff's end is seen at the next probe or call.
+    pub fn available(&self) -> watch::Receiver<usize> {
+        self.inner.available.subscribe()
+    }
+
+    /// Times a probe found a replica serving something else ([`Verdict::Refused`]), counted
+    /// once each time a replica turns refused.
+    pub fn refusals(&self) -> u64 {
+        self.inner.refusals.load(Ordering::Relaxed)
     }
 
     /// Splits a comma-separated flag value (`"a:1, http://b:2"`) into addresses, trimming
@@ -344,8 +518,10 @@ impl ReplicaSet {
     ///   candidate is backed off, to the one whose backoff ends first.
     /// - UNAVAILABLE, and UNKNOWN / INTERNAL / CANCELLED with a transport failure's message
     ///   (connection reset or refused, broken pipe, stream closed, ...) back the replica
-    ///   off and are retried; RESOURCE_EXHAUSTED is retried without backing off. Any other
-    ///   status is returned at once, unchanged. After `max_attempts` failed attempts the
+    ///   off and are retried; RESOURCE_EXHAUSTED is retried without backing the replica off,
+    ///   after [`ReplicaConfig::busy_backoff`] (jittered, growing with each full queue this
+    ///   call meets); when that wait would pass the deadline the RESOURCE_EXHAUSTED is
+    ///   returned at once. Any other status is returned at once, unchanged. After `max_attempts` failed attempts the
     ///   last status is returned with "`method` failed on N replicas: " before its message.
     /// - With a deadline, the time left is checked before each attempt and bounds each
     ///   attempt; running out returns DEADLINE_EXCEEDED.
@@ -366,6 +542,7 @@ impl ReplicaSet {
         let max_attempts = inner.config.max_attempts.max(1);
         let mut tried: Vec<Arc<Replica>> = Vec::new();
         let mut last: Option<Status> = None;
+        let mut busy = 0u32;
 
         for attempt in 1..=max_attempts {
             // The time left, checked before every attempt.
@@ -380,9 +557,7 @@ impl ReplicaSet {
                 }
             };
             let Some(replica) = inner.pick(&tried) else {
-                return Err(Status::unavailable(format!(
-                    "{method}: the {stage} stage has no replica"
-                )));
+                return Err(inner.none_available(method));
             };
 
             let attempt_started = Instant::now();
@@ -422,7 +597,29 @@ impl ReplicaSet {
                     }
                     return Err(status);
                 }
-                Failure::Unavailable => replica.could_not_serve(attempt_started, &inner.config),
+                Failure::Unavailable => {
+                    replica.could_not_serve(attempt_started, &inner.config);
+                    inner.failed_in_transport(&replica);
+                }
+                Failure::Busy if attempt < max_attempts => {
+                    busy += 1;
+                    let wait = inner.config.busy_backoff(busy);
+                    if deadline.is_some_and(|d| Instant::now() + wait >= d) {
+                        tracing::warn!(stage, method, replica = %replica.name, attempt,
+                            "queue full; no time left before the deadline to retry");
+                        return Err(Status::with_details_and_metadata(
+                            status.code(),
+                            format!(
+                                "{method}: {} (no time left before the deadline to retry)",
+                                status.message()
+                            ),
+                            bytes::Bytes::copy_from_slice(status.details()),
+                            status.metadata().clone(),
+                        ));
+                    }
+                    tracing::debug!(stage, method, replica = %replica.name, ?wait, "queue full; backing off");
+                    tokio::time::sleep(wait).await;
+                }
                 Failure::Busy => {}
             }
             if attempt < max_attempts {
@@ -525,26 +722,30 @@ impl Inner {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The replica for the next attempt of a call that already tried `tried`.
+    /// The replica for the next attempt of a call that already tried `tried`, among the
+    /// admitted ones.
     fn pick(&self, tried: &[Arc<Replica>]) -> Option<Arc<Replica>> {
         let now = Instant::now();
         let mut state = self.state();
         let n = state.replicas.len();
-        if n == 0 {
-            return None;
-        }
+        // (admitted, serving) of each replica, read once.
+        let probed: Vec<(bool, bool)> = state
+            .replicas
+            .iter()
+            .map(|r| r.admitted_serving())
+            .collect();
         let was_tried = |r: &Arc<Replica>| tried.iter().any(|t| Arc::ptr_eq(t, r));
         // Prefer replicas this call has not tried; once all have been, any will do.
-        let fresh_left = state.replicas.iter().any(|r| !was_tried(r));
-        let eligible = |r: &Arc<Replica>| !fresh_left || !was_tried(r);
+        let fresh_left = (0..n).any(|i| probed[i].0 && !was_tried(&state.replicas[i]));
+        let eligible = |i: usize| probed[i].0 && (!fresh_left || !was_tried(&state.replicas[i]));
 
-        // Least in flight among those not backed off, scanning from the cursor so that
-        // ties go round-robin.
+        // Least in flight among the serving ones not backed off, scanning from the cursor so
+        // that ties go round-robin.
         let mut best: Option<(usize, u64)> = None;
         for k in 0..n {
             let i = (state.cursor + k) % n;
             let r = &state.replicas[i];
-            if !eligible(r) || r.backed_off(now).is_some() {
+            if !eligible(i) || !probed[i].1 || r.backed_off(now).is_some() {
                 continue;
             }
             let load = r.in_flight.load(Ordering::Relaxed);
@@ -552,19 +753,109 @@ impl Inner {
                 best = Some((i, load));
             }
         }
-        // All backed off: the one whose backoff ends first.
+        // None: a serving one whose backoff ends first, else one not serving when last probed
+        // (its probe may have been lost), never one not admitted.
         let chosen = match best {
             Some((i, _)) => i,
             None => (0..n)
-                .filter(|&i| eligible(&state.replicas[i]))
-                .min_by_key(|&i| state.replicas[i].backed_off(now))?,
+                .filter(|&i| eligible(i))
+                .min_by_key(|&i| (!probed[i].1, state.replicas[i].backed_off(now)))?,
         };
         state.cursor = (chosen + 1) % n;
         Some(Arc::clone(&state.replicas[chosen]))
     }
 
+    /// UNAVAILABLE for a call that found no admitted replica, saying why.
+    fn none_available(&self, method: &str) -> Status {
+        let stage = &self.stage;
+        let state = self.state();
+        let refused: Vec<String> = state
+            .replicas
+            .iter()
+            .filter_map(|r| match &r.probed().admission {
+                Admission::Refused(reason) => Some(format!("{}: {reason}", r.name)),
+                _ => None,
+            })
+            .collect();
+        let message = if state.replicas.is_empty() {
+            format!("{method}: the {stage} stage has no replica")
+        } else if refused.is_empty() {
+            format!("{method}: no {stage} replica has passed its probe yet")
+        } else {
+            format!(
+                "{method}: no {stage} replica is available; kept out: {}",
+                refused.join("; ")
+            )
+        };
+        Status::unavailable(message)
+    }
+
+    /// A call on `replica` failed in transport: it may have gone or been replaced, so it is
+    /// out of the rotation until probed again, which happens at once.
+    fn failed_in_transport(&self, replica: &Replica) {
+        if self.probe.is_none() {
+            return;
+        }
+        replica.probed().serving = false;
+        self.count_available();
+        self.wake.notify_one();
+    }
+
+    /// Publishes how many replicas are available now.
+    fn count_available(&self) {
+        let now = Instant::now();
+        let count = self
+            .state()
+            .replicas
+            .iter()
+            .filter(|r| r.available(now))
+            .count();
+        self.available.send_if_modified(|old| {
+            let changed = *old != count;
+            *old = count;
+            changed
+        });
+    }
+
+    /// Probes every current replica concurrently and applies the verdicts.
+    async fn probe_round(&self) {
+        let Some(probe) = &self.probe else { return };
+        let replicas: Vec<Arc<Replica>> = self.state().replicas.clone();
+        let mut probes = JoinSet::new();
+        for (i, replica) in replicas.iter().enumerate() {
+            let pending = probe.probe(replica.channel.clone());
+            probes.spawn(async move {
+                let verdict = tokio::time::timeout(PROBE_TIMEOUT, pending)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Verdict::NotServing(format!(
+                            "no answer to the probe within {PROBE_TIMEOUT:?}"
+                        ))
+                    });
+                (i, verdict)
+            });
+        }
+        while let Some(done) = probes.join_next().await {
+            let Ok((i, verdict)) = done else { continue };
+            if replicas[i].apply(verdict, &self.stage) {
+                self.refusals.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count_available();
+    }
+
+    /// Whether some DNS name has no replica now (it is then looked up again sooner).
+    fn name_without_replica(&self) -> bool {
+        let state = self.state();
+        self.targets
+            .iter()
+            .enumerate()
+            .any(|(index, t)| t.is_name() && !state.replicas.iter().any(|r| r.target == index))
+    }
+
     /// Resolves the DNS names again and updates the replica list.
     async fn refresh(&self) {
+        let mut added = false;
         for (index, target) in self.targets.iter().enumerate() {
             if !target.is_name() {
                 continue;
@@ -593,10 +884,11 @@ impl Inner {
                 if known {
                     continue;
                 }
-                match Replica::new(target, index, addr, &self.config) {
+                match Replica::new(target, index, addr, &self.config, self.probe.is_some()) {
                     Ok(replica) => {
                         tracing::info!(stage = %self.stage, replica = %replica.name, "replica added");
                         state.replicas.push(Arc::new(replica));
+                        added = true;
                     }
                     Err(e) => {
                         tracing::warn!(stage = %self.stage, %addr, error = %e, "resolved address not usable");
@@ -608,21 +900,56 @@ impl Inner {
                 state.cursor %= n;
             }
         }
+        self.count_available();
+        if added {
+            // New replicas take no call before their first probe.
+            self.wake.notify_one();
+        }
     }
 }
 
-/// Resolves the set's DNS names every `every` until `stop` fires (its sender is dropped with
-/// the set).
-async fn refresh_loop(set: Weak<Inner>, mut stop: oneshot::Receiver<()>, every: Duration) {
-    let mut ticker = tokio::time::interval_at(Instant::now() + every, every);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+/// Resolves the set's DNS names every `every` (every second at most while a name has no
+/// replica) until `stop` closes (its sender is dropped with the set).
+async fn refresh_loop(set: Weak<Inner>, mut stop: watch::Receiver<()>, every: Duration) {
     loop {
+        let wait = match set.upgrade() {
+            Some(inner) if inner.name_without_replica() => every.min(EMPTY_RETRY),
+            Some(_) => every,
+            None => return,
+        };
         tokio::select! {
-            _ = &mut stop => return,
-            _ = ticker.tick() => {}
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(wait) => {}
         }
         let Some(inner) = set.upgrade() else { return };
         inner.refresh().await;
+    }
+}
+
+/// Probes the set's replicas at once, then every `every` and whenever woken (a replica added
+/// or failed), until `stop` closes. `every` zero probes only when woken.
+async fn probe_loop(set: Weak<Inner>, mut stop: watch::Receiver<()>, every: Duration) {
+    loop {
+        {
+            let Some(inner) = set.upgrade() else { return };
+            inner.probe_round().await;
+        }
+        let Some(wake) = set.upgrade().map(|inner| Arc::clone(&inner.wake)) else {
+            return;
+        };
+        let tick = async {
+            if every.is_zero() {
+                std::future::pending::<()>().await;
+            } else {
+                tokio::time::sleep(every).await;
+            }
+        };
+        // Only the `Weak` is held while waiting, so the set can be dropped meanwhile.
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = wake.notified() => {}
+            _ = tick => {}
+        }
     }
 }
 

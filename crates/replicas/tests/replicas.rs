@@ -16,7 +16,7 @@ use unclip_proto::v1::{
     ModelInfo,
 };
 use unclip_replicas::{
-    ReplicaConfig, ReplicaError, ReplicaSet, ReplicaStats, deadline_of, request,
+    Probe, ReplicaConfig, ReplicaError, ReplicaSet, ReplicaStats, Verdict, deadline_of, request,
 };
 
 /// What a fake replica saw of a GetInfo request.
@@ -102,7 +102,28 @@ impl Replica {
     }
 
     fn start_with(name: &str, busy: bool, started: Option<mpsc::UnboundedSender<String>>) -> Self {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        Self::start_at(name, "127.0.0.1:0", busy, started)
+    }
+
+    /// A replica on `addr` (e.g. the port of one killed before, to stand for its restart).
+    fn start_at(
+        name: &str,
+        addr: &str,
+        busy: bool,
+        started: Option<mpsc::UnboundedSender<String>>,
+    ) -> Self {
+        // A killed replica's runtime lets go of its port in the background: try again.
+        let mut tries = 0;
+        let listener = loop {
+            match std::net::TcpListener::bind(addr) {
+                Ok(listener) => break listener,
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 250 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => panic!("binding {addr}: {e}"),
+            }
+        };
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -317,7 +338,13 @@ async fn replica_killed_mid_call_is_retried() {
 async fn resource_exhausted_moves_on_without_backoff() {
     let busy = Replica::start_with("busy", true, None);
     let idle = Replica::start("idle");
-    let set = ReplicaSet::new("clip", &[busy.url(), idle.url()], config())
+    // A short busy backoff before the retry.
+    let config = ReplicaConfig {
+        backoff_min: Duration::from_millis(10),
+        backoff_max: Duration::from_millis(10),
+        ..ReplicaConfig::default()
+    };
+    let set = ReplicaSet::new("clip", &[busy.url(), idle.url()], config)
         .await
         .unwrap();
     for _ in 0..4 {
@@ -463,10 +490,14 @@ async fn dns_names_become_replicas() {
     assert_eq!(set.stage(), "clip");
 }
 
-/// A name that does not resolve fails `new`, naming the address.
+/// Without DNS refresh, a name that does not resolve fails `new`, naming the address.
 #[tokio::test]
 async fn unresolvable_name_is_an_error() {
-    let error = ReplicaSet::new("decoder", &["no-such-host.invalid:1".to_owned()], config())
+    let config = ReplicaConfig {
+        dns_refresh: Duration::ZERO,
+        ..config()
+    };
+    let error = ReplicaSet::new("decoder", &["no-such-host.invalid:1".to_owned()], config)
         .await
         .unwrap_err();
     assert!(
@@ -538,4 +569,257 @@ async fn dns_refresh_keeps_unchanged_replicas() {
     assert_eq!(names, before, "replicas changed");
     assert!(after.iter().map(|s| s.calls).sum::<u64>() >= 1);
     get_info(&set, None).await.unwrap();
+}
+
+/// With DNS refresh, a name that resolves to nothing is not an error: the set starts empty,
+/// keeps resolving, reports no replica available, and calls get UNAVAILABLE saying so.
+#[tokio::test]
+async fn a_name_that_resolves_to_nothing_is_looked_up_again() {
+    let config = ReplicaConfig {
+        dns_refresh: Duration::from_millis(20),
+        ..config()
+    };
+    let set = ReplicaSet::new("decoder", &["no-such-host.invalid:1".to_owned()], config)
+        .await
+        .unwrap();
+    assert!(set.snapshot().is_empty());
+    assert_eq!(*set.available().borrow(), 0);
+    // Several lookups later, still nothing and still no error.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let status = get_info(&set, None).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("has no replica"), "{status:?}");
+}
+
+/// A probe standing for the gateway's: GetInfo, ready when the model id starts with
+/// `expected` (the fakes' model id is their name, e.g. "v1-a"), refused otherwise,
+/// not serving when GetInfo fails.
+fn version_probe(expected: &'static str) -> Arc<dyn Probe> {
+    Arc::new(move |channel| async move {
+        match ClipServiceClient::new(channel)
+            .get_info(GetInfoRequest {})
+            .await
+        {
+            Ok(info) if info.get_ref().model_id.starts_with(expected) => Verdict::Ready,
+            Ok(info) => Verdict::Refused(format!(
+                "serves {} (expected {expected})",
+                info.get_ref().model_id
+            )),
+            Err(status) => Verdict::NotServing(status.message().to_owned()),
+        }
+    })
+}
+
+/// Probes every 20 ms, with the long backoff of [`config`].
+fn probing() -> ReplicaConfig {
+    ReplicaConfig {
+        probe_interval: Duration::from_millis(20),
+        dns_refresh: Duration::from_millis(20),
+        ..config()
+    }
+}
+
+/// Polls `check` every 10 ms for up to 10 s.
+async fn until(what: &str, mut check: impl FnMut() -> bool) {
+    let end = Instant::now() + Duration::from_secs(10);
+    while !check() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A listed replica serving another version is kept out: it gets no call, is counted and
+/// reported refused, and the other replica takes every call.
+#[tokio::test]
+async fn a_listed_replica_of_another_version_gets_no_call() {
+    let old = Replica::start("v1-a");
+    let new = Replica::start("v2-b");
+    let set = ReplicaSet::probed(
+        "clip",
+        &[old.url(), new.url()],
+        probing(),
+        version_probe("v1"),
+    )
+    .await
+    .unwrap();
+    set.probe_now().await;
+    for _ in 0..6 {
+        let answered = get_info(&set, None).await.unwrap();
+        assert_eq!(answered.value.model_id, "v1-a");
+    }
+    let stats = set.snapshot();
+    let refused = stats_of(&stats, &new);
+    assert_eq!(refused.calls, 0);
+    assert!(!refused.available);
+    assert!(
+        refused
+            .refused
+            .as_deref()
+            .is_some_and(|r| r.contains("serves v2-b")),
+        "{refused:?}"
+    );
+    assert_eq!(stats_of(&stats, &old).calls, 6);
+    // Counted once, however often it is probed again.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(set.refusals(), 1);
+    assert_eq!(*set.available().borrow(), 1);
+}
+
+/// A replica never probed successfully gets no call: with only a replica of another version,
+/// calls fail with UNAVAILABLE naming it, and the set reports none available.
+#[tokio::test]
+async fn only_replicas_of_another_version_means_unavailable() {
+    let new = Replica::start("v2-b");
+    let set = ReplicaSet::probed("clip", &[new.url()], probing(), version_probe("v1"))
+        .await
+        .unwrap();
+    set.probe_now().await;
+    let status = get_info(&set, None).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("kept out"), "{status:?}");
+    assert!(status.message().contains("serves v2-b"), "{status:?}");
+    assert_eq!(set.snapshot()[0].calls, 0);
+    assert_eq!(*set.available().borrow(), 0);
+}
+
+/// A replica that appears later behind a DNS name (here: a server starting on the port a
+/// `localhost` name points to) gets no call while it serves another version; once the
+/// replica there is rolled to the expected version, the next probe admits it and it takes
+/// calls.
+#[tokio::test]
+async fn a_replica_that_joins_later_is_probed_before_its_first_call() {
+    let old = Replica::start("v1-a");
+    let port = closed_port().rsplit(':').next().unwrap().to_owned();
+    let name = format!("localhost:{port}");
+    let set = ReplicaSet::probed("clip", &[old.url(), name], probing(), version_probe("v1"))
+        .await
+        .unwrap();
+    set.probe_now().await;
+    assert_eq!(*set.available().borrow(), 1);
+
+    // Another version comes up there: probed, refused, never called.
+    let mut wrong = Replica::start_at("v2-b", &format!("127.0.0.1:{port}"), false, None);
+    until("the new replica to be refused", || set.refusals() == 1).await;
+    for _ in 0..6 {
+        let answered = get_info(&set, None).await.unwrap();
+        assert_eq!(answered.value.model_id, "v1-a");
+    }
+    let joined = |set: &ReplicaSet| {
+        set.snapshot()
+            .into_iter()
+            .find(|s| s.address.contains(&format!(":{port} (127.0.0.1)")))
+            .expect("the localhost replica is listed")
+    };
+    assert_eq!(joined(&set).calls, 0);
+
+    // Rolled to the expected version: admitted, and it takes calls.
+    wrong.kill();
+    let _right = Replica::start_at("v1-b", &format!("127.0.0.1:{port}"), false, None);
+    until("the rolled replica to be admitted", || {
+        joined(&set).available
+    })
+    .await;
+    let mut answered_by = std::collections::BTreeSet::new();
+    for _ in 0..6 {
+        answered_by.insert(get_info(&set, None).await.unwrap().value.model_id);
+    }
+    assert!(answered_by.contains("v1-b"), "{answered_by:?}");
+    assert!(!answered_by.contains("v2-b"), "{answered_by:?}");
+}
+
+/// `available` follows the replicas: 1 while the only replica serves, 0 once it is killed,
+/// 1 again when it comes back.
+#[tokio::test]
+async fn available_follows_the_replicas() {
+    let mut only = Replica::start("v1-a");
+    let addr = only.addr.to_string();
+    let set = ReplicaSet::probed("clip", &[only.url()], probing(), version_probe("v1"))
+        .await
+        .unwrap();
+    set.probe_now().await;
+    let available = set.available();
+    assert_eq!(*available.borrow(), 1);
+    only.kill();
+    until("no replica available", || *available.borrow() == 0).await;
+    let _back = Replica::start_at("v1-a", &addr, false, None);
+    until("the replica back", || *available.borrow() == 1).await;
+    assert_eq!(get_info(&set, None).await.unwrap().value.model_id, "v1-a");
+}
+
+/// What a fake call saw: the (virtual) instant of each attempt.
+type Attempts = Arc<Mutex<Vec<Instant>>>;
+
+/// A call whose first `busy` attempts answer RESOURCE_EXHAUSTED (no network: the channel is
+/// not used), recording when each attempt started.
+async fn busy_call(
+    set: &ReplicaSet,
+    busy: usize,
+    deadline: Option<Instant>,
+    attempts: &Attempts,
+) -> Result<unclip_replicas::Answered<()>, Status> {
+    set.call("clip.EncodeText", deadline, |_channel, _timeout| {
+        let attempts = Arc::clone(attempts);
+        async move {
+            let mut attempts = attempts.lock().unwrap();
+            attempts.push(Instant::now());
+            if attempts.len() <= busy {
+                Err(Status::resource_exhausted("queue full"))
+            } else {
+                Ok(Response::new(()))
+            }
+        }
+    })
+    .await
+}
+
+/// Busy backoff: 100 ms doubling, at most 1 s.
+fn busy_config() -> ReplicaConfig {
+    ReplicaConfig {
+        backoff_min: Duration::from_millis(100),
+        backoff_max: Duration::from_secs(1),
+        ..ReplicaConfig::default()
+    }
+}
+
+/// A RESOURCE_EXHAUSTED is retried after a jittered backoff that grows with each one: the
+/// first retry waits 50..=100 ms, the second 100..=200 ms (virtual time).
+#[tokio::test(start_paused = true)]
+async fn resource_exhausted_is_retried_after_a_jittered_backoff() {
+    let set = ReplicaSet::new("clip", &[closed_port()], busy_config())
+        .await
+        .unwrap();
+    for _ in 0..5 {
+        let attempts = Attempts::default();
+        let answered = busy_call(&set, 2, None, &attempts).await.unwrap();
+        assert_eq!(answered.attempts, 3);
+        let at = attempts.lock().unwrap().clone();
+        let (first, second) = (at[1] - at[0], at[2] - at[1]);
+        assert!(
+            first >= Duration::from_millis(50) && first <= Duration::from_millis(100),
+            "{first:?}"
+        );
+        assert!(
+            second >= Duration::from_millis(100) && second <= Duration::from_millis(200),
+            "{second:?}"
+        );
+    }
+}
+
+/// A backoff that would pass the deadline is not waited: the RESOURCE_EXHAUSTED comes back at
+/// once, after one attempt, saying there was no time left.
+#[tokio::test(start_paused = true)]
+async fn resource_exhausted_backoff_is_bounded_by_the_deadline() {
+    let set = ReplicaSet::new("clip", &[closed_port()], busy_config())
+        .await
+        .unwrap();
+    let attempts = Attempts::default();
+    let start = Instant::now();
+    let deadline = start + Duration::from_millis(40);
+    let status = busy_call(&set, 5, Some(deadline), &attempts)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("no time left"), "{status:?}");
+    assert_eq!(attempts.lock().unwrap().len(), 1);
+    assert!(Instant::now() < deadline);
 }
