@@ -11,7 +11,8 @@ use unclip_proto::v1::{GatewayStats, GetStatsRequest, ImagesResponse};
 use unclip_stack::{LocalStack, LocalStackConfig, RedisMode, ServiceBinaries, StageReplicas};
 
 pub use unclip_testkit::{
-    Scrape, karlo_tiny, mean_abs_diff, metric, png, require_ort, rgb, root, scrape, shapes,
+    Scrape, another_version, karlo_tiny, mean_abs_diff, metric, png, require_ort, rgb, root,
+    scrape, shapes,
 };
 
 /// The service and gateway binaries next to this test (`cargo test --workspace` builds them);
@@ -67,7 +68,12 @@ pub async fn stack(options: StackOptions) -> LocalStack {
 
 /// A client of the stack's gateway, with 64 MiB message limits.
 pub async fn gateway(stack: &LocalStack) -> GatewayClient<Channel> {
-    let url = stack.gateway_url().expect("the stack runs a gateway");
+    gateway_client(&stack.gateway_url().expect("the stack runs a gateway")).await
+}
+
+/// A client of the gateway at `url`, with 64 MiB message limits.
+pub async fn gateway_client(url: &str) -> GatewayClient<Channel> {
+    let url = url.to_string();
     let channel = Channel::from_shared(url)
         .expect("a valid URL")
         .connect_timeout(Duration::from_secs(5))
@@ -132,4 +138,84 @@ pub fn python() -> PathBuf {
         python.display()
     );
     python
+}
+
+/// A service binary run as a child process of a test, killed when dropped.
+#[derive(Debug)]
+pub struct Process {
+    /// The child; `None` once killed.
+    child: Option<tokio::process::Child>,
+    /// `http://ADDR`, where it listens.
+    pub url: String,
+}
+
+impl Process {
+    /// Runs `binary` with `args` (its output goes to the test's).
+    pub fn spawn(binary: &std::path::Path, args: &[String], addr: std::net::SocketAddr) -> Self {
+        let child = tokio::process::Command::new(binary)
+            .args(args)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", binary.display()));
+        Self {
+            child: Some(child),
+            url: format!("http://{addr}"),
+        }
+    }
+
+    /// Replica of `stage` serving `model` on `addr`, one intra-op thread.
+    pub fn stage(
+        stage: unclip_stack::Stage,
+        model: &std::path::Path,
+        addr: std::net::SocketAddr,
+    ) -> Self {
+        let binaries = binaries();
+        let args = [
+            "--model".to_string(),
+            model.display().to_string(),
+            "--listen".to_string(),
+            addr.to_string(),
+            "--intra-threads".to_string(),
+            "1".to_string(),
+        ];
+        Self::spawn(binaries.get(stage), &args, addr)
+    }
+
+    /// SIGKILLs it and waits for it to end.
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.expect("killing a child process");
+        }
+    }
+}
+
+/// Whether the service `service` (e.g. `unclip.v1.Gateway`) at `url` answers SERVING, asked
+/// every 100 ms until it answers `serving` or `timeout` passes (then panics naming `what`).
+pub async fn wait_health(
+    service: &'static str,
+    url: &str,
+    serving: bool,
+    what: &str,
+    timeout: Duration,
+) {
+    let endpoint = Channel::from_shared(url.to_string())
+        .expect("a valid URL")
+        .connect_timeout(Duration::from_secs(2));
+    let mut probe = unclip_stack::HealthProbe::for_service(service, endpoint);
+    let end = tokio::time::Instant::now() + timeout;
+    while probe.is_serving().await != serving {
+        assert!(
+            tokio::time::Instant::now() < end,
+            "{what}: {url} did not turn {} within {timeout:?}",
+            if serving { "SERVING" } else { "NOT_SERVING" }
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A free loopback address (bound, then released).
+pub fn free_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("binding 127.0.0.1:0")
 }

@@ -43,6 +43,63 @@ pub fn shapes() -> PathBuf {
     dir
 }
 
+/// A copy of the model repository `model` in a new temporary folder that is another version of
+/// the same model: the same files and model id, the manifest's description changed and its
+/// `version` recomputed by the repository's rule (docs/model-repository.md, "Version"). What a
+/// rollout of a new model version looks like to the gateway. Returns the folder (removed when
+/// dropped) and the new version.
+pub fn another_version(model: &Path) -> (tempfile::TempDir, String) {
+    use sha2::{Digest, Sha256};
+    let hex = |bytes: &[u8]| -> String {
+        Sha256::digest(bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let text = std::fs::read_to_string(model.join("manifest.json"))
+        .unwrap_or_else(|e| panic!("{}: {e}", model.join("manifest.json").display()));
+    let manifest: Value = serde_json::from_str(&text).expect("manifest.json is JSON");
+    let old_version = serde_json::to_string(&manifest["version"]).unwrap();
+    let description = serde_json::to_string(&manifest["description"]).unwrap();
+    let changed = serde_json::to_string(&format!(
+        "{} (another version, for rollout tests)",
+        manifest["description"].as_str().unwrap_or_default()
+    ))
+    .unwrap();
+    assert!(
+        text.contains(&description),
+        "the description is not written as serde_json writes it"
+    );
+    const MARK: &str = "\u{0}version\u{0}";
+    let marked = text
+        .replacen(&description, &changed, 1)
+        .replacen(&old_version, MARK, 1);
+    let blank = marked.replacen(MARK, "\"\"", 1);
+    let files = manifest["files"].as_object().expect("manifest.files");
+    let mut listing = format!("{}  manifest.json\n", hex(blank.as_bytes()));
+    let mut paths: Vec<&String> = files.keys().collect();
+    paths.sort();
+    for path in paths {
+        listing.push_str(&format!(
+            "{}  {path}\n",
+            files[path].as_str().unwrap_or_default()
+        ));
+        let (from, to) = (model.join(path), dir.path().join(path));
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent).unwrap();
+        }
+        std::fs::copy(&from, &to).unwrap_or_else(|e| panic!("copying {}: {e}", from.display()));
+    }
+    let version = format!("sha256-{}", &hex(listing.as_bytes())[..16]);
+    std::fs::write(
+        dir.path().join("manifest.json"),
+        marked.replacen(MARK, &serde_json::to_string(&version).unwrap(), 1),
+    )
+    .unwrap();
+    (dir, version)
+}
+
 /// The ONNX Runtime library the services load: `UNCLIP_ORT_LIBRARY`, else `ORT_DYLIB_PATH`.
 /// Panics, naming both and the path it found, unless it is a file.
 pub fn ort_library() -> PathBuf {

@@ -19,7 +19,7 @@ pub mod redis_server;
 pub mod server;
 pub mod status;
 
-pub use fixtures::{Fixture, karlo_tiny, ort_library, require_ort, root, shapes};
+pub use fixtures::{Fixture, another_version, karlo_tiny, ort_library, require_ort, root, shapes};
 pub use images::{mean_abs_diff, png, rgb};
 pub use metrics::{Scrape, http_get, metric, scrape};
 pub use numeric::{assert_close, max_abs_diff};

@@ -94,6 +94,19 @@ pub struct Config {
     #[arg(long, env = "UNCLIP_DNS_REFRESH_SECS", default_value_t = 30)]
     pub dns_refresh_secs: u64,
 
+    /// Seconds between probes of every stage replica (gRPC health, and GetInfo's model id and
+    /// version, which must be the gateway's). A replica is probed before its first call however
+    /// it was found, and at once after a call on it fails in transport; one serving another
+    /// version gets no call. 0 probes only new and failed replicas.
+    #[arg(long, env = "UNCLIP_STAGE_PROBE_INTERVAL_SECS", default_value_t = 5)]
+    pub stage_probe_interval_secs: u64,
+
+    /// The model version (manifest `version`, e.g. sha256-a16fb70f02af8d44) to serve. Replicas
+    /// of other versions are kept out, also at start-up. Without it the version is the one every
+    /// replica serves at start-up, and replicas that disagree then are an error.
+    #[arg(long, env = "UNCLIP_GATEWAY_MODEL_VERSION")]
+    pub model_version: Option<String>,
+
     /// Seconds to wait at start-up for every stage replica to answer GetInfo. The environment
     /// name UNCLIP_STARTUP_TIMEOUT_SECS (which the `unclip` command uses for its own local
     /// services) is still accepted here, with a deprecation warning.

@@ -17,10 +17,14 @@
 //! | [`stats`] | request counters for GetStats |
 //! | [`metrics`] | what `GET /metrics` reports |
 //!
-//! Start-up ([`run`]): health answers NOT_SERVING while the gateway asks every replica of every
-//! stage for GetInfo (waiting for ones still loading) and checks that all serve one model
-//! version; a mismatch ends the process with an error naming each replica's model. Then health
-//! turns SERVING.
+//! Start-up ([`run`]): health answers NOT_SERVING while the gateway waits for every stage's
+//! addresses to resolve (a DNS name that resolves to nothing is looked up again, without end),
+//! asks every replica of every stage for GetInfo (waiting for ones still loading) and checks
+//! that all serve one model version (or, with `--model-version`, leaves out the others); a
+//! mismatch ends the process with an error naming each replica's model. From then on every
+//! replica, however found, is probed (health and model version) before its first call and
+//! every `--stage-probe-interval-secs`, and health is SERVING while every stage has an
+//! available replica of that version, NOT_SERVING otherwise.
 //!
 //! The cache ([`unclip_cache`]) holds text encodings (per prompt), image embeddings (per uploaded
 //! image's bytes) and prior samples (per prompt, negative prompt, seed, steps, guidance and
@@ -46,6 +50,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tonic::service::Routes;
 use unclip_cache::{Cache, MemoryConfig, RedisConfig};
 use unclip_proto::v1::gateway_server::GatewayServer;
@@ -83,11 +88,12 @@ pub async fn run_with_layer(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let (ready, readiness) = watch::channel(false);
     let load = {
         let config = config.clone();
-        async move { connect(&config).await }
+        async move { connect(&config, ready).await }
     };
-    serve(&config, layer, listener, load, shutdown).await
+    serve(&config, layer, listener, load, readiness, shutdown).await
 }
 
 /// Serves the gateway whose state `load` makes.
@@ -96,6 +102,7 @@ async fn serve(
     layer: Arc<dyn RequestLayer>,
     listener: TcpListener,
     load: impl Future<Output = anyhow::Result<Gateway>> + Send + 'static,
+    readiness: watch::Receiver<bool>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let slot: Slot<Gateway> = Slot::new();
@@ -109,7 +116,8 @@ async fn serve(
         config
             .serve
             .serve_config(SERVICE_NAME)
-            .with_metrics(metrics),
+            .with_metrics(metrics)
+            .with_readiness(readiness),
         listener,
         Routes::new(server),
         slot,
@@ -138,13 +146,20 @@ pub fn cache(config: &Config) -> anyhow::Result<Cache> {
     })
 }
 
-/// Connects the stages, checks them, and builds the shared state.
-async fn connect(config: &Config) -> anyhow::Result<Gateway> {
+/// Connects the stages, checks them, and builds the shared state; `ready` then follows
+/// whether every stage has an available replica.
+async fn connect(config: &Config, ready: watch::Sender<bool>) -> anyhow::Result<Gateway> {
     let cache = cache(config)?;
     let stages = Stages::new(config).await?;
+    stages.resolved().await;
     let infos = stages
-        .check(Duration::from_secs(config.startup_timeout_secs))
+        .check(
+            Duration::from_secs(config.startup_timeout_secs),
+            config.model_version.as_deref(),
+        )
         .await?;
+    stages.admit(stages::ModelKey::of(&infos.decoder)).await;
+    stages.readiness(ready);
     tracing::info!(
         model = %infos.decoder.model_id,
         version = %infos.version(),

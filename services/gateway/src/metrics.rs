@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use unclip_proto::v1::ReplicaInfo;
 use unclip_server::Slot;
-use unclip_server::metrics::{Labels, Metrics, counters, counters_over, gauges_over, labels};
+use unclip_server::metrics::{
+    Labels, Metrics, counters, counters_over, gauges, gauges_over, labels,
+};
 
 use crate::pipeline::Gateway;
 use crate::stats::RequestStats;
@@ -13,7 +15,8 @@ use crate::stats::RequestStats;
 /// What `GET /metrics` reports: requests by capability and outcome, the seconds of
 /// successful ones, and, once the stages are connected, the seconds of successful stage calls
 /// by stage label (`decoder.decode`, ...), every replica's calls, failures, retries, calls in
-/// flight and availability, and the cache's counters.
+/// flight, availability and whether its probe keeps it out (another model version), the
+/// refusals per stage, and the cache's counters.
 pub fn metrics(slot: Slot<Gateway>, stats: Arc<RequestStats>) -> Metrics {
     Metrics::new(move |registry| {
         let requests = stats.snapshot().into_iter().map(|(key, count)| {
@@ -80,10 +83,34 @@ pub fn metrics(slot: Slot<Gateway>, stats: Arc<RequestStats>) -> Metrics {
                 ),
                 (
                     "unclip_gateway_replica_available",
-                    "1 when the replica is not backed off.",
+                    "1 when the replica takes calls: healthy and serving the gateway's model \
+                     version when last probed, and not backed off.",
                     |r| i64::from(r.available),
                 ),
             ],
+        );
+        gauges(
+            registry,
+            "unclip_gateway_replica_refused",
+            "1 when the replica is kept out because it serves another model or version.",
+            gw.stages
+                .kept_out()
+                .into_iter()
+                .map(|(stage, address, refused)| {
+                    (
+                        labels([("stage", stage), ("replica", &address)]),
+                        i64::from(refused),
+                    )
+                }),
+        );
+        counters(
+            registry,
+            "unclip_gateway_replica_refusals",
+            "Times a probe found a stage replica serving another model or version (kept out).",
+            gw.stages
+                .refusals()
+                .into_iter()
+                .map(|(stage, n)| (labels([("stage", stage)]), n)),
         );
         let cache = [(labels([("backend", gw.cache.backend())]), gw.cache.stats())];
         counters_over(

@@ -1,14 +1,19 @@
 //! The stage services as the gateway calls them: one [`ReplicaSet`] per stage, typed calls that
-//! carry the request's deadline and time themselves, and the start-up check that every replica
-//! serves the same model.
+//! carry the request's deadline and time themselves, the start-up check that every replica
+//! serves the same model, and the probe ([`StageProbe`]: gRPC health and GetInfo) every replica,
+//! however found, passes before its first call and again on an interval.
 
 use std::future::Future;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tonic::Streaming;
 use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
 use unclip_proto::StepEvent;
 use unclip_proto::v1::clip_service_client::ClipServiceClient;
 use unclip_proto::v1::decoder_service_client::DecoderServiceClient;
@@ -18,7 +23,7 @@ use unclip_proto::v1::{
     InvertRequest, InvertResponse, ModelInfo, PriorSampleRequest, PriorSampleResponse, ReplicaInfo,
     StageTiming, Tensor, TextEncoding, UpsampleRequest, UpsampleResponse,
 };
-use unclip_replicas::{ReplicaConfig, ReplicaSet, request};
+use unclip_replicas::{Probe, ReplicaConfig, ReplicaSet, Verdict, request};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -38,6 +43,93 @@ pub struct Stages {
     max_message_bytes: usize,
     /// Seconds of successful stage calls, by stage label.
     call_seconds: DurationFamily,
+    /// The model every replica must serve, set once by the start-up check; the probes refuse
+    /// every replica until then.
+    expected: Arc<OnceLock<ModelKey>>,
+}
+
+/// A model's identity: its id and version (the manifest's content hash).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelKey {
+    /// `ModelInfo.model_id`.
+    pub model_id: String,
+    /// `ModelInfo.version`.
+    pub version: String,
+}
+
+impl ModelKey {
+    /// The id and version `info` reports.
+    pub fn of(info: &ModelInfo) -> Self {
+        Self {
+            model_id: info.model_id.clone(),
+            version: info.version.clone(),
+        }
+    }
+}
+
+impl std::fmt::Display for ModelKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.model_id, self.version)
+    }
+}
+
+/// The probe of one stage's replicas: gRPC health ("" SERVING), then GetInfo, whose model id and
+/// version must be the [`ModelKey`] the start-up check settled on.
+struct StageProbe {
+    /// "clip", "prior" or "decoder": which service's GetInfo to ask.
+    stage: &'static str,
+    expected: Arc<OnceLock<ModelKey>>,
+}
+
+impl Probe for StageProbe {
+    fn probe(&self, channel: Channel) -> unclip_replicas::ProbeFuture {
+        let (stage, expected) = (self.stage, Arc::clone(&self.expected));
+        Box::pin(async move {
+            let health = HealthClient::new(channel.clone())
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await;
+            match health {
+                Ok(answer) if answer.get_ref().status == ServingStatus::Serving as i32 => {}
+                Ok(answer) => {
+                    return Verdict::NotServing(format!(
+                        "health {:?}",
+                        ServingStatus::try_from(answer.get_ref().status)
+                            .unwrap_or(ServingStatus::Unknown)
+                    ));
+                }
+                Err(status) => {
+                    return Verdict::NotServing(format!(
+                        "health check: {:?}: {}",
+                        status.code(),
+                        status.message()
+                    ));
+                }
+            }
+            let info = match get_info(stage, channel, None).await {
+                Ok(info) => info,
+                Err(status) => {
+                    return Verdict::NotServing(format!(
+                        "GetInfo: {:?}: {}",
+                        status.code(),
+                        status.message()
+                    ));
+                }
+            };
+            let Some(expected) = expected.get() else {
+                return Verdict::NotServing("the start-up check has not finished".into());
+            };
+            let found = ModelKey::of(&info);
+            if &found == expected {
+                Verdict::Ready
+            } else {
+                Verdict::Refused(format!(
+                    "serves model {found}, the gateway serves {expected}"
+                ))
+            }
+        })
+    }
 }
 
 /// What the stages serve, read at start-up.
@@ -95,20 +187,41 @@ macro_rules! stepped_calls {
 }
 
 impl Stages {
-    /// Replica sets of the three stages from `config` (channels connect lazily).
+    /// Replica sets of the three stages from `config` (channels connect lazily), each replica
+    /// probed before its first call ([`StageProbe`]; none passes before [`Stages::admit`]).
     pub async fn new(config: &Config) -> anyhow::Result<Self> {
+        Self::build(config, true).await
+    }
+
+    /// As [`Stages::new`] without probes: every replica takes calls at once (for tests whose
+    /// fake stages have no health service).
+    #[cfg(test)]
+    pub(crate) async fn unprobed(config: &Config) -> anyhow::Result<Self> {
+        Self::build(config, false).await
+    }
+
+    async fn build(config: &Config, probed: bool) -> anyhow::Result<Self> {
         let replica_config = ReplicaConfig {
             max_attempts: config.stage_attempts.max(1),
             dns_refresh: Duration::from_secs(config.dns_refresh_secs),
+            probe_interval: Duration::from_secs(config.stage_probe_interval_secs),
             ..ReplicaConfig::default()
         };
+        let expected: Arc<OnceLock<ModelKey>> = Arc::default();
         let set = |stage: &'static str, list: &str| {
             let addresses = ReplicaSet::parse_list(list);
             let replica_config = replica_config.clone();
+            let probe = Arc::new(StageProbe {
+                stage,
+                expected: Arc::clone(&expected),
+            });
             async move {
-                ReplicaSet::new(stage, &addresses, replica_config)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("--{stage}: {e}"))
+                if probed {
+                    ReplicaSet::probed(stage, &addresses, replica_config, probe).await
+                } else {
+                    ReplicaSet::new(stage, &addresses, replica_config).await
+                }
+                .map_err(|e| anyhow::anyhow!("--{stage}: {e}"))
             }
         };
         Ok(Self {
@@ -117,29 +230,214 @@ impl Stages {
             decoder: set("decoder", &config.decoder).await?,
             max_message_bytes: config.serve.max_message_bytes,
             call_seconds: stats::duration_family(),
+            expected,
         })
+    }
+
+    /// The three replica sets with their labels.
+    fn sets(&self) -> [(&'static str, &ReplicaSet); 3] {
+        [
+            ("clip", &self.clip),
+            ("prior", &self.prior),
+            ("decoder", &self.decoder),
+        ]
+    }
+
+    /// Waits until every stage has at least one replica address (a DNS name may resolve to
+    /// nothing yet: the sets keep looking it up), logging the ones still missing every 10 s.
+    pub async fn resolved(&self) {
+        let mut next_log = Instant::now();
+        loop {
+            let missing: Vec<&str> = self
+                .sets()
+                .into_iter()
+                .filter(|(_, set)| set.snapshot().is_empty())
+                .map(|(stage, _)| stage)
+                .collect();
+            if missing.is_empty() {
+                return;
+            }
+            if Instant::now() >= next_log {
+                tracing::warn!(
+                    stages = ?missing,
+                    "waiting for stage addresses to resolve; health NOT_SERVING meanwhile"
+                );
+                next_log = Instant::now() + Duration::from_secs(10);
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Admits the replicas that serve `expected` (and refuses the others) from now on, and
+    /// probes every replica once before returning.
+    pub async fn admit(&self, expected: ModelKey) {
+        // Set once per gateway: a second call keeps the first model.
+        let _ = self.expected.set(expected);
+        for (_, set) in self.sets() {
+            set.probe_now().await;
+        }
+    }
+
+    /// `true` while every stage has an available replica (healthy, serving the gateway's
+    /// model, not backed off), following the replica sets until they are dropped or nobody
+    /// listens.
+    pub fn readiness(&self, ready: watch::Sender<bool>) {
+        let mut watches: Vec<watch::Receiver<usize>> =
+            self.sets().iter().map(|(_, set)| set.available()).collect();
+        let stages: Vec<&'static str> = self.sets().iter().map(|(stage, _)| *stage).collect();
+        tokio::spawn(async move {
+            loop {
+                let mut missing: Vec<&str> = Vec::new();
+                for (stage, watch) in stages.iter().zip(&mut watches) {
+                    if *watch.borrow_and_update() == 0 {
+                        missing.push(stage);
+                    }
+                }
+                let now = missing.is_empty();
+                let was = ready.send_replace(now);
+                if was && !now {
+                    tracing::warn!(stages = ?missing, "no available replica: NOT_SERVING");
+                }
+                let [a, b, c] = &mut watches[..] else { return };
+                let changed = tokio::select! {
+                    r = a.changed() => r,
+                    r = b.changed() => r,
+                    r = c.changed() => r,
+                    () = ready.closed() => return,
+                };
+                if changed.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// Every replica as (stage, address, kept out because it serves another model).
+    pub fn kept_out(&self) -> Vec<(&'static str, String, bool)> {
+        self.sets()
+            .into_iter()
+            .flat_map(|(stage, set)| {
+                set.snapshot()
+                    .into_iter()
+                    .map(move |r| (stage, r.address, r.refused.is_some()))
+            })
+            .collect()
+    }
+
+    /// Replicas a probe keeps out (another model) per stage: how many times one was refused.
+    pub fn refusals(&self) -> Vec<(&'static str, u64)> {
+        self.sets()
+            .into_iter()
+            .map(|(stage, set)| (stage, set.refusals()))
+            .collect()
     }
 
     /// Asks every replica of every stage for its GetInfo, waiting up to `timeout` for replicas
     /// that are still loading, and checks that all serve one model version and that each stage
     /// has the components it must run. The error names every mismatch.
-    pub async fn check(&self, timeout: Duration) -> anyhow::Result<StageInfos> {
+    ///
+    /// A replica that refuses connections (down, not loading) is not waited for once every
+    /// stage has a replica that answered: it is left to the probes, which check it before its
+    /// first call. With `version` (`--model-version`), replicas of other versions are left out
+    /// (logged) instead of being a mismatch, and each stage needs one replica of that version.
+    pub async fn check(
+        &self,
+        timeout: Duration,
+        version: Option<&str>,
+    ) -> anyhow::Result<StageInfos> {
         let deadline = Instant::now() + timeout;
+        let replicas: Vec<(&'static str, String, Channel)> = self
+            .sets()
+            .into_iter()
+            .flat_map(|(stage, set)| {
+                set.channels()
+                    .into_iter()
+                    .map(move |(name, channel)| (stage, name, channel))
+            })
+            .collect();
+        let mut answers: Vec<Option<ModelInfo>> = vec![None; replicas.len()];
+        loop {
+            let mut asks = tokio::task::JoinSet::new();
+            for (i, (stage, _, channel)) in replicas.iter().enumerate() {
+                if answers[i].is_none() {
+                    let (stage, channel) = (*stage, channel.clone());
+                    let left = deadline
+                        .saturating_duration_since(Instant::now())
+                        .min(Duration::from_secs(5));
+                    asks.spawn(async move {
+                        let answer =
+                            tokio::time::timeout(left, get_info(stage, channel, Some(left)))
+                                .await
+                                .unwrap_or_else(|_| {
+                                    Err(tonic::Status::deadline_exceeded("timed out"))
+                                });
+                        (i, answer)
+                    });
+                }
+            }
+            let mut last: Vec<(usize, tonic::Status)> = Vec::new();
+            while let Some(Ok((i, answer))) = asks.join_next().await {
+                match answer {
+                    Ok(info) => answers[i] = Some(info),
+                    Err(status) => last.push((i, status)),
+                }
+            }
+            if last.is_empty() {
+                break;
+            }
+            let every_stage_answered = self.sets().iter().all(|(stage, _)| {
+                (0..replicas.len()).any(|i| replicas[i].0 == *stage && answers[i].is_some())
+            });
+            let all_down = last.iter().all(|(_, status)| {
+                status.code() == tonic::Code::Unavailable && status.message().contains("connect")
+            });
+            if every_stage_answered && all_down {
+                for (i, status) in &last {
+                    let (stage, name, _) = &replicas[*i];
+                    tracing::warn!(stage, replica = %name, error = status.message(),
+                        "replica down at start-up; the probes check it before its first call");
+                }
+                break;
+            }
+            if Instant::now() >= deadline {
+                let (i, status) = &last[0];
+                let (stage, name, _) = &replicas[*i];
+                anyhow::bail!(
+                    "{stage} replica {name}: did not answer GetInfo before the start-up timeout \
+                     ({:?}: {})",
+                    status.code(),
+                    status.message()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
         let mut found: Vec<(&'static str, String, ModelInfo)> = Vec::new();
-        for (stage, set) in [
-            ("clip", &self.clip),
-            ("prior", &self.prior),
-            ("decoder", &self.decoder),
-        ] {
-            for (name, channel) in set.channels() {
-                let info = info_of(stage, channel, deadline)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("{stage} replica {name}: {e}"))?;
-                found.push((stage, name, info));
+        let mut other: Vec<String> = Vec::new();
+        for ((stage, name, _), info) in replicas.into_iter().zip(answers) {
+            let Some(info) = info else { continue };
+            if version.is_some_and(|v| v != info.version) {
+                tracing::warn!(stage, replica = %name, model = %info.model_id,
+                    version = %info.version, "replica of another version left out");
+                other.push(format!(
+                    "{stage} {name}: {} {}",
+                    info.model_id, info.version
+                ));
+                continue;
+            }
+            found.push((stage, name, info));
+        }
+        if let Some(version) = version {
+            for (stage, _) in self.sets() {
+                if !found.iter().any(|(s, _, _)| *s == stage) {
+                    anyhow::bail!(
+                        "no {stage} replica serves version {version} (--model-version); found: {}",
+                        other.join("; ")
+                    );
+                }
             }
         }
-        let version = &found[0].2.version;
-        if found.iter().any(|(_, _, info)| &info.version != version) {
+        let key = ModelKey::of(&found[0].2);
+        if found.iter().any(|(_, _, info)| ModelKey::of(info) != key) {
             let list: Vec<String> = found
                 .iter()
                 .map(|(stage, name, info)| {
@@ -405,35 +703,17 @@ async fn read_steps<E: StepEvent>(
     ))
 }
 
-/// GetInfo of one replica, asked again while it is unreachable or loading, until `deadline`.
-async fn info_of(stage: &str, channel: Channel, deadline: Instant) -> anyhow::Result<ModelInfo> {
-    let mut last = String::new();
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            anyhow::bail!("did not answer GetInfo before the start-up timeout ({last})");
-        }
-        let call = async {
-            match stage {
-                "clip" => ClipServiceClient::new(channel.clone())
-                    .get_info(request(GetInfoRequest {}, Some(left)))
-                    .await
-                    .map(tonic::Response::into_inner),
-                "prior" => PriorServiceClient::new(channel.clone())
-                    .get_info(request(GetInfoRequest {}, Some(left)))
-                    .await
-                    .map(tonic::Response::into_inner),
-                _ => DecoderServiceClient::new(channel.clone())
-                    .get_info(request(GetInfoRequest {}, Some(left)))
-                    .await
-                    .map(tonic::Response::into_inner),
-            }
-        };
-        match tokio::time::timeout(left, call).await {
-            Ok(Ok(info)) => return Ok(info),
-            Ok(Err(status)) => last = format!("{:?}: {}", status.code(), status.message()),
-            Err(_) => last = "timed out".into(),
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+/// One GetInfo of the `stage` service ("clip", "prior" or "decoder") on `channel`.
+async fn get_info(
+    stage: &str,
+    channel: Channel,
+    timeout: Option<Duration>,
+) -> std::result::Result<ModelInfo, tonic::Status> {
+    let message = request(GetInfoRequest {}, timeout);
+    match stage {
+        "clip" => ClipServiceClient::new(channel).get_info(message).await,
+        "prior" => PriorServiceClient::new(channel).get_info(message).await,
+        _ => DecoderServiceClient::new(channel).get_info(message).await,
     }
+    .map(tonic::Response::into_inner)
 }

@@ -195,7 +195,7 @@ async fn start() -> Harness {
         let config = config.clone();
         async move {
             Ok(Gateway {
-                stages: Stages::new(&config).await?,
+                stages: Stages::unprobed(&config).await?,
                 infos: infos(),
                 cache: Cache::disabled(),
                 limits: Limits {
@@ -215,7 +215,16 @@ async fn start() -> Harness {
     let address = listener.local_addr().unwrap();
     let layer: Arc<dyn RequestLayer> = gate.clone();
     tokio::spawn(async move {
-        crate::serve(&config, layer, listener, load, std::future::pending()).await
+        let ready = tokio::sync::watch::channel(true).1;
+        crate::serve(
+            &config,
+            layer,
+            listener,
+            load,
+            ready,
+            std::future::pending(),
+        )
+        .await
     });
     let client = GatewayClient::connect(format!("http://{address}"))
         .await
