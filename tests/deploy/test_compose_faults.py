@@ -435,3 +435,129 @@ def test_with_redis_stopped_every_request_still_succeeds(stack, client):
     assert row["cache_errors"] > 0, "the outage was not counted in the gateway's metrics"
     assert healthy_gauge == [0], f"unclip_gateway_cache_healthy = {healthy_gauge} with Redis down"
     expect_no_failures(row)
+
+
+def another_version(model: pathlib.Path, into: pathlib.Path) -> str:
+    """Copies the model repository `model` into `into` as another version of the same model (the
+    description changed, the version recomputed as docs/model-repository.md says); returns it."""
+    import hashlib
+
+    shutil.copytree(model, into)
+    into.chmod(0o755)
+    text = (into / "manifest.json").read_text()
+    manifest = json.loads(text)
+    description = json.dumps(manifest["description"])
+    assert description in text
+    marked = text.replace(description, json.dumps(manifest["description"] + " (rollout test)"), 1)
+    marked = marked.replace(json.dumps(manifest["version"]), "\0VERSION\0", 1)
+    blank = marked.replace("\0VERSION\0", '""')
+    listing = f"{hashlib.sha256(blank.encode()).hexdigest()}  manifest.json\n"
+    for path in sorted(manifest["files"]):
+        listing += f"{manifest['files'][path]}  {path}\n"
+    version = "sha256-" + hashlib.sha256(listing.encode()).hexdigest()[:16]
+    (into / "manifest.json").write_text(marked.replace("\0VERSION\0", json.dumps(version)))
+    for path in into.iterdir():
+        path.chmod(0o644)
+    return version
+
+
+def test_a_new_model_version_is_rolled_out_without_mixing_versions(stack, client, tmp_path):
+    """Expand and contract (docs/deploy.md, "Rolling out a new model version"): stage replicas of
+    version 2 join the stage names beside version 1; the running gateway keeps them out (no call,
+    counted) and keeps serving version 1; a second gateway pinned to version 2 serves only version
+    2; the version 1 replicas are then stopped, and the old gateway turns NOT_SERVING while the new
+    one goes on. Every request of each gateway is one version, and each version's cache entries
+    are in its own namespace."""
+    network = stack.network()
+    old_version = client.stub.GetInfo(client.pb.GetInfoRequest()).model.version
+    new_version = another_version(ROOT / "models" / "shapes", tmp_path / "shapes-v2")
+    assert new_version != old_version
+    old = {stage: stack.containers(stage) for stage in ("clip", "prior", "decoder")}
+    started: list[str] = []
+    name = f"{stack.project}-v2"
+    try:
+        # 1. Expand: one replica of each stage of version 2, under the same DNS names.
+        with Load(client) as load:
+            time.sleep(2)
+            t0 = time.monotonic()
+            for stage in ("clip", "prior", "decoder"):
+                started.append(run("docker", "run", "-d", "--name", f"{name}-{stage}", "--network", network,
+                                   "--network-alias", stage, "-v", f"{tmp_path / 'shapes-v2'}:/models:ro",
+                                   IMAGE, f"unclip-{stage}").strip())
+            for container in started:
+                stack.wait_healthy(container)
+            new_ips = {stack.ip(c) for c in started}
+            refused_after = None
+            while time.monotonic() < t0 + 60:
+                refused = {ip for (metric, labels), v in stack.metrics().items()
+                           if metric == "unclip_gateway_replica_refused" and v == 1
+                           for ip in new_ips if f"({ip})" in labels}
+                if refused == new_ips:
+                    refused_after = time.monotonic() - t0
+                    break
+                time.sleep(0.5)
+            time.sleep(3)
+        row = record("new model version beside the old (gateway v1)", load,
+                     v2_replicas_refused_after_s=None if refused_after is None else round(refused_after, 1),
+                     calls_to_v2=sum(stack.calls(s).get(ip, 0) for s in ("clip", "prior", "decoder")
+                                     for ip in new_ips))
+        assert refused_after is not None, f"the gateway did not keep out every version 2 replica: {row}"
+        assert row["calls_to_v2"] == 0, row
+        refusals = sum(v for (metric, _), v in stack.metrics().items()
+                       if metric == "unclip_gateway_replica_refusals_total")
+        assert refusals >= 3, refusals
+        expect_no_failures(row)
+
+        # 2. A gateway pinned to version 2 beside the old one: only version 2 replicas serve it.
+        gateway = run("docker", "run", "-d", "--name", f"{name}-gateway", "--network", network,
+                      "-p", "127.0.0.1::50050",
+                      "-e", "UNCLIP_CLIP_URLS=http://clip:50051", "-e", "UNCLIP_PRIOR_URLS=http://prior:50052",
+                      "-e", "UNCLIP_DECODER_URLS=http://decoder:50053", "-e", "UNCLIP_REDIS_URL=redis://redis:6379/",
+                      "-e", f"UNCLIP_DNS_REFRESH_SECS={DNS_REFRESH_SECS}", "-e", "UNCLIP_STAGE_PROBE_INTERVAL_SECS=2",
+                      "-e", f"UNCLIP_GATEWAY_MODEL_VERSION={new_version}", IMAGE, "unclip-gateway").strip()
+        started.append(gateway)
+        stack.wait_healthy(gateway, timeout=180)
+        port = int(run("docker", "port", gateway, "50050/tcp").split()[0].rsplit(":", 1)[1])
+        new_client = Client(port)
+        for seed in range(3):
+            for c, version in ((client, old_version), (new_client, new_version)):
+                response = c.stub.Generate(c.pb.GenerateRequest(prompt=PROMPTS[0], seed=seed), timeout=REQUEST_TIMEOUT_SECS)
+                assert response.model_version == version
+                for timing in response.timings:
+                    ip = re.search(r"\(([\d.]+)\)", timing.replica)
+                    if ip and not timing.cached:
+                        assert (ip.group(1) in new_ips) == (version == new_version), (version, timing)
+
+        # 3. Contract: the version 1 replicas stop; the old gateway turns NOT_SERVING, the new one
+        #    loses no request.
+        with Load(new_client) as load:
+            time.sleep(2)
+            for containers in old.values():
+                for container in containers:
+                    run("docker", "stop", "-t", "40", container, timeout=90)
+            t1 = time.monotonic()
+            not_serving_after = None
+            while time.monotonic() < t1 + 30:
+                health = subprocess.run(["docker", "exec", stack.containers("gateway")[0], "unclip-healthcheck"],
+                                        capture_output=True, text=True, timeout=30)
+                if health.returncode == 1 and "NOT_SERVING" in health.stderr:
+                    not_serving_after = time.monotonic() - t1
+                    break
+                time.sleep(0.5)
+            time.sleep(2)
+        row = record("old version stopped (gateway v2)", load,
+                     old_gateway_not_serving_after_s=None if not_serving_after is None else round(not_serving_after, 1))
+        assert not_serving_after is not None, "the old gateway still reports SERVING without version 1 replicas"
+        expect_no_failures(row)
+
+        # Each version's cache entries are in its own namespace (the key carries the version).
+        (redis,) = stack.containers("redis")
+        keys = run("docker", "exec", redis, "redis-cli", "--scan", "--pattern", "unclip:*").split()
+        namespaces = {key.split(":")[1] for key in keys}
+        assert namespaces == {old_version, new_version}, namespaces
+    finally:
+        for container in started:
+            run("docker", "rm", "-f", container, check=False)
+        for containers in old.values():
+            for container in containers:
+                run("docker", "start", container, check=False)

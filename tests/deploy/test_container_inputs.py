@@ -1,7 +1,7 @@
 """Bad input to the containers: a missing model volume, an unreadable model, and a gateway whose
 stages serve different models each stop the container with a non-zero exit and one clear ERROR
-line (no panic, no backtrace); a gateway given a stage name that resolves to nothing should keep
-resolving and answer NOT_SERVING meanwhile (not yet: expected to fail, see docs/deploy.md).
+line (no panic, no backtrace); a gateway given a stage name that resolves to nothing keeps
+resolving and answers NOT_SERVING meanwhile.
 
 Skipped, saying why, without a Docker daemon or the unclip:cpu image (scripts/images).
 """
@@ -74,8 +74,6 @@ def test_a_gateway_over_stages_of_different_models_exits_with_one_error_line(net
     assert_one_clear_error(out, "the stages serve different models")
 
 
-@pytest.mark.xfail(strict=True, reason="the gateway exits at once when a stage name does not resolve "
-                   "(crates/replicas: ReplicaSet::new fails on the first lookup); docs/deploy.md, gateway changes 3")
 def test_a_gateway_keeps_resolving_a_stage_name_that_resolves_to_nothing(network):
     net, started = network
     name = f"{net}-gateway"

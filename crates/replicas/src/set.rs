@@ -293,6 +293,8 @@ impl Replica {
                 probed.serving = true;
                 if before.admission != Admission::Admitted || !before.serving {
                     tracing::info!(stage, replica = %self.name, "replica available");
+                    // It answers again: no need to wait out a backoff from before.
+                    *self.health() = Health::default();
                 }
             }
             Verdict::NotServing(reason) => {
@@ -478,9 +480,9 @@ impl ReplicaSet {
         self.inner.probe_round().await;
     }
 
-    /// How many replicas take calls now (admitted by the probe, serving, not backed off),
-    /// updated as probes, failures and DNS refresh change it. Without a probe every replica
-    /// counts. A backoff's end is seen at the next probe or call.
+    /// How many replicas take calls (admitted by the probe and serving when last probed, or
+    /// since a call failed on it in transport), updated as probes, failures and DNS refresh
+    /// change it. Without a probe every replica counts.
     pub fn available(&self) -> watch::Receiver<usize> {
         self.inner.available.subscribe()
     }
@@ -801,14 +803,14 @@ impl Inner {
         self.wake.notify_one();
     }
 
-    /// Publishes how many replicas are available now.
+    /// Publishes how many replicas are admitted and serving now (a backoff, which ends by
+    /// itself, does not count against a replica here).
     fn count_available(&self) {
-        let now = Instant::now();
         let count = self
             .state()
             .replicas
             .iter()
-            .filter(|r| r.available(now))
+            .filter(|r| r.admitted_serving() == (true, true))
             .count();
         self.available.send_if_modified(|old| {
             let changed = *old != count;

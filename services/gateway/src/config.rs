@@ -102,8 +102,8 @@ pub struct Config {
     pub stage_probe_interval_secs: u64,
 
     /// The model version (manifest `version`, e.g. sha256-a16fb70f02af8d44) to serve. Replicas
-    /// of other versions are kept out, also at start-up. Without it the version is the one every
-    /// replica serves at start-up, and replicas that disagree then are an error.
+    /// of other versions are kept out, also at start-up. Without it (or empty) the version is
+    /// the one every replica serves at start-up, and replicas that disagree then are an error.
     #[arg(long, env = "UNCLIP_GATEWAY_MODEL_VERSION")]
     pub model_version: Option<String>,
 

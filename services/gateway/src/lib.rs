@@ -155,7 +155,7 @@ async fn connect(config: &Config, ready: watch::Sender<bool>) -> anyhow::Result<
     let infos = stages
         .check(
             Duration::from_secs(config.startup_timeout_secs),
-            config.model_version.as_deref(),
+            config.model_version.as_deref().filter(|v| !v.is_empty()),
         )
         .await?;
     stages.admit(stages::ModelKey::of(&infos.decoder)).await;

@@ -278,9 +278,9 @@ impl Stages {
         }
     }
 
-    /// `true` while every stage has an available replica (healthy, serving the gateway's
-    /// model, not backed off), following the replica sets until they are dropped or nobody
-    /// listens.
+    /// Sends `true` to `ready` while every stage has an available replica (SERVING and of the
+    /// gateway's model when last probed, and no call failed on it in transport since),
+    /// following the replica sets until they are dropped or nobody listens.
     pub fn readiness(&self, ready: watch::Sender<bool>) {
         let mut watches: Vec<watch::Receiver<usize>> =
             self.sets().iter().map(|(_, set)| set.available()).collect();
