@@ -133,3 +133,80 @@ pub fn python() -> PathBuf {
     );
     python
 }
+
+/// A service binary a test runs with its own flags (e.g. TLS), stopped when dropped.
+#[derive(Debug)]
+pub struct Process {
+    /// The child.
+    pub child: tokio::process::Child,
+    /// Where it listens.
+    pub addr: std::net::SocketAddr,
+}
+
+impl Process {
+    /// Starts `binary --listen 127.0.0.1:PORT args...` on a free port.
+    pub fn spawn(binary: &std::path::Path, args: &[String]) -> Self {
+        let port = unclip_testkit::free_port();
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let child = tokio::process::Command::new(binary)
+            .arg("--listen")
+            .arg(addr.to_string())
+            .args(args)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", binary.display()));
+        Self { child, addr }
+    }
+
+    /// A stage service on the shapes model with one intra-op thread and `args`.
+    pub fn stage(binary: &std::path::Path, args: &[String]) -> Self {
+        require_ort();
+        let mut all = vec![
+            "--model".to_string(),
+            shapes().display().to_string(),
+            "--intra-threads".into(),
+            "1".into(),
+        ];
+        all.extend_from_slice(args);
+        Self::spawn(binary, &all)
+    }
+
+    /// Waits until health over `tls` (`None`: plaintext) says SERVING under "", for at most
+    /// three minutes; panics if the process exits first.
+    pub async fn wait_serving(&mut self, tls: Option<tonic::transport::ClientTlsConfig>) {
+        use tonic_health::pb::HealthCheckRequest;
+        use tonic_health::pb::health_client::HealthClient;
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        for _ in 0..1800 {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("the process exited before serving: {status}");
+            }
+            let mut endpoint =
+                tonic::transport::Endpoint::from_shared(format!("{scheme}://{}", self.addr))
+                    .unwrap();
+            if let Some(tls) = tls.clone() {
+                endpoint = endpoint.tls_config(tls).unwrap();
+            }
+            if let Ok(channel) = endpoint.connect().await {
+                let answer = HealthClient::new(channel)
+                    .check(HealthCheckRequest::default())
+                    .await;
+                if answer.is_ok_and(|a| a.into_inner().status == 1) {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("{} never served", self.addr);
+    }
+
+    /// Sends `signal` (e.g. "HUP") to the process.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.id().expect("running").to_string();
+        let status = std::process::Command::new("kill")
+            .args([format!("-{signal}"), pid])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}

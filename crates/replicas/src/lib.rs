@@ -37,7 +37,7 @@ mod deadline;
 mod error;
 mod set;
 
-pub use config::ReplicaConfig;
+pub use config::{ClientTls, ReplicaConfig};
 pub use deadline::{deadline_of, parse_grpc_timeout, request};
 pub use error::ReplicaError;
 pub use set::{Answered, ReplicaSet, ReplicaStats};

@@ -83,6 +83,8 @@ pub async fn run_with_layer(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    // A bad stage TLS file stops the start here, with one line naming it.
+    config.stage_tls()?;
     let load = {
         let config = config.clone();
         async move { connect(&config).await }

@@ -100,6 +100,7 @@ impl Stages {
         let replica_config = ReplicaConfig {
             max_attempts: config.stage_attempts.max(1),
             dns_refresh: Duration::from_secs(config.dns_refresh_secs),
+            tls: config.stage_tls()?,
             ..ReplicaConfig::default()
         };
         let set = |stage: &'static str, list: &str| {
