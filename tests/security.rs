@@ -192,3 +192,103 @@ async fn bad_stage_ca_is_a_startup_error() {
         .unwrap_or_else(|| panic!("no line names the flag: {stderr}"));
     unclip_testkit::assert_contains(line, &["bad.pem", "no certificate"]);
 }
+
+/// `unclip api-key new` makes a key and its line; once the line is in the gateway's key file
+/// (picked up without a restart), `unclip --api-key` and the Python client with `--api-key`
+/// generate, and a call without the key is UNAUTHENTICATED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    std::fs::write(&keys, "# no keys yet\n").unwrap();
+    let stack = unclip_e2e::stack(unclip_e2e::StackOptions {
+        gateway_args: vec![
+            "--api-keys".into(),
+            keys.display().to_string(),
+            "--reload-check-secs".into(),
+            "1".into(),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let url = stack.gateway_url().unwrap();
+
+    let made = std::process::Command::new(unclip())
+        .args(["api-key", "new", "e2e", "--max-concurrent", "2"])
+        .output()
+        .unwrap();
+    assert!(made.status.success());
+    let stdout = String::from_utf8_lossy(&made.stdout);
+    let field = |label: &str| {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(label))
+            .unwrap_or_else(|| panic!("no {label} in {stdout}"))
+            .trim()
+            .to_string()
+    };
+    let (key, line) = (field("key:"), field("line:"));
+    assert!(
+        line.starts_with("e2e ") && line.ends_with(" max_concurrent=2"),
+        "{line}"
+    );
+    assert!(!line.contains(&key), "the line holds the hash, not the key");
+
+    let out = dir.path().join("keyed.png");
+    let generate = |key: Option<&str>| {
+        let mut command = std::process::Command::new(unclip());
+        command
+            .args(["generate", PROMPT, "--quiet", "--gateway", &url])
+            .arg("--out")
+            .arg(&out)
+            .env_remove("UNCLIP_LOCAL_MODEL")
+            .env_remove("UNCLIP_API_KEY");
+        if let Some(key) = key {
+            command.args(["--api-key", key]);
+        }
+        command.output().unwrap()
+    };
+    let refused = generate(Some(&key));
+    assert!(
+        !refused.status.success(),
+        "a key not yet in the file worked"
+    );
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("UNAUTHENTICATED"));
+
+    std::fs::write(&keys, format!("# one key\n{line}\n")).unwrap();
+    let mut accepted = false;
+    for _ in 0..100 {
+        if generate(Some(&key)).status.success() {
+            accepted = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(
+        accepted,
+        "the key was never accepted after the file changed"
+    );
+    assert!(rgb(&std::fs::read(&out).unwrap()).width() > 0);
+    let without = generate(None);
+    assert!(!without.status.success());
+    assert!(String::from_utf8_lossy(&without.stderr).contains("UNAUTHENTICATED"));
+
+    let output = tokio::process::Command::new(python())
+        .arg(unclip_e2e::root().join("tests/python/gateway_client.py"))
+        .args([
+            "--gateway",
+            url.trim_start_matches("http://"),
+            "--api-key",
+            &key,
+        ])
+        .output()
+        .await
+        .expect("running the Python client");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    println!("{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "the Python client with --api-key failed"
+    );
+    stack.shutdown().await.unwrap();
+}

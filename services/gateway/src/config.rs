@@ -125,6 +125,16 @@ pub struct Config {
     #[arg(long, env = "UNCLIP_STAGE_TLS_KEY", requires = "stage_tls_cert")]
     pub stage_tls_key: Option<PathBuf>,
 
+    /// Require an API key: a file of `NAME SHA256 [max_concurrent=N] [images_per_minute=N]`
+    /// lines (`unclip api-key new NAME` makes a key and its line; `#` starts a comment).
+    /// Callers send `authorization: Bearer KEY`. Reloaded on SIGHUP and when it changes.
+    #[arg(long, env = "UNCLIP_API_KEYS", value_name = "FILE")]
+    pub api_keys: Option<PathBuf>,
+
+    /// Serve `GET /metrics` only to requests with a valid API key (needs --api-keys).
+    #[arg(long, env = "UNCLIP_METRICS_REQUIRE_KEY", requires = "api_keys")]
+    pub metrics_require_key: bool,
+
     /// Message limits, graceful shutdown and the gateway's own TLS.
     #[command(flatten)]
     pub serve: ServeArgs,
