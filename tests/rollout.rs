@@ -30,8 +30,6 @@ fn request(seed: u64) -> GenerateRequest {
 fn gateway(clip: &str, prior: &str, decoder: &str) -> Process {
     let addr = free_addr();
     let args: Vec<String> = [
-        "--listen",
-        &addr.to_string(),
         "--clip",
         clip,
         "--prior",
@@ -56,7 +54,7 @@ async fn stages() -> [Process; 3] {
     require_ort();
     let model = shapes();
     let started = [Stage::Clip, Stage::Prior, Stage::Decoder]
-        .map(|stage| Process::stage(stage, &model, free_addr()));
+        .map(|stage| Process::stage(stage, &model, free_addr(), &[]));
     for (stage, process) in [Stage::Clip, Stage::Prior, Stage::Decoder]
         .iter()
         .zip(&started)
@@ -104,7 +102,7 @@ async fn a_decoder_of_another_version_gets_no_call() {
     )
     .await;
 
-    let _new = Process::stage(Stage::Decoder, copy.path(), late);
+    let _new = Process::stage(Stage::Decoder, copy.path(), late, &[]);
     wait_health(
         Stage::Decoder.service_name(),
         &format!("http://{late}"),
@@ -207,7 +205,7 @@ async fn the_gateway_is_not_serving_while_a_stage_has_no_replica() {
     let status = client.generate(request(2)).await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
 
-    let _back = Process::stage(Stage::Decoder, &shapes(), addr);
+    let _back = Process::stage(Stage::Decoder, &shapes(), addr, &[]);
     wait_health(
         GATEWAY,
         &gw.url,

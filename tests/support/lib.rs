@@ -140,45 +140,51 @@ pub fn python() -> PathBuf {
     python
 }
 
-/// A service binary run as a child process of a test, killed when dropped.
+/// A service binary run as a child process of a test (its output goes to the test's), killed
+/// when dropped.
 #[derive(Debug)]
 pub struct Process {
     /// The child; `None` once killed.
     child: Option<tokio::process::Child>,
-    /// `http://ADDR`, where it listens.
+    /// Where it listens.
+    pub addr: std::net::SocketAddr,
+    /// `http://ADDR`.
     pub url: String,
 }
 
 impl Process {
-    /// Runs `binary` with `args` (its output goes to the test's).
+    /// Runs `binary --listen ADDR args...`.
     pub fn spawn(binary: &std::path::Path, args: &[String], addr: std::net::SocketAddr) -> Self {
         let child = tokio::process::Command::new(binary)
+            .arg("--listen")
+            .arg(addr.to_string())
             .args(args)
             .kill_on_drop(true)
             .spawn()
             .unwrap_or_else(|e| panic!("starting {}: {e}", binary.display()));
         Self {
             child: Some(child),
+            addr,
             url: format!("http://{addr}"),
         }
     }
 
-    /// Replica of `stage` serving `model` on `addr`, one intra-op thread.
+    /// A replica of `stage` serving `model` on `addr` with one intra-op thread, and `args`.
     pub fn stage(
         stage: unclip_stack::Stage,
         model: &std::path::Path,
         addr: std::net::SocketAddr,
+        args: &[String],
     ) -> Self {
-        let binaries = binaries();
-        let args = [
+        require_ort();
+        let mut all = vec![
             "--model".to_string(),
             model.display().to_string(),
-            "--listen".to_string(),
-            addr.to_string(),
             "--intra-threads".to_string(),
             "1".to_string(),
         ];
-        Self::spawn(binaries.get(stage), &args, addr)
+        all.extend_from_slice(args);
+        Self::spawn(binaries().get(stage), &all, addr)
     }
 
     /// SIGKILLs it and waits for it to end.
@@ -186,6 +192,47 @@ impl Process {
         if let Some(mut child) = self.child.take() {
             child.kill().await.expect("killing a child process");
         }
+    }
+
+    /// Waits until health over `tls` (`None`: plaintext) says SERVING under "", for at most
+    /// three minutes; panics if the process exits first.
+    pub async fn wait_serving(&mut self, tls: Option<tonic::transport::ClientTlsConfig>) {
+        use tonic_health::pb::HealthCheckRequest;
+        use tonic_health::pb::health_client::HealthClient;
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        for _ in 0..1800 {
+            let child = self.child.as_mut().expect("a running process");
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("the process exited before serving: {status}");
+            }
+            let mut endpoint =
+                tonic::transport::Endpoint::from_shared(format!("{scheme}://{}", self.addr))
+                    .unwrap();
+            if let Some(tls) = tls.clone() {
+                endpoint = endpoint.tls_config(tls).unwrap();
+            }
+            if let Ok(channel) = endpoint.connect().await {
+                let answer = HealthClient::new(channel)
+                    .check(HealthCheckRequest::default())
+                    .await;
+                if answer.is_ok_and(|a| a.into_inner().status == 1) {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("{} never served", self.addr);
+    }
+
+    /// Sends `signal` (e.g. "HUP") to the process.
+    pub fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("a running process");
+        let pid = child.id().expect("running").to_string();
+        let status = std::process::Command::new("kill")
+            .args([format!("-{signal}"), pid])
+            .status()
+            .unwrap();
+        assert!(status.success());
     }
 }
 

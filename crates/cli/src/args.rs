@@ -80,6 +80,44 @@ pub struct GlobalArgs {
     /// How local services run (--local and `stack`).
     #[command(flatten)]
     pub services: ServiceArgs,
+
+    /// TLS and the API key towards the gateway.
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+/// How the command reaches a remote gateway: TLS and the API key.
+#[derive(Debug, Clone, Default, Args)]
+#[command(next_help_heading = "Connecting (TLS, API key)")]
+pub struct ConnectArgs {
+    /// Connect with TLS, trusting the CA certificate(s) in this PEM file (the gateway's
+    /// `--tls-cert` must chain to it and name the host of --gateway).
+    #[arg(long, env = "UNCLIP_CA", value_name = "FILE", global = true)]
+    pub ca: Option<PathBuf>,
+
+    /// A client certificate (PEM) for a gateway that requires mutual TLS; needs --key and --ca.
+    #[arg(long, env = "UNCLIP_CLIENT_CERT", value_name = "FILE", global = true, requires_all = ["key", "ca"])]
+    pub cert: Option<PathBuf>,
+
+    /// The private key of --cert (PEM).
+    #[arg(
+        long,
+        env = "UNCLIP_CLIENT_KEY",
+        value_name = "FILE",
+        global = true,
+        requires = "cert"
+    )]
+    pub key: Option<PathBuf>,
+
+    /// The API key, sent as `authorization: Bearer KEY` (a gateway with --api-keys needs it).
+    #[arg(
+        long,
+        env = "UNCLIP_API_KEY",
+        value_name = "KEY",
+        global = true,
+        hide_env_values = true
+    )]
+    pub api_key: Option<String>,
 }
 
 /// How the local services of --local and `stack` run.
@@ -133,6 +171,32 @@ pub enum Command {
     /// A load test of Generate: throughput, latency percentiles and the mean time of every
     /// kind of stage call.
     Bench(BenchArgs),
+    /// API keys for a gateway's --api-keys file.
+    #[command(subcommand)]
+    ApiKey(ApiKeyCommand),
+}
+
+/// `unclip api-key ...`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum ApiKeyCommand {
+    /// Print a fresh random key (give it to the caller) and its line for the gateway's
+    /// --api-keys file (which holds only the key's SHA-256).
+    New(NewKeyArgs),
+}
+
+/// `unclip api-key new NAME`.
+#[derive(Debug, Clone, Args)]
+pub struct NewKeyArgs {
+    /// The key's name: how logs and `/metrics` call it (letters, digits, `-`, `_`, `.`).
+    pub name: String,
+
+    /// Most requests of this key in flight at once.
+    #[arg(long)]
+    pub max_concurrent: Option<u32>,
+
+    /// Most images this key may make per minute (a token bucket).
+    #[arg(long)]
+    pub images_per_minute: Option<u32>,
 }
 
 /// Decoder and upsampler settings (unset: the model's defaults).

@@ -13,12 +13,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use tonic::transport::Channel;
-use unclip_proto::v1::gateway_client::GatewayClient;
 use unclip_proto::v1::{GenerateRequest, ImagesResponse};
 
 use crate::args::BenchArgs;
-use crate::client::{RpcError, code_name, with_deadline};
+use crate::client::{Gateway, RpcError, code_name, with_deadline};
 
 /// Captions of the shapes model's grammar, used in turn when no `--prompt` is given.
 pub const DEFAULT_PROMPTS: [&str; 4] = [
@@ -215,7 +213,7 @@ fn request(args: &BenchArgs, i: usize) -> GenerateRequest {
 /// Sends `count` requests numbered from `first` from `concurrency` clients sharing one
 /// connection, each request with `timeout` as its deadline.
 async fn send(
-    client: &GatewayClient<Channel>,
+    client: &Gateway,
     args: &Arc<BenchArgs>,
     first: usize,
     count: usize,
@@ -256,7 +254,7 @@ async fn send(
 /// Runs the benchmark against the gateway behind `client` and prints the report. Fails (after
 /// printing it) when any measured request failed.
 pub async fn run(
-    client: GatewayClient<Channel>,
+    client: Gateway,
     args: BenchArgs,
     timeout: Duration,
     quiet: bool,

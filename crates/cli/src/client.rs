@@ -4,12 +4,16 @@
 use std::path::Path;
 use std::time::Duration;
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Status, Streaming};
 use unclip_proto::v1::gateway_client::GatewayClient;
 use unclip_proto::v1::{ImagesEvent, ImagesResponse, images_event};
 use unclip_proto::{MAX_MESSAGE_BYTES, with_scheme};
 
+use crate::args::ConnectArgs;
 use crate::output::{ImageKind, write_preview};
 use crate::progress::ProgressView;
 
@@ -33,6 +37,12 @@ pub enum ClientError {
         #[source]
         source: tonic::transport::Error,
     },
+    /// A TLS file (--ca, --cert, --key) cannot be used.
+    #[error(transparent)]
+    Tls(#[from] unclip_server::tls::TlsError),
+    /// The API key cannot be sent as a header.
+    #[error("--api-key: not a valid header value (printable ASCII only)")]
+    BadApiKey,
     /// Nothing answered there.
     #[error(
         "cannot connect to the gateway at {url} (start one with `unclip stack --model DIR`, or \
@@ -79,21 +89,81 @@ pub fn code_name(code: Code) -> &'static str {
     }
 }
 
-/// Connects to the gateway at `url`, with message limits as large as the services'.
-pub async fn connect(url: &str) -> Result<GatewayClient<Channel>, ClientError> {
-    let url = with_scheme(url);
-    let endpoint = Endpoint::from_shared(url.clone())
-        .map_err(|source| ClientError::InvalidUrl {
-            url: url.clone(),
-            source,
-        })?
+/// Puts the API key, when there is one, on every call as `authorization: Bearer KEY`.
+#[derive(Clone, Default)]
+pub struct ApiKey(Option<MetadataValue<Ascii>>);
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key itself.
+        f.write_str(if self.0.is_some() {
+            "ApiKey(..)"
+        } else {
+            "ApiKey(None)"
+        })
+    }
+}
+
+impl Interceptor for ApiKey {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// The gateway's client as the commands use it.
+pub type Gateway = GatewayClient<InterceptedService<Channel, ApiKey>>;
+
+/// Connects to the gateway at `url`, with message limits as large as the services', over TLS
+/// when `connect` names a CA (an `http://` URL then means `https://`), sending its API key.
+pub async fn connect(url: &str, connect: &ConnectArgs) -> Result<Gateway, ClientError> {
+    use unclip_server::tls::{read_pem_certificates, read_pem_key};
+    let mut url = with_scheme(url);
+    let tls = match &connect.ca {
+        None => None,
+        Some(ca) => {
+            if let Some(rest) = url.strip_prefix("http://") {
+                url = format!("https://{rest}");
+            }
+            let mut tls = ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(read_pem_certificates("--ca", ca)?));
+            if let (Some(cert), Some(key)) = (&connect.cert, &connect.key) {
+                tls = tls.identity(Identity::from_pem(
+                    read_pem_certificates("--cert", cert)?,
+                    read_pem_key("--key", key)?,
+                ));
+            }
+            Some(tls)
+        }
+    };
+    let api_key = match &connect.api_key {
+        None => ApiKey(None),
+        Some(key) => ApiKey(Some(
+            format!("Bearer {key}")
+                .parse()
+                .map_err(|_| ClientError::BadApiKey)?,
+        )),
+    };
+    let invalid = |source| ClientError::InvalidUrl {
+        url: url.clone(),
+        source,
+    };
+    let mut endpoint = Endpoint::from_shared(url.clone())
+        .map_err(invalid)?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true);
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls).map_err(invalid)?;
+    }
     let channel = endpoint
         .connect()
         .await
         .map_err(|source| ClientError::Connect { url, source })?;
-    Ok(GatewayClient::new(channel)
+    Ok(GatewayClient::with_interceptor(channel, api_key)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES))
 }

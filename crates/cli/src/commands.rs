@@ -6,8 +6,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use tonic::Status;
-use tonic::transport::Channel;
-use unclip_proto::v1::gateway_client::GatewayClient;
 use unclip_proto::v1::{
     GenerateRequest, GetInfoRequest, GetStatsRequest, ImagesResponse, InpaintRequest,
     InterpolateRequest, TextDiffRequest, VaryRequest,
@@ -15,7 +13,7 @@ use unclip_proto::v1::{
 
 use crate::args::{BenchArgs, Command, GlobalArgs};
 use crate::bench;
-use crate::client::{ClientError, RpcError, collect, connect, with_deadline};
+use crate::client::{ClientError, Gateway, RpcError, collect, connect, with_deadline};
 use crate::output::{
     ImageKind, check_output_dir, format_info, format_stats, read_input, summary_line, timing_lines,
     write_response,
@@ -118,12 +116,13 @@ impl Call {
             Command::Stats => Call::Stats,
             Command::Bench(args) => Call::Bench(args.clone()),
             Command::Stack(_) => anyhow::bail!("`stack` is not a gateway call"),
+            Command::ApiKey(_) => anyhow::bail!("`api-key` is not a gateway call"),
         })
     }
 
     /// Calls the gateway at `url` and prints (and writes) the result.
     pub async fn execute(self, url: &str, global: &GlobalArgs) -> anyhow::Result<()> {
-        let mut client = connect(url).await?;
+        let mut client = connect(url, &global.connect).await?;
         let timeout = Duration::from_secs(global.timeout);
         match self {
             Call::Info => {
@@ -183,7 +182,7 @@ impl Call {
     /// written) and reads the stream to its result.
     async fn stream(
         self,
-        client: &mut GatewayClient<Channel>,
+        client: &mut Gateway,
         timeout: Duration,
         view: &ProgressView,
         previews: Option<(&Path, ImageKind)>,

@@ -9,6 +9,7 @@
 //! | [`output`] | output file names, printed lines, the `info` and `stats` reports |
 //! | [`stack`] | `--local` and `unclip stack`: a [`unclip_stack::LocalStack`] with the gateway |
 //! | [`bench`] | `unclip bench`: a load test of Generate, as a table or JSON |
+//! | [`keys`] | `unclip api-key new`: a random key and its `--api-keys` line |
 //!
 //! Every capability command reads its input files and checks its output folder before anything
 //! starts, calls the gateway (one started with `--local`, or the one at `--gateway`), shows a
@@ -19,6 +20,7 @@ pub mod args;
 pub mod bench;
 pub mod client;
 pub mod commands;
+pub mod keys;
 pub mod output;
 pub mod progress;
 pub mod stack;
@@ -58,6 +60,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let Cli { global, command } = cli;
     if let Command::Stack(args) = &command {
         return stack::run(&global, args).await;
+    }
+    if let Command::ApiKey(args::ApiKeyCommand::New(args)) = &command {
+        return keys::print_new(args);
     }
     // Inputs first: a missing file fails before any service starts.
     let call = Call::prepare(&command)?;

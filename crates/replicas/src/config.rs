@@ -1,6 +1,9 @@
 //! [`ReplicaConfig`]: attempts, timeouts, backoff, DNS refresh and probing of a replica set.
 
+use std::fmt;
 use std::time::Duration;
+
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 /// How a [`ReplicaSet`](crate::ReplicaSet) connects, retries and backs off.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +26,43 @@ pub struct ReplicaConfig {
     /// every replica again (new ones and ones that just failed are probed at once).
     /// [`Duration::ZERO`] probes only those. Default 5 s.
     pub probe_interval: Duration,
+    /// TLS to every replica (`https`), verified against a CA, with a client certificate for
+    /// mutual TLS when given. `None` (the default): plaintext.
+    pub tls: Option<ClientTls>,
+}
+
+/// TLS towards the replicas: the CA that issued their certificates and, for mutual TLS, the
+/// client's own certificate and key (all PEM).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientTls {
+    /// The CA certificate(s) the replicas' certificates must chain to.
+    pub ca_pem: Vec<u8>,
+    /// The client certificate chain and its private key, presented to replicas that ask.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the key.
+        f.debug_struct("ClientTls")
+            .field("ca_pem_bytes", &self.ca_pem.len())
+            .field("client_certificate", &self.identity.is_some())
+            .finish()
+    }
+}
+
+impl ClientTls {
+    /// tonic's configuration for a replica whose certificate must name `host` (a DNS name or
+    /// an IP address, as configured).
+    pub fn config_for(&self, host: &str) -> ClientTlsConfig {
+        let mut config = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&self.ca_pem))
+            .domain_name(host.trim_start_matches('[').trim_end_matches(']'));
+        if let Some((cert, key)) = &self.identity {
+            config = config.identity(Identity::from_pem(cert, key));
+        }
+        config
+    }
 }
 
 impl Default for ReplicaConfig {
@@ -34,6 +74,7 @@ impl Default for ReplicaConfig {
             backoff_max: Duration::from_secs(10),
             dns_refresh: Duration::from_secs(30),
             probe_interval: Duration::from_secs(5),
+            tls: None,
         }
     }
 }

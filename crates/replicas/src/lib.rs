@@ -48,7 +48,7 @@ mod error;
 mod probe;
 mod set;
 
-pub use config::ReplicaConfig;
+pub use config::{ClientTls, ReplicaConfig};
 pub use deadline::{deadline_of, parse_grpc_timeout, request};
 pub use error::ReplicaError;
 pub use probe::{PROBE_TIMEOUT, Probe, ProbeFuture, Verdict};

@@ -224,7 +224,17 @@ impl Replica {
     ) -> Result<Self, tonic::transport::Error> {
         // Connect to the resolved address, but keep the configured host name as the
         // requests' origin (`:authority`).
-        let channel = Endpoint::from_shared(format!("http://{addr}"))?
+        let scheme = if config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))?;
+        if let Some(tls) = &config.tls {
+            // The certificate must name the configured host, not the resolved address.
+            endpoint = endpoint.tls_config(tls.config_for(target.uri.host().unwrap_or("")))?;
+        }
+        let channel = endpoint
             .origin(target.uri.clone())
             .connect_timeout(config.connect_timeout)
             .tcp_nodelay(true)

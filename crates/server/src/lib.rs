@@ -11,6 +11,8 @@
 //! | [`shutdown`] | the SIGTERM / Ctrl-C future |
 //! | [`grpc`] | message limits, health and reflection services, the listener stream |
 //! | [`metrics`] | `GET /metrics` (OpenMetrics text) beside gRPC on the service's port |
+//! | [`tls`] | TLS and mutual TLS on the listener, reloaded while serving |
+//! | [`reload`] | reloading files on SIGHUP and on change (TLS files, the gateway's API keys) |
 //! | [`image_input`] | decoding uploaded images within byte and side limits |
 //!
 //! # How a service uses it
@@ -43,8 +45,10 @@ pub mod grpc;
 pub mod image_input;
 pub mod logging;
 pub mod metrics;
+pub mod reload;
 pub mod serve;
 pub mod shutdown;
+pub mod tls;
 
 pub use serve::{ServeArgs, ServeConfig, Slot, serve};
 pub use shutdown::shutdown_signal;

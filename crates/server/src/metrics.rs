@@ -35,6 +35,15 @@ impl Metrics {
         Self(Arc::new(collect))
     }
 
+    /// The same metrics and those `more` registers.
+    pub fn chain(self, more: impl Fn(&mut Registry) + Send + Sync + 'static) -> Self {
+        let first = self.0;
+        Self(Arc::new(move |registry| {
+            first(registry);
+            more(registry);
+        }))
+    }
+
     /// The scrape: every metric, in the OpenMetrics text format.
     pub fn render(&self) -> String {
         let mut registry = Registry::default();

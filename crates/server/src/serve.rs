@@ -10,6 +10,9 @@
 //! Nothing here knows about models: `unclip-model-server` adds those on top.
 
 use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -22,6 +25,8 @@ use tonic::transport::Server;
 
 use crate::grpc::{self, DEFAULT_MAX_MESSAGE_BYTES, Health};
 use crate::metrics::{CONTENT_TYPE, Metrics};
+use crate::reload::watch_files;
+use crate::tls::{ReloadingTls, TlsFiles};
 
 /// Serving flags shared by every service, flattened into each service's `Config`.
 #[derive(Debug, Clone, Args)]
@@ -33,6 +38,30 @@ pub struct ServeArgs {
     /// Seconds to let calls in flight finish after SIGTERM/Ctrl-C before stopping anyway.
     #[arg(long, env = "UNCLIP_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     pub shutdown_grace_secs: u64,
+
+    /// Serve TLS with this certificate chain (PEM, leaf first); needs --tls-key. Without it
+    /// the service speaks plaintext. Reloaded on SIGHUP and when the file changes.
+    #[arg(long, env = "UNCLIP_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "UNCLIP_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Mutual TLS: answer only clients presenting a certificate issued by a CA in this PEM
+    /// file (e.g. the gateway's, at a stage). Needs --tls-cert.
+    #[arg(long, env = "UNCLIP_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Seconds between checks of the TLS files (and the gateway's API key file) for changes;
+    /// 0 reloads on SIGHUP only.
+    #[arg(long, env = "UNCLIP_RELOAD_CHECK_SECS", default_value_t = 10)]
+    pub reload_check_secs: u64,
+
+    /// Also serve gRPC health (only health) in plaintext on this address, for probes that
+    /// cannot speak TLS (Kubernetes `grpc` probes) when the main port has TLS.
+    #[arg(long, env = "UNCLIP_HEALTH_LISTEN")]
+    pub health_listen: Option<SocketAddr>,
 }
 
 impl Default for ServeArgs {
@@ -40,6 +69,11 @@ impl Default for ServeArgs {
         Self {
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             shutdown_grace_secs: 30,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+            reload_check_secs: 10,
+            health_listen: None,
         }
     }
 }
@@ -53,7 +87,19 @@ impl ServeArgs {
             metrics: None,
             http: None,
             readiness: None,
+            tls: self.tls_files(),
+            reload_every: Duration::from_secs(self.reload_check_secs),
+            health_listen: self.health_listen,
         }
+    }
+
+    /// The TLS files, when --tls-cert and --tls-key are given.
+    pub fn tls_files(&self) -> Option<TlsFiles> {
+        Some(TlsFiles {
+            cert: self.tls_cert.clone()?,
+            key: self.tls_key.clone()?,
+            client_ca: self.tls_client_ca.clone(),
+        })
     }
 }
 
@@ -73,6 +119,12 @@ pub struct ServeConfig {
     /// gateway's stages reachable). After `load`, health follows it: SERVING while it holds
     /// `true`, NOT_SERVING while `false`. `None`: SERVING from `load` until shutdown.
     pub readiness: Option<watch::Receiver<bool>>,
+    /// TLS (mutual when a client CA is given) on the port, from these files; `None`: plaintext.
+    pub tls: Option<TlsFiles>,
+    /// How often the TLS files are checked for changes ([`Duration::ZERO`]: on SIGHUP only).
+    pub reload_every: Duration,
+    /// A second, plaintext port serving only gRPC health (for probes that cannot do TLS).
+    pub health_listen: Option<SocketAddr>,
 }
 
 impl ServeConfig {
@@ -84,10 +136,15 @@ impl ServeConfig {
         }
     }
 
-    /// The same, also serving `router`'s routes over HTTP on the gRPC port.
+    /// The same, also serving `router`'s routes over HTTP on the gRPC port (merged with any
+    /// given before).
     pub fn with_http(self, router: axum::Router) -> Self {
+        let http = match self.http {
+            Some(before) => before.merge(router),
+            None => router,
+        };
         Self {
-            http: Some(router),
+            http: Some(http),
             ..self
         }
     }
@@ -179,6 +236,20 @@ where
     let address = listener
         .local_addr()
         .context("reading the listener's address")?;
+    let http1 = config.metrics.is_some() || config.http.is_some();
+    // A bad TLS file stops the start here, with one line naming it.
+    let tls = match config.tls.clone() {
+        Some(files) => Some(Arc::new(ReloadingTls::load(files, http1)?)),
+        None => None,
+    };
+    let health_listener = match config.health_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("--health-listen: binding {addr}"))?,
+        ),
+        None => None,
+    };
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let health = Health::new(reporter, config.service);
     health.set(false).await;
@@ -214,6 +285,7 @@ where
     // The server stops accepting on `shutdown` (or a failed load) and then waits for the calls
     // in flight, for at most the grace period.
     let stopping = Arc::new(Notify::new());
+    let (stopped, mut stopped_rx) = watch::channel(false);
     let stop = {
         let (health, stopping) = (health.clone(), Arc::clone(&stopping));
         // The loader may be following readiness: stop it so it cannot turn health back on.
@@ -226,11 +298,23 @@ where
             stopping.notify_one();
             loader.abort();
             health.stop().await;
+            let _ = stopped.send(true);
         }
     };
     let grace = config.shutdown_grace;
-    let http1 = config.metrics.is_some() || config.http.is_some();
-    tracing::info!(%address, service = config.service, "listening");
+    tracing::info!(%address, service = config.service, tls = tls.is_some(), "listening");
+    // The plaintext health-only port stops with the main one.
+    let health_server = health_listener.map(|listener| {
+        let health_service = health_service.clone();
+        tracing::info!(address = ?listener.local_addr().ok(), "serving plaintext health");
+        tokio::spawn(
+            Server::builder()
+                .add_service(health_service)
+                .serve_with_incoming_shutdown(grpc::incoming(listener), async move {
+                    let _ = stopped_rx.wait_for(|stopped| *stopped).await;
+                }),
+        )
+    });
     let mut routes = routes
         .add_service(health_service)
         .add_service(grpc::reflection_v1())
@@ -249,11 +333,29 @@ where
     if let Some(http) = config.http.clone() {
         routes = Routes::from(routes.into_axum_router().merge(http));
     }
-    let server = Server::builder()
+    let router = Server::builder()
         // Prometheus scrapes (and HTTP clients call) over HTTP/1.1; gRPC stays on HTTP/2.
         .accept_http1(http1)
-        .add_routes(routes)
-        .serve_with_incoming_shutdown(grpc::incoming(listener), stop);
+        .add_routes(routes);
+    type Served = Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>>;
+    let (server, reloader): (Served, _) = match tls {
+        None => (
+            Box::pin(router.serve_with_incoming_shutdown(grpc::incoming(listener), stop)),
+            None,
+        ),
+        Some(tls) => {
+            let incoming = tls.incoming(listener);
+            let reloader = tokio::spawn(watch_files(
+                tls.files().paths(),
+                config.reload_every,
+                move || tls.reload_and_log(),
+            ));
+            (
+                Box::pin(router.serve_with_incoming_shutdown(incoming, stop)),
+                Some(reloader),
+            )
+        }
+    };
     tokio::select! {
         served = server => served.context("serving gRPC")?,
         _ = async { stopping.notified().await; tokio::time::sleep(grace).await } => {
@@ -261,6 +363,8 @@ where
         }
     }
     loader.abort();
+    reloader.inspect(|task| task.abort());
+    health_server.inspect(|task| task.abort());
 
     if let Some(e) = failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
         return Err(e);

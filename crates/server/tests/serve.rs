@@ -11,7 +11,7 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use unclip_server::metrics::{Metrics, counters, labels};
-use unclip_server::{ServeConfig, Slot, serve};
+use unclip_server::{ServeArgs, ServeConfig, Slot, serve};
 use unclip_testkit::{http_get, scrape};
 
 const SERVICE: &str = "unclip.v1.TestService";
@@ -19,18 +19,17 @@ const SERVICE: &str = "unclip.v1.TestService";
 /// With a metrics endpoint, so every test also shows gRPC working beside HTTP/1.1.
 fn config() -> ServeConfig {
     ServeConfig {
-        service: SERVICE,
         shutdown_grace: Duration::from_secs(5),
-        metrics: Some(Metrics::new(|registry| {
-            counters(
-                registry,
-                "unclip_test_loads",
-                "Loads.",
-                [(labels([("kind", "test")]), 1)],
-            );
-        })),
-        http: None,
-        readiness: None,
+        ..ServeArgs::default()
+            .serve_config(SERVICE)
+            .with_metrics(Metrics::new(|registry| {
+                counters(
+                    registry,
+                    "unclip_test_loads",
+                    "Loads.",
+                    [(labels([("kind", "test")]), 1)],
+                );
+            }))
     }
 }
 

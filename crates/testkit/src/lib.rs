@@ -18,14 +18,16 @@ pub mod numeric;
 pub mod redis_server;
 pub mod server;
 pub mod status;
+pub mod tls;
 
 pub use fixtures::{Fixture, another_version, karlo_tiny, ort_library, require_ort, root, shapes};
 pub use images::{mean_abs_diff, png, rgb};
-pub use metrics::{Scrape, http_get, metric, scrape};
+pub use metrics::{Scrape, http_get, http_get_with, metric, scrape};
 pub use numeric::{assert_close, max_abs_diff};
 pub use redis_server::{RedisServer, free_port};
 pub use server::{Service, Shutdown, TestServer, init_logs};
 pub use status::{assert_contains, assert_status};
+pub use tls::{CertPair, TestCa, TlsFiles, https_get, tls_channel};
 pub use tonic_health::pb::health_check_response::ServingStatus;
 pub use unclip_proto::MAX_MESSAGE_BYTES;
 

@@ -41,14 +41,35 @@ pub async fn scrape(address: &str) -> Scrape {
 /// `GET path` of the service at `address` (`host:port`, or `http://host:port`), over plain
 /// HTTP/1.1 with `Connection: close`; the body as text (no chunked encoding expected).
 pub async fn http_get(address: &str, path: &str) -> Scrape {
+    http_get_with(address, path, &[]).await
+}
+
+/// [`http_get`] with more request headers, e.g. `[("authorization", "Bearer KEY")]`.
+pub async fn http_get_with(address: &str, path: &str, headers: &[(&str, &str)]) -> Scrape {
     let address = address.trim_start_matches("http://");
-    let mut socket = tokio::net::TcpStream::connect(address)
+    let socket = tokio::net::TcpStream::connect(address)
         .await
         .unwrap_or_else(|e| panic!("connecting to {address} for {path}: {e}"));
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+    get_over(socket, address, path, headers).await
+}
+
+/// `GET path` with `headers` over an open connection `socket` to `address`.
+pub(crate) async fn get_over(
+    mut socket: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    address: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Scrape {
+    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
     socket.write_all(request.as_bytes()).await.unwrap();
-    let mut answer = String::new();
-    socket.read_to_string(&mut answer).await.unwrap();
+    let mut answer = Vec::new();
+    // A TLS peer may close without close_notify after the body; what was read is the answer.
+    let _ = socket.read_to_end(&mut answer).await;
+    let answer = String::from_utf8_lossy(&answer);
     let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
     let content_type = head
         .lines()

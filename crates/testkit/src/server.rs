@@ -12,7 +12,7 @@ use std::task::{Context, Poll};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -126,6 +126,8 @@ pub struct TestServer<S> {
     shutdown: Option<oneshot::Sender<()>>,
     /// `run`'s task; `None` once awaited.
     handle: Option<JoinHandle<anyhow::Result<()>>>,
+    /// How the kit's clients connect when the server speaks TLS; `None`: plaintext.
+    client_tls: Option<ClientTlsConfig>,
     service: PhantomData<fn() -> S>,
 }
 
@@ -160,6 +162,7 @@ impl<S: Service> TestServer<S> {
             addr,
             shutdown: Some(tx),
             handle: Some(handle),
+            client_tls: None,
             service: PhantomData,
         }
     }
@@ -186,18 +189,29 @@ impl<S: Service> TestServer<S> {
         Self::serving_with(Self::config(extra)).await
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// The same, its clients connecting with `tls` (for a server started with TLS flags).
+    pub fn with_client_tls(mut self, tls: ClientTlsConfig) -> Self {
+        self.client_tls = Some(tls);
+        self
+    }
+
+    /// `http://127.0.0.1:PORT` (`https://` with client TLS).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.client_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// A channel to the server.
     pub async fn channel(&self) -> Channel {
-        Endpoint::from_shared(self.url())
-            .unwrap()
-            .connect()
-            .await
-            .unwrap()
+        let mut endpoint = Endpoint::from_shared(self.url()).unwrap();
+        if let Some(tls) = self.client_tls.clone() {
+            endpoint = endpoint.tls_config(tls).unwrap();
+        }
+        endpoint.connect().await.unwrap()
     }
 
     /// The service's client, with message limits raised like the server's.

@@ -1,11 +1,14 @@
 //! The gateway's configuration: command-line flags, each with an environment fallback.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
+use unclip_replicas::ClientTls;
 use unclip_server::ServeArgs;
+use unclip_server::tls::{TlsError, read_pem_certificates, read_pem_key};
 
 /// `--startup-timeout-secs` when neither the flag nor an environment variable sets it.
 const DEFAULT_STARTUP_TIMEOUT_SECS: u64 = 120;
@@ -121,7 +124,31 @@ pub struct Config {
     #[arg(long, env = "UNCLIP_REQUEST_TIMEOUT_SECS", default_value_t = 600)]
     pub request_timeout_secs: u64,
 
-    /// Message limits and graceful shutdown.
+    /// Connect to the stages over TLS, trusting the CA certificate(s) in this PEM file. The
+    /// stage addresses stay `host:port`; each stage's certificate must name its host.
+    #[arg(long, env = "UNCLIP_STAGE_TLS_CA")]
+    pub stage_tls_ca: Option<PathBuf>,
+
+    /// The gateway's client certificate (PEM), presented to stages that require mutual TLS
+    /// (`--tls-client-ca` on the stage); needs --stage-tls-key and --stage-tls-ca.
+    #[arg(long, env = "UNCLIP_STAGE_TLS_CERT", requires_all = ["stage_tls_key", "stage_tls_ca"])]
+    pub stage_tls_cert: Option<PathBuf>,
+
+    /// The private key of --stage-tls-cert (PEM).
+    #[arg(long, env = "UNCLIP_STAGE_TLS_KEY", requires = "stage_tls_cert")]
+    pub stage_tls_key: Option<PathBuf>,
+
+    /// Require an API key: a file of `NAME SHA256 [max_concurrent=N] [images_per_minute=N]`
+    /// lines (`unclip api-key new NAME` makes a key and its line; `#` starts a comment).
+    /// Callers send `authorization: Bearer KEY`. Reloaded on SIGHUP and when it changes.
+    #[arg(long, env = "UNCLIP_API_KEYS", value_name = "FILE")]
+    pub api_keys: Option<PathBuf>,
+
+    /// Serve `GET /metrics` only to requests with a valid API key (needs --api-keys).
+    #[arg(long, env = "UNCLIP_METRICS_REQUIRE_KEY", requires = "api_keys")]
+    pub metrics_require_key: bool,
+
+    /// Message limits, graceful shutdown and the gateway's own TLS.
     #[command(flatten)]
     pub serve: ServeArgs,
 }
@@ -178,6 +205,25 @@ impl Config {
     /// The default request deadline.
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs(self.request_timeout_secs.max(1))
+    }
+
+    /// TLS towards the stages, read from the --stage-tls-* files (`None`: plaintext). A file
+    /// that cannot be used is an error naming it.
+    pub fn stage_tls(&self) -> Result<Option<ClientTls>, TlsError> {
+        let Some(ca) = &self.stage_tls_ca else {
+            return Ok(None);
+        };
+        let identity = match (&self.stage_tls_cert, &self.stage_tls_key) {
+            (Some(cert), Some(key)) => Some((
+                read_pem_certificates("--stage-tls-cert", cert)?,
+                read_pem_key("--stage-tls-key", key)?,
+            )),
+            _ => None,
+        };
+        Ok(Some(ClientTls {
+            ca_pem: read_pem_certificates("--stage-tls-ca", ca)?,
+            identity,
+        }))
     }
 }
 

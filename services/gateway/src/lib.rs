@@ -7,6 +7,7 @@
 //! | [`config`] | flags (`--clip`, `--prior`, `--decoder` replica lists, `--redis-url`, limits) |
 //! | [`api`] | [`Core`]: the capabilities for every transport, over the proto's request and response types, progress as a stream |
 //! | [`layer`] | the request-level hook every transport shares: [`RequestContext`], [`RequestLayer`], [`Permit`] |
+//! | [`keys`] | API keys (`--api-keys`): the key layer, per-key limits and counters, before any other layer |
 //! | [`service`] | the gRPC adapter: metadata and deadline → [`Core`] → status |
 //! | [`stage`] | [`Stage`], the one label of each stage call in timings, progress, errors and metrics |
 //! | [`stages`] | typed, timed stage calls through balanced, retried replica sets; the start-up model check |
@@ -35,6 +36,7 @@ pub mod api;
 pub mod config;
 pub mod error;
 pub mod images;
+pub mod keys;
 pub mod layer;
 pub mod metrics;
 pub mod pipeline;
@@ -89,6 +91,8 @@ pub async fn run_with_layer(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let (ready, readiness) = watch::channel(false);
+    // A bad stage TLS file stops the start here, with one line naming it.
+    config.stage_tls()?;
     let load = {
         let config = config.clone();
         async move { connect(&config, ready).await }
@@ -105,26 +109,54 @@ async fn serve(
     readiness: watch::Receiver<bool>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    // With --api-keys the key layer runs first, then `layer`; a bad file stops the start here.
+    let keys = match &config.api_keys {
+        Some(path) => Some(Arc::new(keys::ApiKeys::load(path)?)),
+        None => None,
+    };
+    let layer: Arc<dyn RequestLayer> = match &keys {
+        Some(keys) => Arc::new(keys::KeyLayer {
+            keys: Arc::clone(keys),
+            then: layer,
+        }),
+        None => layer,
+    };
     let slot: Slot<Gateway> = Slot::new();
     let core = Core::new(slot.clone(), config.request_timeout()).with_layer(layer);
     let api = GatewayApi::new(core);
-    let metrics = api.metrics();
+    let mut metrics = api.metrics();
+    let mut serve_config = config.serve.serve_config(SERVICE_NAME);
+    let mut reloader = None;
+    if let Some(keys) = &keys {
+        let registered = Arc::clone(keys);
+        metrics = metrics.chain(move |registry| registered.register(registry));
+        let reloaded = Arc::clone(keys);
+        reloader = Some(tokio::spawn(unclip_server::reload::watch_files(
+            vec![keys.path().to_owned()],
+            Duration::from_secs(config.serve.reload_check_secs),
+            move || reloaded.reload_and_log(),
+        )));
+    }
+    serve_config = match (&keys, config.metrics_require_key) {
+        (Some(keys), true) => {
+            serve_config.with_http(keys::metrics_route(Arc::clone(keys), metrics))
+        }
+        _ => serve_config.with_metrics(metrics),
+    };
     let server = GatewayServer::new(api)
         .max_decoding_message_size(config.serve.max_message_bytes)
         .max_encoding_message_size(config.serve.max_message_bytes);
-    unclip_server::serve(
-        config
-            .serve
-            .serve_config(SERVICE_NAME)
-            .with_metrics(metrics)
-            .with_readiness(readiness),
+    let served = unclip_server::serve(
+        serve_config.with_readiness(readiness),
         listener,
         Routes::new(server),
         slot,
         load,
         shutdown,
     )
-    .await
+    .await;
+    reloader.inspect(|task| task.abort());
+    served
 }
 
 /// The cache `config` asks for.

@@ -205,6 +205,7 @@ impl Stages {
             max_attempts: config.stage_attempts.max(1),
             dns_refresh: Duration::from_secs(config.dns_refresh_secs),
             probe_interval: Duration::from_secs(config.stage_probe_interval_secs),
+            tls: config.stage_tls()?,
             ..ReplicaConfig::default()
         };
         let expected: Arc<OnceLock<ModelKey>> = Arc::default();
