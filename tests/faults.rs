@@ -192,7 +192,6 @@ async fn deadlines_and_cancellation_stop_stage_work() {
     let mut timed = tonic::Request::new(slow());
     timed.set_timeout(Duration::from_millis(1500));
     let status = client.generate(timed).await.unwrap_err();
-    eprintln!("DEBUG status {status:?}");
     assert!(
         matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
         "{status:?}"
@@ -201,7 +200,6 @@ async fn deadlines_and_cancellation_stop_stage_work() {
         let mut client = client.clone();
         async move {
             let s = stats(&mut client).await;
-            eprintln!("DEBUG {:?}", s.replicas);
             s.replicas.iter().all(|r| r.in_flight == 0) && calls(&s, "decoder") >= 1
         }
     })

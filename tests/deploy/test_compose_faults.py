@@ -469,7 +469,8 @@ def test_a_new_model_version_is_rolled_out_without_mixing_versions(stack, client
     one goes on. Every request of each gateway is one version, and each version's cache entries
     are in its own namespace."""
     network = stack.network()
-    old_version = client.stub.GetInfo(client.pb.GetInfoRequest()).model.version
+    old_version = client.stub.Generate(client.pb.GenerateRequest(prompt=PROMPTS[0], seed=1),
+                                       timeout=REQUEST_TIMEOUT_SECS).model_version
     new_version = another_version(ROOT / "models" / "shapes", tmp_path / "shapes-v2")
     assert new_version != old_version
     old = {stage: stack.containers(stage) for stage in ("clip", "prior", "decoder")}

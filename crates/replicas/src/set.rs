@@ -309,8 +309,10 @@ impl Replica {
             }
             Verdict::NotServing(reason) => {
                 probed.serving = false;
-                if before.serving || before.admission == Admission::Pending {
+                if before.serving {
                     tracing::warn!(stage, replica = %self.name, reason, "replica not serving");
+                } else {
+                    tracing::debug!(stage, replica = %self.name, reason, "replica not serving yet");
                 }
             }
             Verdict::Refused(reason) => {

@@ -295,7 +295,12 @@ impl Stages {
                     }
                 }
                 let now = missing.is_empty();
-                let was = ready.send_replace(now);
+                let mut was = now;
+                // Only a change wakes the health follower (it logs each).
+                ready.send_if_modified(|value| {
+                    was = std::mem::replace(value, now);
+                    was != now
+                });
                 if was && !now {
                     tracing::warn!(stages = ?missing, "no available replica: NOT_SERVING");
                 }
