@@ -200,6 +200,13 @@ async fn deadlines_and_cancellation_stop_stage_work() {
         let mut client = client.clone();
         async move {
             let s = stats(&mut client).await;
+            println!(
+                "DEBUG {:?}",
+                s.replicas
+                    .iter()
+                    .map(|r| (r.stage.clone(), r.calls, r.in_flight))
+                    .collect::<Vec<_>>()
+            );
             s.replicas.iter().all(|r| r.in_flight == 0) && calls(&s, "decoder") >= 1
         }
     })

@@ -8,6 +8,9 @@
 //! from (a stage's model, the gateway's checked stages), and a `load` future that makes that
 //! state ready (opens and warms up the model; checks the stages). [`serve`] does the rest.
 //! Nothing here knows about models: `unclip-model-server` adds those on top.
+//!
+//! With `--tls-cert`/`--tls-key` the port speaks TLS (mutual with `--tls-client-ca`), reloaded
+//! while serving ([`crate::tls`]); `--health-listen` adds a plaintext port serving only health.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -193,6 +196,16 @@ impl<T> Slot<T> {
     }
 }
 
+/// A background task of [`serve`] (TLS reloads, the health-only port) that ends with it,
+/// however `serve` returns.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Sets health from `readiness` now and on every change, until the sender is dropped (then it
 /// keeps the last value). The loader task running this is aborted when serving stops.
 async fn follow(health: &Health, mut readiness: watch::Receiver<bool>) {
@@ -304,16 +317,16 @@ where
     let grace = config.shutdown_grace;
     tracing::info!(%address, service = config.service, tls = tls.is_some(), "listening");
     // The plaintext health-only port stops with the main one.
-    let health_server = health_listener.map(|listener| {
+    let _health_server = health_listener.map(|listener| {
         let health_service = health_service.clone();
         tracing::info!(address = ?listener.local_addr().ok(), "serving plaintext health");
-        tokio::spawn(
+        AbortOnDrop(tokio::spawn(
             Server::builder()
                 .add_service(health_service)
                 .serve_with_incoming_shutdown(grpc::incoming(listener), async move {
                     let _ = stopped_rx.wait_for(|stopped| *stopped).await;
                 }),
-        )
+        ))
     });
     let mut routes = routes
         .add_service(health_service)
@@ -338,18 +351,18 @@ where
         .accept_http1(http1)
         .add_routes(routes);
     type Served = Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>>;
-    let (server, reloader): (Served, _) = match tls {
+    let (server, _reloader): (Served, _) = match tls {
         None => (
             Box::pin(router.serve_with_incoming_shutdown(grpc::incoming(listener), stop)),
             None,
         ),
         Some(tls) => {
             let incoming = tls.incoming(listener);
-            let reloader = tokio::spawn(watch_files(
+            let reloader = AbortOnDrop(tokio::spawn(watch_files(
                 tls.files().paths(),
                 config.reload_every,
                 move || tls.reload_and_log(),
-            ));
+            )));
             (
                 Box::pin(router.serve_with_incoming_shutdown(incoming, stop)),
                 Some(reloader),
@@ -363,8 +376,6 @@ where
         }
     }
     loader.abort();
-    reloader.inspect(|task| task.abort());
-    health_server.inspect(|task| task.abort());
 
     if let Some(e) = failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
         return Err(e);
