@@ -7,6 +7,8 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
 use unclip_server::ServeArgs;
 
+use crate::admission::AdmissionArgs;
+
 /// `--startup-timeout-secs` when neither the flag nor an environment variable sets it.
 const DEFAULT_STARTUP_TIMEOUT_SECS: u64 = 120;
 
@@ -107,6 +109,10 @@ pub struct Config {
     /// Longest a request may run when its client sets no deadline, in seconds.
     #[arg(long, env = "UNCLIP_REQUEST_TIMEOUT_SECS", default_value_t = 600)]
     pub request_timeout_secs: u64,
+
+    /// Admission control: the per-request cost budget, requests running and waiting.
+    #[command(flatten)]
+    pub admission: AdmissionArgs,
 
     /// Message limits and graceful shutdown.
     #[command(flatten)]
