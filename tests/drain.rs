@@ -12,7 +12,7 @@ use unclip_stack::{Stage, StageReplicas};
 
 const RED_CIRCLE: &str = "a small red circle in the top left on a white background";
 
-/// A prior given SIGTERM while it samples (1000 steps, reported step by step) finishes that
+/// A prior given SIGTERM while it samples (200 steps, reported step by step) finishes that
 /// call: the request completes with its image, and the prior process exits with status 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stage_drains_the_call_in_flight_and_exits_0() {
@@ -22,7 +22,7 @@ async fn a_stage_drains_the_call_in_flight_and_exits_0() {
         .generate_stream(GenerateRequest {
             prompt: RED_CIRCLE.into(),
             seed: Some(7),
-            prior_steps: Some(1000),
+            prior_steps: Some(200),
             ..Default::default()
         })
         .await
