@@ -13,13 +13,14 @@
 //!    many requests run; the next ones wait in a FIFO queue of bounded length; past both, the
 //!    request is refused with RESOURCE_EXHAUSTED and a `retry-after` hint (the time the queue
 //!    ahead is expected to take, at least a second).
-//! 3. **Deadline** (only for a request that would wait): if the estimated wait for the queue
-//!    ahead plus the request's own run would end after its deadline, it is refused with
-//!    DEADLINE_EXCEEDED instead of taking a place. A request that waits and still reaches its
-//!    deadline in the queue gets DEADLINE_EXCEEDED then. A request given a free slot is never
-//!    refused for its deadline here (the stages enforce it).
+//! 3. **Deadline**: if the estimated wait for the queue ahead plus the request's own run would
+//!    end after its deadline, it is refused with DEADLINE_EXCEEDED instead of taking a place
+//!    (for a request given a free slot, its own run alone, at the pace of the requests it
+//!    joins). A request that waits and still reaches its deadline in the queue gets
+//!    DEADLINE_EXCEEDED then.
 //!
-//! The estimate ([`Estimate`]) is learned from the requests that succeeded: an EWMA of the
+//! The estimate ([`Estimate`]) is learned from the requests that succeeded (and from those
+//! that failed after running longer than it said, as a lower bound): an EWMA of the
 //! seconds per unit of cost each took, and an EWMA of how many requests ran beside it (the
 //! time-average of the requests in flight over its life). Work ahead drains at
 //! `parallelism / seconds_per_cost` units per second: the queue's cost is divided by the
@@ -32,7 +33,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -255,10 +256,15 @@ pub struct Snapshot {
 struct SlotGuard {
     admission: Arc<Inner>,
     cost: u64,
+    /// Learns from a request that did not succeed (see [`Inner::permit`]).
+    on_failure: Option<Box<dyn FnOnce() + Send + Sync>>,
 }
 
 impl Drop for SlotGuard {
     fn drop(&mut self) {
+        if let Some(learn) = self.on_failure.take() {
+            learn();
+        }
         self.admission.release(self.cost);
     }
 }
@@ -420,8 +426,11 @@ impl Inner {
         }
     }
 
-    /// The permit of a request of `cost` units that got a slot at `since` and started
-    /// running now: learns from it if it succeeds.
+    /// The permit of a request of `cost` units that holds a slot and starts running now:
+    /// gives the slot back when dropped, and learns from the request: from its time if it
+    /// succeeds; if it fails or is cancelled after running longer than the estimate said (a
+    /// deadline reached on a machine that slowed down), from that time as a lower bound, so
+    /// the estimate does not stay optimistic because the slow requests never succeed.
     fn permit(self: &Arc<Self>, cost: u64) -> Permit {
         let started = Instant::now();
         let area_at_start = {
@@ -429,21 +438,39 @@ impl Inner {
             state.advance(started);
             state.area
         };
+        let succeeded = Arc::new(AtomicBool::new(false));
         let learner = Arc::clone(self);
-        Permit::holding(SlotGuard {
-            admission: Arc::clone(self),
-            cost,
-        })
-        .on_success(move || {
+        let learn = move |succeeded: bool| {
             let now = Instant::now();
             let mut state = learner.lock();
             state.advance(now);
             let seconds = now.saturating_duration_since(started).as_secs_f64();
-            if seconds > 0.0 {
+            let expected = state
+                .estimate
+                .seconds_per_cost
+                .map_or(f64::INFINITY, |per_cost| per_cost * cost as f64);
+            if seconds > 0.0 && (succeeded || seconds > expected) {
                 let parallelism = (state.area - area_at_start) / seconds;
                 state.estimate.learn(cost, seconds, parallelism);
             }
+        };
+        let on_success = {
+            let (succeeded, learn) = (Arc::clone(&succeeded), learn.clone());
+            move || {
+                succeeded.store(true, Ordering::SeqCst);
+                learn(true);
+            }
+        };
+        Permit::holding(SlotGuard {
+            admission: Arc::clone(self),
+            cost,
+            on_failure: Some(Box::new(move || {
+                if !succeeded.load(Ordering::SeqCst) {
+                    learn(false);
+                }
+            })),
         })
+        .on_success(on_success)
     }
 
     /// Admits `request` (see the module docs).
@@ -470,6 +497,24 @@ impl Inner {
         let mut place = {
             let mut state = self.lock();
             if state.in_flight < slots && state.queue.is_empty() {
+                // A free place: the request runs beside the `in_flight` others, so at
+                // `(in_flight + 1) / parallelism` of the learned pace (the estimate was learned
+                // at `parallelism` requests at once).
+                let estimate = state.estimate;
+                if let Some((_, run)) = estimate.wait_and_run(0.0, cost, slots) {
+                    let share = (state.in_flight + 1) as f64 / estimate.parallelism.max(1.0);
+                    let run = secs(run.as_secs_f64() * share.min(1.0));
+                    if arrived + run > request.deadline {
+                        drop(state);
+                        self.count(Shed::Deadline);
+                        let left = request.deadline.saturating_duration_since(arrived);
+                        return Err(Refusal::DeadlineExceeded(format!(
+                            "the deadline cannot be met: about {} ms to run, {} ms left",
+                            run.as_millis(),
+                            left.as_millis()
+                        )));
+                    }
+                }
                 state.advance(arrived);
                 state.in_flight += 1;
                 state.in_flight_cost += cost;

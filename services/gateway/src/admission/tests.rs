@@ -169,7 +169,8 @@ async fn leaving_the_queue() {
 /// 2 × 100 queued + half of the 2 × 100 running = 300 units ahead, which drain at
 /// 2 / 0.1 = 20 units per second: 15 s, then 10 s of its own. A 20 s
 /// deadline is refused at once (DEADLINE_EXCEEDED, nothing queued); a 30 s one waits (not
-/// dividing by the parallelism would have said 40 s and refused it). Failures teach nothing.
+/// dividing by the parallelism would have said 40 s and refused it). Failures quicker than the
+/// estimate teach nothing.
 #[tokio::test(start_paused = true)]
 async fn deadlines_against_the_learned_estimate() {
     let admission = layer(2, 8, 0);
@@ -193,9 +194,9 @@ async fn deadlines_against_the_learned_estimate() {
         "never more parallel than the slots"
     );
 
-    // A failure (the permit dropped) changes nothing.
-    let failed = admission.admit(&request(1, LONG)).await.unwrap();
-    advance(Duration::from_secs(100)).await;
+    // A failure (the permit dropped) within the estimate (100 units: 10 s) changes nothing.
+    let failed = admission.admit(&request(100, LONG)).await.unwrap();
+    advance(Duration::from_secs(5)).await;
     drop(failed);
     assert_eq!(admission.snapshot().estimate, estimate);
 
@@ -290,4 +291,38 @@ async fn metrics_report_the_queue() {
         assert!(text.contains(line), "{line} missing from\n{text}");
     }
     waiting.abort();
+}
+
+/// Given a free place, a request is refused at once if its own run (at the pace of the
+/// requests it joins) would pass its deadline: 100 units at 0.1 s per unit learned at a
+/// parallelism of 2 take 5 s alone. A failure that ran longer than the estimate teaches it.
+#[tokio::test(start_paused = true)]
+async fn free_places_check_the_run_itself() {
+    let admission = layer(4, 4, 0).with_estimate(Estimate {
+        seconds_per_cost: Some(0.1),
+        parallelism: 2.0,
+    });
+    match admission
+        .admit(&request(100, Duration::from_secs(4)))
+        .await
+        .unwrap_err()
+    {
+        Refusal::DeadlineExceeded(message) => assert_eq!(
+            message,
+            "the deadline cannot be met: about 5000 ms to run, 4000 ms left"
+        ),
+        other => panic!("{other:?}"),
+    }
+    let admitted = admission
+        .admit(&request(100, Duration::from_secs(6)))
+        .await
+        .unwrap();
+    // It fails at 30 s (three times the 10 s estimate): the estimate grows.
+    advance(Duration::from_secs(30)).await;
+    drop(admitted);
+    let learned = admission.snapshot().estimate.seconds_per_cost.unwrap();
+    assert!(
+        (learned - (0.1 + 0.2 * (0.3 - 0.1))).abs() < 1e-9,
+        "{learned}"
+    );
 }
