@@ -498,12 +498,12 @@ impl Inner {
             let mut state = self.lock();
             if state.in_flight < slots && state.queue.is_empty() {
                 // A free place: the request runs beside the `in_flight` others, so at
-                // `(in_flight + 1) / parallelism` of the learned pace (the estimate was learned
-                // at `parallelism` requests at once).
+                // `(in_flight + 1) / parallelism` times the learned time (learned with
+                // `parallelism` requests at once sharing the stages).
                 let estimate = state.estimate;
                 if let Some((_, run)) = estimate.wait_and_run(0.0, cost, slots) {
                     let share = (state.in_flight + 1) as f64 / estimate.parallelism.max(1.0);
-                    let run = secs(run.as_secs_f64() * share.min(1.0));
+                    let run = secs(run.as_secs_f64() * share);
                     if arrived + run > request.deadline {
                         drop(state);
                         self.count(Shed::Deadline);

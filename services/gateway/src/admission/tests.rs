@@ -317,6 +317,15 @@ async fn free_places_check_the_run_itself() {
         .admit(&request(100, Duration::from_secs(6)))
         .await
         .unwrap();
+    // Beside it, a second would take the learned 10 s: refused for an 8 s deadline.
+    match admission
+        .admit(&request(100, Duration::from_secs(8)))
+        .await
+        .unwrap_err()
+    {
+        Refusal::DeadlineExceeded(message) => assert!(message.contains("10000 ms to run")),
+        other => panic!("{other:?}"),
+    }
     // It fails at 30 s (three times the 10 s estimate): the estimate grows.
     advance(Duration::from_secs(30)).await;
     drop(admitted);
