@@ -83,7 +83,9 @@ async fn the_gateway_loses_nothing_while_a_replica_drains() {
                         prompt: RED_CIRCLE.into(),
                         // A fresh seed each time: no prior sample comes from the cache.
                         seed: Some(w * 1_000_000 + sent),
-                        prior_steps: Some(100),
+                        // Short calls, so the drain ends well within the stack's 10 s stop
+                        // timeout even on a loaded machine.
+                        prior_steps: Some(10),
                         ..Default::default()
                     };
                     if let Err(status) = client.generate(request).await {
