@@ -527,6 +527,36 @@ pub struct BenchArgs {
     /// Print the report as one JSON object (for scripts).
     #[arg(long)]
     pub json: bool,
+
+    /// Open-loop load (`--rate`) instead of a fixed number of closed-loop clients.
+    #[command(flatten)]
+    pub open_loop: OpenLoopArgs,
+}
+
+/// The flags of `bench --rate`: an open-loop load with Poisson arrivals.
+#[derive(Debug, Clone, Default, Args)]
+#[command(next_help_heading = "Open loop (bench --rate)")]
+pub struct OpenLoopArgs {
+    /// Send requests at Poisson arrival times of this mean rate (requests per second) for
+    /// --duration-secs, answered or not, instead of --requests from --concurrency clients.
+    #[arg(long)]
+    pub rate: Option<f64>,
+
+    /// Seconds of sending in the open loop.
+    #[arg(long, default_value_t = 30.0)]
+    pub duration_secs: f64,
+
+    /// Deadline of each open-loop request, in milliseconds.
+    #[arg(long, default_value_t = 60_000)]
+    pub deadline_ms: u64,
+
+    /// Also write the open-loop report as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+
+    /// Sample this process's RSS (e.g. the gateway's PID) from /proc during the open loop.
+    #[arg(long, value_name = "PID")]
+    pub watch_pid: Option<u32>,
 }
 
 /// A count of 1 or more.

@@ -18,6 +18,8 @@ use unclip_proto::v1::{GenerateRequest, ImagesResponse};
 use crate::args::BenchArgs;
 use crate::client::{Gateway, RpcError, code_name, with_deadline};
 
+pub mod open_loop;
+
 /// Captions of the shapes model's grammar, used in turn when no `--prompt` is given.
 pub const DEFAULT_PROMPTS: [&str; 4] = [
     "a small red circle in the top left on a white background",
@@ -269,6 +271,9 @@ pub async fn run(
     let model = info
         .model
         .map_or_else(|| "?".into(), |m| format!("{} {}", m.model_id, m.version));
+    if args.open_loop.rate.is_some() {
+        return open_loop::run(client, args, model, quiet).await;
+    }
     if !quiet && !args.json {
         eprintln!(
             "{} warm-up, then {} measured requests, {} at a time ...",

@@ -45,5 +45,14 @@ pub fn graph_metrics<M: StageModel>(slot: ModelSlot<M>) -> Metrics {
                 }),
             ],
         );
+        gauges_over(
+            registry,
+            &stats,
+            &[(
+                "unclip_stage_graph_stopped",
+                "1 when the graph's executor thread has stopped (health is then NOT_SERVING).",
+                |s| i64::from(s.stopped),
+            )],
+        );
     })
 }

@@ -8,9 +8,11 @@
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tonic::service::Routes;
 use unclip_runtime::{ExecutorStats, ModelRepository};
 use unclip_server::{ServeConfig, Slot};
@@ -79,7 +81,9 @@ impl<M> ModelSlot<M> {
 /// Serves `routes` (the service's tonic server over `slot`, message limits applied) on
 /// `listener` until `shutdown` resolves, with the model in `repository` opened under `config`: NOT_SERVING while the model
 /// opens ([`StageModel::open`], on a blocking thread) and warms up ([`StageModel::warm_up`]),
-/// SERVING after, `/metrics` with `unclip_stage_ready` and each graph's counters. A model
+/// SERVING after, and NOT_SERVING again while a graph's executor has stopped
+/// ([`ExecutorStats::stopped`], unless `serve` already follows a readiness of its own);
+/// `/metrics` with `unclip_stage_ready` and each graph's counters. A model
 /// that fails to open or warm up stops the server and is the error returned.
 pub async fn serve_model<M: StageModel>(
     repository: PathBuf,
@@ -105,5 +109,46 @@ pub async fn serve_model<M: StageModel>(
         Ok(model)
     };
     let serve = serve.with_metrics(graph_metrics(slot.clone()));
-    unclip_server::serve(serve, listener, routes, slot.0, load, shutdown).await
+    let (ready, readiness) = watch::channel(true);
+    let watcher = tokio::spawn(watch_executors(slot.clone(), ready));
+    let serve = if serve.readiness.is_none() {
+        serve.with_readiness(readiness)
+    } else {
+        serve
+    };
+    let served = unclip_server::serve(serve, listener, routes, slot.0, load, shutdown).await;
+    watcher.abort();
+    served
+}
+
+/// How often [`watch_executors`] looks at the executors.
+const EXECUTOR_CHECK_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Health that tells the truth: `ready` says `false` while any graph's executor thread has
+/// stopped (its session answers no more), `true` otherwise. Looks every
+/// [`EXECUTOR_CHECK_INTERVAL`] once the model is loaded.
+async fn watch_executors<M: StageModel>(slot: ModelSlot<M>, ready: watch::Sender<bool>) {
+    let mut interval = tokio::time::interval(EXECUTOR_CHECK_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let Ok(model) = slot.get() else {
+            continue;
+        };
+        let stopped: Vec<String> = model
+            .graphs()
+            .into_iter()
+            .filter(|(_, stats)| stats.stopped)
+            .map(|(graph, _)| graph)
+            .collect();
+        let now_ready = stopped.is_empty();
+        if *ready.borrow() != now_ready {
+            if now_ready {
+                tracing::info!("every graph's executor is running again");
+            } else {
+                tracing::error!(graphs = ?stopped, "a graph's executor has stopped; health NOT_SERVING");
+            }
+        }
+        ready.send_if_modified(|r| std::mem::replace(r, now_ready) != now_ready);
+    }
 }

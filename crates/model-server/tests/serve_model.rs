@@ -17,6 +17,8 @@ use unclip_testkit::{karlo_tiny, scrape};
 #[derive(Debug)]
 struct Toy {
     warm_fails: bool,
+    /// Reported as its graph's executor having stopped.
+    stopped: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 #[derive(Debug, Clone)]
@@ -24,6 +26,7 @@ struct ToyConfig {
     repository: PathBuf,
     open_fails: bool,
     warm_fails: bool,
+    stopped: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl StageModel for Toy {
@@ -35,6 +38,7 @@ impl StageModel for Toy {
         }
         Ok(Toy {
             warm_fails: config.warm_fails,
+            stopped: std::sync::Arc::clone(&config.stopped),
         })
     }
 
@@ -53,6 +57,7 @@ impl StageModel for Toy {
                 calls: 3,
                 runs: 2,
                 rows: 5,
+                stopped: self.stopped.load(std::sync::atomic::Ordering::SeqCst),
             },
         )]
     }
@@ -64,6 +69,7 @@ fn toy(open_fails: bool, warm_fails: bool) -> ToyConfig {
         repository: karlo_tiny(),
         open_fails,
         warm_fails,
+        stopped: Default::default(),
     }
 }
 
@@ -153,4 +159,64 @@ async fn failures_say_which_step_failed() {
         assert!(text.starts_with(step), "{text}");
         assert!(text.ends_with(cause), "{text}");
     }
+}
+
+/// Health tells the truth after start-up: NOT_SERVING while a graph's executor has stopped
+/// (and `/metrics` says which), SERVING again once it runs.
+#[tokio::test]
+async fn a_stopped_executor_is_not_serving() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config = toy(false, false);
+    let stopped = std::sync::Arc::clone(&config.stopped);
+    let (stop, stop_rx) = oneshot::channel::<()>();
+    let serve = ServeArgs::default().serve_config("unclip.v1.ToyService");
+    let server = tokio::spawn(serve_model(
+        karlo_tiny(),
+        config,
+        serve,
+        listener,
+        Routes::default(),
+        ModelSlot::<Toy>::new(),
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel);
+    let mut until = async |want: ServingStatus| {
+        for _ in 0..500 {
+            let status = health
+                .check(HealthCheckRequest::default())
+                .await
+                .unwrap()
+                .into_inner()
+                .status;
+            if status == want as i32 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("health never said {want:?}");
+    };
+    until(ServingStatus::Serving).await;
+    stopped.store(true, std::sync::atomic::Ordering::SeqCst);
+    until(ServingStatus::NotServing).await;
+    let metrics = scrape(&addr.to_string()).await;
+    assert_eq!(
+        metrics.value("unclip_stage_graph_stopped{graph=\"toy\"}"),
+        1.0
+    );
+    stopped.store(false, std::sync::atomic::Ordering::SeqCst);
+    until(ServingStatus::Serving).await;
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
 }

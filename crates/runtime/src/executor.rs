@@ -101,6 +101,9 @@ pub struct ExecutorStats {
     pub runs: u64,
     /// Rows run, over all runs.
     pub rows: u64,
+    /// Whether the executor's thread has ended (it panicked outside a run, or was shut
+    /// down): its session answers no more calls, so the stage is not ready.
+    pub stopped: bool,
 }
 
 /// The counters behind [`ExecutorStats`], shared with the executor thread.
@@ -206,6 +209,7 @@ impl SessionExecutor {
             calls: self.counters.calls.load(Ordering::Relaxed),
             runs: self.counters.runs.load(Ordering::Relaxed),
             rows: self.counters.rows.load(Ordering::Relaxed),
+            stopped: self.thread.as_ref().is_none_or(|t| t.is_finished()),
         }
     }
 

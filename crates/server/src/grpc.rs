@@ -58,11 +58,10 @@ impl Health {
 }
 
 impl Health {
-    /// For shutdown: reports NOT_SERVING, then removes the statuses, which ends every open
-    /// `Watch` stream (a watcher would otherwise hold graceful shutdown open forever). Checks
-    /// after this answer NOT_FOUND.
+    /// For shutdown, once NOT_SERVING has been reported ([`Health::set`]): removes the
+    /// statuses, which ends every open `Watch` stream (a watcher would otherwise hold graceful
+    /// shutdown open forever). Checks after this answer NOT_FOUND.
     pub async fn stop(&self) {
-        self.set(false).await;
         let mut reporter = self.reporter.clone();
         reporter.clear_service_status(self.service).await;
         reporter.clear_service_status("").await;

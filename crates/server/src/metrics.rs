@@ -44,6 +44,11 @@ impl Metrics {
         }))
     }
 
+    /// Registers these metrics into `registry`, beside others (one scrape of several sources).
+    pub fn collect(&self, registry: &mut Registry) {
+        (self.0)(registry)
+    }
+
     /// The scrape: every metric, in the OpenMetrics text format.
     pub fn render(&self) -> String {
         let mut registry = Registry::default();

@@ -1,7 +1,8 @@
 //! The serving skeleton of every service: health that turns SERVING only after the service's
 //! state is ready (a stage's model loaded and warmed up, the gateway's stages checked),
-//! reflection v1 and v1alpha, a bound listener with TCP_NODELAY, and graceful shutdown that
-//! finishes the calls in flight (for at most a grace period).
+//! reflection v1 and v1alpha, a bound listener with TCP_NODELAY, and a graceful drain on shutdown
+//! (NOT_SERVING first, a delay, new calls refused with UNAVAILABLE, the calls in flight finished
+//! within a timeout).
 //!
 //! A service supplies three things: its tonic server(s) as [`Routes`] (message limits already
 //! applied, see [`ServeArgs::max_message_bytes`]), a [`Slot`] its handlers read their state
@@ -16,13 +17,16 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::middleware::Next;
 use clap::Args;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
+use tonic::Status;
 use tonic::service::Routes;
 use tonic::transport::Server;
 
@@ -37,10 +41,6 @@ pub struct ServeArgs {
     /// Largest gRPC message accepted or sent, in bytes (sized for a batch of 1024×1024 images).
     #[arg(long, env = "UNCLIP_MAX_MESSAGE_BYTES", default_value_t = DEFAULT_MAX_MESSAGE_BYTES)]
     pub max_message_bytes: usize,
-
-    /// Seconds to let calls in flight finish after SIGTERM/Ctrl-C before stopping anyway.
-    #[arg(long, env = "UNCLIP_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
-    pub shutdown_grace_secs: u64,
 
     /// Serve TLS with this certificate chain (PEM, leaf first); needs --tls-key. Without it
     /// the service speaks plaintext. Reloaded on SIGHUP and when the file changes.
@@ -65,28 +65,66 @@ pub struct ServeArgs {
     /// cannot speak TLS (Kubernetes `grpc` probes) when the main port has TLS.
     #[arg(long, env = "UNCLIP_HEALTH_LISTEN")]
     pub health_listen: Option<SocketAddr>,
+
+    /// Milliseconds to keep serving after SIGTERM/Ctrl-C with health already NOT_SERVING, so
+    /// load balancers (and the gateway) stop sending before new calls are refused. Behind a
+    /// Kubernetes Service, a few seconds; 0 refuses new calls at once.
+    #[arg(long, env = "UNCLIP_DRAIN_DELAY_MS", default_value_t = DEFAULT_DRAIN_DELAY_MS)]
+    pub drain_delay_ms: u64,
+
+    /// Seconds calls in flight may take to finish once draining (new calls are then refused
+    /// with UNAVAILABLE) before the service stops anyway. Default 30.
+    #[arg(long, env = "UNCLIP_DRAIN_TIMEOUT_SECS")]
+    pub drain_timeout_secs: Option<u64>,
+
+    /// Deprecated: the old name of --drain-timeout-secs, used when that is not given.
+    #[arg(long, env = "UNCLIP_SHUTDOWN_GRACE_SECS", hide_short_help = true)]
+    pub shutdown_grace_secs: Option<u64>,
 }
+
+/// `--drain-delay-ms` when not given: long enough for a client polling health to see
+/// NOT_SERVING, short enough not to slow every restart.
+pub const DEFAULT_DRAIN_DELAY_MS: u64 = 1000;
+
+/// `--drain-timeout-secs` when neither it nor `--shutdown-grace-secs` is given.
+pub const DEFAULT_DRAIN_TIMEOUT_SECS: u64 = 30;
 
 impl Default for ServeArgs {
     fn default() -> Self {
         Self {
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
-            shutdown_grace_secs: 30,
             tls_cert: None,
             tls_key: None,
             tls_client_ca: None,
             reload_check_secs: 10,
             health_listen: None,
+            drain_delay_ms: DEFAULT_DRAIN_DELAY_MS,
+            drain_timeout_secs: None,
+            shutdown_grace_secs: None,
         }
     }
 }
 
 impl ServeArgs {
     /// The [`ServeConfig`] of the service named `service` (e.g. `unclip.v1.PriorService`).
+    /// `--shutdown-grace-secs` (or UNCLIP_SHUTDOWN_GRACE_SECS) stands in for
+    /// `--drain-timeout-secs` when only it is given, with a deprecation warning.
     pub fn serve_config(&self, service: &'static str) -> ServeConfig {
+        let drain_timeout = match (self.drain_timeout_secs, self.shutdown_grace_secs) {
+            (Some(secs), _) => secs,
+            (None, Some(secs)) => {
+                tracing::warn!(
+                    "--shutdown-grace-secs (UNCLIP_SHUTDOWN_GRACE_SECS) is deprecated; use \
+                     --drain-timeout-secs (UNCLIP_DRAIN_TIMEOUT_SECS)"
+                );
+                secs
+            }
+            (None, None) => DEFAULT_DRAIN_TIMEOUT_SECS,
+        };
         ServeConfig {
             service,
-            shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
+            drain_delay: Duration::from_millis(self.drain_delay_ms),
+            shutdown_grace: Duration::from_secs(drain_timeout),
             metrics: None,
             http: None,
             readiness: None,
@@ -111,7 +149,10 @@ impl ServeArgs {
 pub struct ServeConfig {
     /// The fully qualified gRPC service name health reports under (besides "").
     pub service: &'static str,
-    /// How long calls in flight may run on after shutdown starts.
+    /// How long the service keeps serving after shutdown starts, health NOT_SERVING, before
+    /// it refuses new calls.
+    pub drain_delay: Duration,
+    /// How long calls in flight may run on once new calls are refused (the drain timeout).
     pub shutdown_grace: Duration,
     /// What `GET /metrics` reports (HTTP/1.1 on the same port as gRPC); `None`: no endpoint.
     pub metrics: Option<Metrics>,
@@ -223,6 +264,89 @@ async fn follow(health: &Health, mut readiness: watch::Receiver<bool>) {
     }
 }
 
+/// The service's calls in flight (gRPC, not health checks), and whether new ones are refused.
+#[derive(Debug, Default)]
+struct Drain {
+    /// Calls whose response body has not ended.
+    calls: AtomicUsize,
+    /// Set when draining starts: new calls are refused.
+    refusing: AtomicBool,
+    /// Told when `calls` drops to 0.
+    idle: Notify,
+}
+
+/// One call in flight; dropped with its response body.
+#[derive(Debug)]
+struct Call(Arc<Drain>);
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        if self.0.calls.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+impl Drain {
+    /// Counts a new call, or `None` when draining (refuse it).
+    fn enter(drain: &Arc<Drain>) -> Option<Call> {
+        // Count first, then look: a call counted before the flag was set is waited for, one
+        // counted after sees the flag.
+        drain.calls.fetch_add(1, Ordering::SeqCst);
+        let call = Call(Arc::clone(drain));
+        (!drain.refusing.load(Ordering::SeqCst)).then_some(call)
+    }
+
+    /// Refuses new calls and waits for the ones in flight to end.
+    async fn refuse_and_wait(&self) {
+        self.refusing.store(true, Ordering::SeqCst);
+        loop {
+            let idle = self.idle.notified();
+            if self.calls.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            idle.await;
+        }
+    }
+}
+
+/// A response body that holds its [`Call`] until it ends (a stream's last message sent, or
+/// the client gone).
+struct Counted {
+    body: axum::body::Body,
+    _call: Call,
+}
+
+impl http_body::Body for Counted {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Whether a draining service refuses `request`: a gRPC call other than a health check.
+fn refusable(request: &axum::extract::Request) -> bool {
+    let grpc = request
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"));
+    grpc && !request.uri().path().starts_with("/grpc.health.v1.Health/")
+}
+
 /// Serves `routes` on `listener` until `shutdown` resolves, or until `load` fails, whose
 /// error is then returned.
 ///
@@ -230,9 +354,14 @@ async fn follow(health: &Health, mut readiness: watch::Receiver<bool>) {
 /// 2. `load` runs in the background; when it returns, its value goes into `slot` and health
 ///    turns SERVING (or follows `config.readiness` from then on). `load` should include a warm-up call so SERVING means "answers".
 ///    Blocking work inside it belongs in `spawn_blocking`.
-/// 3. On `shutdown`: health NOT_SERVING and the health statuses are removed (ending open
-///    `Watch` streams), no new connections are accepted, calls in flight finish, and `serve`
-///    returns, or after `config.shutdown_grace` stops anyway with a warning.
+/// 3. On `shutdown`, a graceful drain: health turns NOT_SERVING at once (and stops following
+///    readiness) while the service goes on serving for `config.drain_delay`, so balancers
+///    polling health stop sending; then new calls are refused with UNAVAILABLE (so a client
+///    with other replicas, such as the gateway, retries there; health checks still answer),
+///    the health statuses are removed (ending open `Watch` streams), no new connections are
+///    accepted, and the calls in flight finish; `serve` returns `Ok`, or after
+///    `config.shutdown_grace` (the drain timeout) stops anyway with a warning. A failed `load`
+///    skips the delay.
 ///
 /// Reflection v1 and v1alpha are added for `unclip.v1` and the health service.
 pub async fn serve<T>(
@@ -295,21 +424,43 @@ where
         })
     };
 
-    // The server stops accepting on `shutdown` (or a failed load) and then waits for the calls
-    // in flight, for at most the grace period.
+    // On `shutdown`: NOT_SERVING, the drain delay, then refuse new calls and stop accepting,
+    // waiting for the calls in flight for at most the drain timeout. A failed load stops at once.
     let stopping = Arc::new(Notify::new());
     let (stopped, mut stopped_rx) = watch::channel(false);
+    let drain = Arc::new(Drain::default());
     let stop = {
         let (health, stopping) = (health.clone(), Arc::clone(&stopping));
+        let drain = Arc::clone(&drain);
         // The loader may be following readiness: stop it so it cannot turn health back on.
         let loader = loader.abort_handle();
+        let delay = config.drain_delay;
         async move {
-            tokio::select! {
-                _ = shutdown => tracing::info!("shutting down: finishing calls in flight"),
-                _ = failed.notified() => {}
-            }
-            stopping.notify_one();
+            let signalled = tokio::select! {
+                _ = shutdown => true,
+                _ = failed.notified() => false,
+            };
             loader.abort();
+            // (After a failed load health never left NOT_SERVING.)
+            if signalled {
+                health.set(false).await;
+                tracing::info!(
+                    delay_ms = delay.as_millis() as u64,
+                    "shutting down: health NOT_SERVING, still serving for the drain delay"
+                );
+                tokio::time::sleep(delay).await;
+                tracing::info!(
+                    in_flight = drain.calls.load(Ordering::SeqCst),
+                    "draining: new calls refused (UNAVAILABLE), finishing calls in flight"
+                );
+                // The drain timeout runs from here.
+                stopping.notify_one();
+                drain.refuse_and_wait().await;
+            } else {
+                stopping.notify_one();
+            }
+            // Only now stop accepting: a connection closed earlier would fail the calls a
+            // client sent meanwhile (CANCELLED), where a refusal says UNAVAILABLE.
             health.stop().await;
             let _ = stopped.send(true);
         }
@@ -346,6 +497,25 @@ where
     if let Some(http) = config.http.clone() {
         routes = Routes::from(routes.into_axum_router().merge(http));
     }
+    let routes = Routes::from(routes.into_axum_router().layer(axum::middleware::from_fn(
+        move |request: axum::extract::Request, next: Next| {
+            let call = refusable(&request).then(|| Drain::enter(&drain));
+            async move {
+                match call {
+                    None => next.run(request).await,
+                    Some(None) => {
+                        Status::unavailable("the service is shutting down; call another replica")
+                            .into_http()
+                    }
+                    Some(Some(call)) => {
+                        let (parts, body) = next.run(request).await.into_parts();
+                        let body = axum::body::Body::new(Counted { body, _call: call });
+                        axum::response::Response::from_parts(parts, body)
+                    }
+                }
+            }
+        },
+    )));
     let router = Server::builder()
         // Prometheus scrapes (and HTTP clients call) over HTTP/1.1; gRPC stays on HTTP/2.
         .accept_http1(http1)
@@ -372,7 +542,7 @@ where
     tokio::select! {
         served = server => served.context("serving gRPC")?,
         _ = async { stopping.notified().await; tokio::time::sleep(grace).await } => {
-            tracing::warn!(grace_secs = grace.as_secs(), "calls still in flight after the grace period; stopping anyway");
+            tracing::warn!(drain_timeout_secs = grace.as_secs(), "calls still in flight after the drain timeout; stopping anyway");
         }
     }
     loader.abort();

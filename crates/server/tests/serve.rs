@@ -10,6 +10,12 @@ use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
+use unclip_proto::v1::clip_service_client::ClipServiceClient;
+use unclip_proto::v1::clip_service_server::{ClipService, ClipServiceServer};
+use unclip_proto::v1::{
+    EncodeImageRequest, EncodeImageResponse, EncodeTextRequest, EncodeTextResponse, GetInfoRequest,
+    ModelInfo,
+};
 use unclip_server::metrics::{Metrics, counters, labels};
 use unclip_server::{ServeArgs, ServeConfig, Slot, serve};
 use unclip_testkit::{http_get, scrape};
@@ -19,6 +25,8 @@ const SERVICE: &str = "unclip.v1.TestService";
 /// With a metrics endpoint, so every test also shows gRPC working beside HTTP/1.1.
 fn config() -> ServeConfig {
     ServeConfig {
+        service: SERVICE,
+        drain_delay: Duration::ZERO,
         shutdown_grace: Duration::from_secs(5),
         ..ServeArgs::default()
             .serve_config(SERVICE)
@@ -176,4 +184,114 @@ async fn health_follows_readiness_and_http_routes_answer() {
     // Turning ready again after shutdown must not bring SERVING back.
     let _ = ready_tx.send(true);
     server.await.unwrap().unwrap();
+}
+
+/// A CLIP service whose EncodeText reports that it started, then answers when told.
+#[derive(Debug, Clone)]
+struct Held {
+    started: tokio::sync::mpsc::UnboundedSender<()>,
+    release: std::sync::Arc<tokio::sync::Notify>,
+}
+
+#[tonic::async_trait]
+impl ClipService for Held {
+    async fn encode_text(
+        &self,
+        _request: tonic::Request<EncodeTextRequest>,
+    ) -> Result<tonic::Response<EncodeTextResponse>, tonic::Status> {
+        let _ = self.started.send(());
+        self.release.notified().await;
+        Ok(tonic::Response::new(EncodeTextResponse::default()))
+    }
+
+    async fn encode_image(
+        &self,
+        _request: tonic::Request<EncodeImageRequest>,
+    ) -> Result<tonic::Response<EncodeImageResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not in this test"))
+    }
+
+    async fn get_info(
+        &self,
+        _request: tonic::Request<GetInfoRequest>,
+    ) -> Result<tonic::Response<ModelInfo>, tonic::Status> {
+        Ok(tonic::Response::new(ModelInfo::default()))
+    }
+}
+
+/// The graceful drain: on shutdown health turns NOT_SERVING at once while calls are still
+/// served for the drain delay; then new calls are refused with UNAVAILABLE (health checks
+/// still answer), the call in flight completes, and `serve` returns Ok.
+#[tokio::test]
+async fn shutdown_drains() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (started_tx, mut started) = tokio::sync::mpsc::unbounded_channel();
+    let release = std::sync::Arc::new(tokio::sync::Notify::new());
+    let service = Held {
+        started: started_tx,
+        release: std::sync::Arc::clone(&release),
+    };
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let config = ServeConfig {
+        drain_delay: Duration::from_millis(1500),
+        ..config()
+    };
+    let server = tokio::spawn(serve(
+        config,
+        listener,
+        Routes::new(ClipServiceServer::new(service)),
+        Slot::<u32>::new(),
+        async { anyhow::Ok(1u32) },
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+    let channel = channel(addr).await;
+    let mut health = HealthClient::new(channel.clone());
+    for _ in 0..500 {
+        if status(&mut health).await == ServingStatus::Serving {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut client = ClipServiceClient::new(channel.clone());
+    let in_flight = {
+        let mut client = client.clone();
+        tokio::spawn(async move { client.encode_text(EncodeTextRequest::default()).await })
+    };
+    started.recv().await.unwrap();
+
+    stop_tx.send(()).unwrap();
+    // NOT_SERVING first, while calls are still answered.
+    for _ in 0..500 {
+        if status(&mut health).await == ServingStatus::NotServing {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(status(&mut health).await, ServingStatus::NotServing);
+    client
+        .get_info(GetInfoRequest {})
+        .await
+        .expect("still served during the drain delay");
+
+    // After the delay: refused with UNAVAILABLE, the call in flight still running.
+    let refused = loop {
+        match client.get_info(GetInfoRequest {}).await {
+            Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(
+        !in_flight.is_finished(),
+        "the call in flight is not cut off"
+    );
+    release.notify_one();
+    in_flight
+        .await
+        .unwrap()
+        .expect("the call in flight completes");
+    server.await.unwrap().expect("a drained shutdown is Ok");
 }

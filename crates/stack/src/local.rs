@@ -474,6 +474,34 @@ impl LocalStack {
         service.kill().await
     }
 
+    /// Sends SIGTERM to replica `index` of `stage` (it drains: NOT_SERVING, new calls refused,
+    /// calls in flight finished) and returns at once; [`LocalStack::wait_replica`] waits for
+    /// it to exit.
+    pub fn terminate_replica(&mut self, stage: Stage, index: usize) -> Result<()> {
+        self.replica_mut(stage, index)?.terminate();
+        Ok(())
+    }
+
+    /// Waits for replica `index` of `stage` to exit after [`LocalStack::terminate_replica`]
+    /// (killing it after the stop timeout), and how it ended.
+    pub async fn wait_replica(&mut self, stage: Stage, index: usize) -> Result<ProcessExit> {
+        self.replica_mut(stage, index)?.wait_stopped().await
+    }
+
+    /// Replica `index` of `stage`.
+    fn replica_mut(&mut self, stage: Stage, index: usize) -> Result<&mut LocalService> {
+        let count = self.replicas(stage).count();
+        self.stages
+            .iter_mut()
+            .filter(|s| s.stage() == Some(stage))
+            .nth(index)
+            .ok_or_else(|| {
+                Error::InvalidRequest(format!(
+                    "the {stage} service has {count} replicas; there is no replica {index}"
+                ))
+            })
+    }
+
     /// SIGKILLs Redis and reaps it, for fault tests; [`LocalStack::restart_redis`] brings it back.
     pub async fn kill_redis(&mut self) -> Result<()> {
         match &mut self.redis {
@@ -565,6 +593,8 @@ fn stage_args(config: &LocalStackConfig, addr: SocketAddr) -> Vec<OsString> {
     if let Some(threads) = config.intra_threads {
         args.extend(["--intra-threads".into(), threads.to_string().into()]);
     }
+    // Nothing balances over a local stack's health, so no delay before draining.
+    args.extend(["--drain-delay-ms".into(), "0".into()]);
     args
 }
 
@@ -584,6 +614,14 @@ fn gateway_args(config: &LocalStackConfig, addr: SocketAddr, stack: &LocalStack)
         "--startup-timeout-secs".into(),
         config.startup_timeout.as_secs().max(1).to_string().into(),
     ]);
+    // Nothing balances over a local gateway's health: no delay before draining, unless asked.
+    if !config
+        .gateway_args
+        .iter()
+        .any(|a| a.starts_with("--drain-delay-ms"))
+    {
+        args.extend(["--drain-delay-ms".into(), "0".into()]);
+    }
     args.extend(config.gateway_args.iter().map(OsString::from));
     args
 }

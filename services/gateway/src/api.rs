@@ -177,6 +177,8 @@ pub struct Core {
     request_timeout: Duration,
     /// The gateway's own version.
     version: &'static str,
+    /// More of `/metrics`, from the layers (admission control's queue, API keys' counters).
+    more_metrics: Vec<Metrics>,
 }
 
 /// An admitted request: the state it runs on, its deadline and the permit it holds.
@@ -195,12 +197,19 @@ impl Core {
             stats: Arc::default(),
             request_timeout,
             version: env!("CARGO_PKG_VERSION"),
+            more_metrics: Vec::new(),
         }
     }
 
     /// The same, asking `layer` before every request.
     pub fn with_layer(self, layer: Arc<dyn RequestLayer>) -> Self {
         Self { layer, ..self }
+    }
+
+    /// The same, with `metrics` added to what `/metrics` reports.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.more_metrics.push(metrics);
+        self
     }
 
     /// Runs any image capability to its response.
@@ -217,7 +226,9 @@ impl Core {
         let result = request.run(run).await;
         self.stats
             .record_result(capability.name(), &result, started.elapsed());
-        drop(admitted.permit);
+        if result.is_ok() {
+            admitted.permit.succeeded();
+        }
         result
     }
 
@@ -245,20 +256,25 @@ impl Core {
             let work = request.run(Run::new(&gw, Some(deadline), reporter));
             // A client that goes away closes the stream: the run is dropped, which cancels its
             // stage call in flight and makes no more.
-            tokio::select! {
+            let succeeded = tokio::select! {
                 result = work => {
                     stats.record_result(name, &result, started.elapsed());
+                    let succeeded = result.is_ok();
                     let last = result.map(|response| ImagesEvent {
                         event: Some(images_event::Event::Result(response)),
                     });
                     let _ = events.send(last).await;
+                    succeeded
                 }
                 () = events.closed() => {
                     stats.record(name, "cancelled");
                     tracing::info!(capability = name, "client went away; request dropped");
+                    false
                 }
+            };
+            if succeeded {
+                permit.succeeded();
             }
-            drop(permit);
         });
         Ok(Box::pin(ReceiverStream::new(receiver)))
     }
@@ -296,7 +312,17 @@ impl Core {
 
     /// What `GET /metrics` reports (see [`crate::metrics`]).
     pub fn metrics(&self) -> Metrics {
-        crate::metrics::metrics(self.slot.clone(), Arc::clone(&self.stats))
+        let base = crate::metrics::metrics(self.slot.clone(), Arc::clone(&self.stats));
+        if self.more_metrics.is_empty() {
+            return base;
+        }
+        let more = self.more_metrics.clone();
+        Metrics::new(move |registry| {
+            base.collect(registry);
+            for metrics in &more {
+                metrics.collect(registry);
+            }
+        })
     }
 
     /// The shared state, or UNAVAILABLE while the stages are being checked.

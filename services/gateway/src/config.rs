@@ -10,6 +10,8 @@ use unclip_replicas::ClientTls;
 use unclip_server::ServeArgs;
 use unclip_server::tls::{TlsError, read_pem_certificates, read_pem_key};
 
+use crate::admission::AdmissionArgs;
+
 /// `--startup-timeout-secs` when neither the flag nor an environment variable sets it.
 const DEFAULT_STARTUP_TIMEOUT_SECS: u64 = 120;
 
@@ -147,6 +149,10 @@ pub struct Config {
     /// Serve `GET /metrics` only to requests with a valid API key (needs --api-keys).
     #[arg(long, env = "UNCLIP_METRICS_REQUIRE_KEY", requires = "api_keys")]
     pub metrics_require_key: bool,
+
+    /// Admission control: the per-request cost budget, requests running and waiting.
+    #[command(flatten)]
+    pub admission: AdmissionArgs,
 
     /// Message limits, graceful shutdown and the gateway's own TLS.
     #[command(flatten)]

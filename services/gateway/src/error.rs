@@ -3,7 +3,7 @@
 //! | error | code |
 //! |---|---|
 //! | a request field out of its limits | INVALID_ARGUMENT, "field: what and the limit" |
-//! | a stage call failed | the stage's own code, message prefixed with the [`Stage`] label |
+//! | a stage call failed | the stage's own code; the client is told the [`Stage`] label and what the code means, the stage's own text is logged (it may name hosts, files or internals), except for INVALID_ARGUMENT, whose text names the request field and is passed on |
 //! | the request layer refused it ([`Refusal`]) | the refusal's code; RESOURCE_EXHAUSTED carries `retry-after` (seconds) in its metadata |
 //! | the stages answered something unexpected, or a bug | INTERNAL, logged |
 
@@ -75,17 +75,56 @@ impl Error {
                 Refusal::ResourceExhausted { .. } => Code::ResourceExhausted,
                 Refusal::DeadlineExceeded(_) => Code::DeadlineExceeded,
                 Refusal::Unavailable(_) => Code::Unavailable,
+                Refusal::InvalidArgument(_) => Code::InvalidArgument,
             },
         }
     }
 }
 
+impl Error {
+    /// What the client is told: the error's text, except that a stage's own text is replaced
+    /// by what its code means (see the module docs).
+    pub fn client_message(&self) -> String {
+        match self {
+            Error::Stage { stage, status } if status.code() != Code::InvalidArgument => {
+                format!("{stage}: {}", stage_failure(status.code()))
+            }
+            _ => self.to_string(),
+        }
+    }
+}
+
+/// What a failed stage call's code means, for a client who must not see the stage's text.
+fn stage_failure(code: Code) -> &'static str {
+    match code {
+        Code::DeadlineExceeded => "the deadline passed before the stage answered",
+        Code::Cancelled => "the stage call was cancelled",
+        Code::ResourceExhausted => "the stage is overloaded; try again later",
+        Code::Unavailable => "no replica of the stage is available; try again later",
+        Code::FailedPrecondition => "the stage cannot serve this request now",
+        Code::Unimplemented => "the stage does not support this call",
+        Code::OutOfRange => "a value is out of the stage's range",
+        _ => "the stage failed",
+    }
+}
+
 impl From<Error> for Status {
     fn from(error: Error) -> Self {
-        let message = error.to_string();
+        let message = error.client_message();
         let mut status = Status::new(error.code(), message);
         match error {
             Error::Internal(_) => tracing::error!(message = status.message(), "request failed"),
+            Error::Stage {
+                stage,
+                status: ref cause,
+            } if cause.code() != Code::InvalidArgument => {
+                tracing::warn!(
+                    %stage,
+                    code = ?cause.code(),
+                    cause = cause.message(),
+                    "stage call failed"
+                );
+            }
             Error::Refused(Refusal::ResourceExhausted {
                 retry_after: Some(after),
                 ..
@@ -119,7 +158,30 @@ mod tests {
             status: Status::deadline_exceeded("late"),
         });
         assert_eq!(s.code(), tonic::Code::DeadlineExceeded);
-        assert_eq!(s.message(), "prior.sample: late");
+        assert_eq!(
+            s.message(),
+            "prior.sample: the deadline passed before the stage answered"
+        );
+        let s = Status::from(Error::Stage {
+            stage: Stage::PriorSample,
+            status: Status::internal("ort: /models/prior.onnx: node 17 failed on host-3"),
+        });
+        assert_eq!(s.code(), tonic::Code::Internal);
+        assert_eq!(
+            s.message(),
+            "prior.sample: the stage failed",
+            "no stage text"
+        );
+        let s = Status::from(Error::Stage {
+            stage: Stage::PriorSample,
+            status: Status::invalid_argument("prior_steps must be 2..=1000, got 1"),
+        });
+        assert_eq!(s.code(), tonic::Code::InvalidArgument);
+        assert_eq!(
+            s.message(),
+            "prior.sample: prior_steps must be 2..=1000, got 1",
+            "a stage's INVALID_ARGUMENT names the field and is passed on"
+        );
         assert_eq!(
             Status::from(Error::Internal("x".into())).code(),
             tonic::Code::Internal
@@ -149,6 +211,10 @@ mod tests {
                 Code::DeadlineExceeded,
             ),
             (Refusal::Unavailable("draining".into()), Code::Unavailable),
+            (
+                Refusal::InvalidArgument("cost: 800 over the limit of 500".into()),
+                Code::InvalidArgument,
+            ),
             (
                 Refusal::ResourceExhausted {
                     message: "busy".into(),

@@ -11,6 +11,26 @@ use unclip_server::image_input::{self, ImageLimits};
 
 use crate::error::{Error, Result};
 
+/// Runs `work` (decoding, resizing, encoding: CPU work of milliseconds to seconds) on the
+/// blocking pool, so the async workers keep answering other requests meanwhile.
+pub async fn off_the_runtime<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| Error::Internal(format!("image work failed: {e}")))?
+}
+
+/// [`decode`] on the blocking pool.
+pub async fn decode_upload(
+    field: &'static str,
+    bytes: &bytes::Bytes,
+    limits: ImageLimits,
+) -> Result<DynamicImage> {
+    let bytes = bytes.clone();
+    off_the_runtime(move || decode(field, &bytes, limits)).await
+}
+
 /// Decodes an uploaded image (`field` names it in errors) within `limits`.
 pub fn decode(field: &str, bytes: &[u8], limits: ImageLimits) -> Result<DynamicImage> {
     if bytes.is_empty() {

@@ -11,8 +11,9 @@
 //! concurrency limit.
 //!
 //! The default, [`AdmitAll`], admits everything. API keys, per-key limits and admission control
-//! (issue 11) are layers; several compose by a layer that asks others in turn and holds their
-//! permits in its own.
+//! (issue 11) are layers; several compose by [`Chain`], which asks each in turn and holds all
+//! their permits in its own. A permit may also carry what to do when the request succeeds
+//! ([`Permit::on_success`]): admission control learns how long work takes from successes only.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -144,13 +145,20 @@ pub enum Refusal {
     /// The gateway cannot take requests now (e.g. draining).
     #[error("{0}")]
     Unavailable(String),
+    /// The request can never be admitted as it is (e.g. over the per-request cost budget):
+    /// the message starts with the field, as [`Error::Invalid`](crate::Error::Invalid)'s.
+    #[error("{0}")]
+    InvalidArgument(String),
 }
 
 /// What an admitted request holds until it ends; dropping it gives back what it held.
 #[derive(Default)]
 pub struct Permit {
-    /// Whatever the layer wants released with the request (semaphore permits, a counter guard).
-    held: Option<Box<dyn Send + Sync>>,
+    /// Whatever the layers want released with the request (semaphore permits, a counter guard),
+    /// dropped in order.
+    held: Vec<Box<dyn Send + Sync>>,
+    /// Run by [`Permit::succeeded`], in order, before `held` is dropped.
+    on_success: Vec<Box<dyn FnOnce() + Send + Sync>>,
 }
 
 impl Permit {
@@ -162,7 +170,33 @@ impl Permit {
     /// A permit that holds `value` until the request ends.
     pub fn holding(value: impl Send + Sync + 'static) -> Self {
         Self {
-            held: Some(Box::new(value)),
+            held: vec![Box::new(value)],
+            on_success: Vec::new(),
+        }
+    }
+
+    /// The same, running `hook` if the request ends with a response (not an error, not
+    /// cancelled): before what the permit holds is released.
+    pub fn on_success(mut self, hook: impl FnOnce() + Send + Sync + 'static) -> Self {
+        self.on_success.push(Box::new(hook));
+        self
+    }
+
+    /// The same, also holding everything `other` holds (released after this permit's own).
+    pub fn join(mut self, other: Permit) -> Self {
+        let Permit {
+            held, on_success, ..
+        } = other;
+        self.held.extend(held);
+        self.on_success.extend(on_success);
+        self
+    }
+
+    /// Ends a request that succeeded: runs the success hooks, then releases what it held.
+    /// Dropping the permit instead ends it without them (an error, a cancellation).
+    pub fn succeeded(mut self) {
+        for hook in std::mem::take(&mut self.on_success) {
+            hook();
         }
     }
 }
@@ -170,7 +204,8 @@ impl Permit {
 impl fmt::Debug for Permit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Permit")
-            .field("holds", &self.held.is_some())
+            .field("holds", &self.held.len())
+            .field("on_success", &self.on_success.len())
             .finish()
     }
 }
@@ -191,6 +226,40 @@ pub struct AdmitAll;
 impl RequestLayer for AdmitAll {
     async fn admit(&self, _request: &RequestContext) -> Result<Permit, Refusal> {
         Ok(Permit::free())
+    }
+}
+
+/// Several layers asked in turn, first to last: the first refusal is the answer (the permits
+/// already given are released); otherwise the permit holds all of theirs, released in the
+/// same order. Put the cheap checks that say who the caller is (API keys) before the ones that
+/// queue (admission control), so an unknown caller never takes a place in the queue.
+#[derive(Debug, Clone, Default)]
+pub struct Chain {
+    /// The layers, in the order they are asked.
+    layers: Vec<std::sync::Arc<dyn RequestLayer>>,
+}
+
+impl Chain {
+    /// No layers: admits everything, as [`AdmitAll`].
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The same, asking `layer` after the ones already in it.
+    pub fn then(mut self, layer: std::sync::Arc<dyn RequestLayer>) -> Self {
+        self.layers.push(layer);
+        self
+    }
+}
+
+#[tonic::async_trait]
+impl RequestLayer for Chain {
+    async fn admit(&self, request: &RequestContext) -> Result<Permit, Refusal> {
+        let mut permit = Permit::free();
+        for layer in &self.layers {
+            permit = permit.join(layer.admit(request).await?);
+        }
+        Ok(permit)
     }
 }
 
@@ -222,5 +291,104 @@ mod tests {
             steps: u32::MAX,
         };
         assert_eq!(most.units(), u64::MAX, "saturates, never wraps");
+    }
+
+    /// A layer that logs what happens to its permits into a shared journal.
+    #[derive(Debug)]
+    struct Journal {
+        name: &'static str,
+        refuse: bool,
+        log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    }
+
+    struct Logged(&'static str, std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+    impl Drop for Logged {
+        fn drop(&mut self) {
+            self.1.lock().unwrap().push(format!("{} released", self.0));
+        }
+    }
+
+    #[tonic::async_trait]
+    impl RequestLayer for Journal {
+        async fn admit(&self, _request: &RequestContext) -> Result<Permit, Refusal> {
+            self.log
+                .lock()
+                .unwrap()
+                .push(format!("{} asked", self.name));
+            if self.refuse {
+                return Err(Refusal::Unauthenticated(format!("{} says no", self.name)));
+            }
+            let (name, log) = (self.name, std::sync::Arc::clone(&self.log));
+            let hook_log = std::sync::Arc::clone(&self.log);
+            Ok(Permit::holding(Logged(name, log))
+                .on_success(move || hook_log.lock().unwrap().push(format!("{name} succeeded"))))
+        }
+    }
+
+    fn context() -> RequestContext {
+        RequestContext {
+            capability: Capability::Generate,
+            streaming: false,
+            caller: Caller::default(),
+            deadline: Instant::now(),
+            cost: Cost::default(),
+        }
+    }
+
+    /// A chain asks its layers in order and holds every permit; success hooks run before the
+    /// releases; a refusal stops the chain and releases the permits already given.
+    #[tokio::test]
+    async fn chains_ask_in_order_and_hold_every_permit() {
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let layer = |name, refuse| -> std::sync::Arc<dyn RequestLayer> {
+            std::sync::Arc::new(Journal {
+                name,
+                refuse,
+                log: std::sync::Arc::clone(&log),
+            })
+        };
+        let chain = Chain::new()
+            .then(layer("keys", false))
+            .then(layer("queue", false));
+        let permit = chain.admit(&context()).await.unwrap();
+        assert_eq!(*log.lock().unwrap(), ["keys asked", "queue asked"]);
+        permit.succeeded();
+        assert_eq!(
+            log.lock().unwrap()[2..],
+            [
+                "keys succeeded",
+                "queue succeeded",
+                "keys released",
+                "queue released"
+            ]
+        );
+
+        log.lock().unwrap().clear();
+        let chain = Chain::new()
+            .then(layer("keys", false))
+            .then(layer("queue", true))
+            .then(layer("never", false));
+        let refusal = chain.admit(&context()).await.unwrap_err();
+        assert_eq!(refusal, Refusal::Unauthenticated("queue says no".into()));
+        assert_eq!(
+            *log.lock().unwrap(),
+            ["keys asked", "queue asked", "keys released"]
+        );
+
+        log.lock().unwrap().clear();
+        drop(
+            Chain::new()
+                .then(layer("keys", false))
+                .admit(&context())
+                .await
+                .unwrap(),
+        );
+        assert_eq!(
+            *log.lock().unwrap(),
+            ["keys asked", "keys released"],
+            "no success hook"
+        );
+        assert!(Chain::new().admit(&context()).await.is_ok());
     }
 }

@@ -6,8 +6,9 @@
 //! |---|---|
 //! | [`config`] | flags (`--clip`, `--prior`, `--decoder` replica lists, `--redis-url`, limits) |
 //! | [`api`] | [`Core`]: the capabilities for every transport, over the proto's request and response types, progress as a stream |
-//! | [`layer`] | the request-level hook every transport shares: [`RequestContext`], [`RequestLayer`], [`Permit`] |
+//! | [`layer`] | the request-level hook every transport shares: [`RequestContext`], [`RequestLayer`], [`Permit`], [`Chain`] |
 //! | [`keys`] | API keys (`--api-keys`): the key layer, per-key limits and counters, before any other layer |
+//! | [`admission`] | [`Admission`]: the cost budget, bounded slots and queue, deadline-aware shedding |
 //! | [`service`] | the gRPC adapter: metadata and deadline → [`Core`] → status |
 //! | [`stage`] | [`Stage`], the one label of each stage call in timings, progress, errors and metrics |
 //! | [`stages`] | typed, timed stage calls through balanced, retried replica sets; the start-up model check |
@@ -32,6 +33,7 @@
 //! best-of), under keys that carry the model version. Redis when `--redis-url` is given, else a
 //! bounded in-process cache. A cache that fails or is slow is skipped, never an error.
 
+pub mod admission;
 pub mod api;
 pub mod config;
 pub mod error;
@@ -59,11 +61,12 @@ use unclip_proto::v1::gateway_server::GatewayServer;
 use unclip_server::Slot;
 use unclip_server::image_input::ImageLimits;
 
+pub use admission::{Admission, AdmissionArgs};
 pub use api::Core;
 pub use config::Config;
 pub use error::{Error, Result};
 pub use layer::{
-    AdmitAll, Caller, Capability, Cost, Permit, Refusal, RequestContext, RequestLayer,
+    AdmitAll, Caller, Capability, Chain, Cost, Permit, Refusal, RequestContext, RequestLayer,
 };
 pub use pipeline::Gateway;
 pub use service::SERVICE_NAME;
@@ -74,7 +77,7 @@ use service::GatewayApi;
 use stages::Stages;
 
 /// Serves `config` on `listener` until `shutdown` resolves, or until the start-up check of the
-/// stages fails (returned as the error), admitting every request.
+/// stages fails (returned as the error), with admission control (`config.admission`).
 pub async fn run(
     config: Config,
     listener: TcpListener,
@@ -83,7 +86,8 @@ pub async fn run(
     run_with_layer(config, Arc::new(AdmitAll), listener, shutdown).await
 }
 
-/// As [`run`], asking `layer` before every request.
+/// As [`run`], asking `layer` before every request, before admission control (so a caller
+/// `layer` refuses never takes a place in the queue).
 pub async fn run_with_layer(
     config: Config,
     layer: Arc<dyn RequestLayer>,
@@ -97,13 +101,19 @@ pub async fn run_with_layer(
         let config = config.clone();
         async move { connect(&config, ready).await }
     };
-    serve(&config, layer, listener, load, readiness, shutdown).await
+    let admission = Admission::new(config.admission.clone());
+    serve(
+        &config, layer, admission, listener, load, readiness, shutdown,
+    )
+    .await
 }
 
-/// Serves the gateway whose state `load` makes.
+/// Serves the gateway whose state `load` makes, asking `layer` and then `admission` before
+/// every request.
 async fn serve(
     config: &Config,
     layer: Arc<dyn RequestLayer>,
+    admission: Admission,
     listener: TcpListener,
     load: impl Future<Output = anyhow::Result<Gateway>> + Send + 'static,
     readiness: watch::Receiver<bool>,
@@ -122,7 +132,12 @@ async fn serve(
         None => layer,
     };
     let slot: Slot<Gateway> = Slot::new();
-    let core = Core::new(slot.clone(), config.request_timeout()).with_layer(layer);
+    let layer = Chain::new().then(layer).then(Arc::new(admission.clone()));
+    let core = Core::new(slot.clone(), config.request_timeout())
+        .with_layer(Arc::new(layer))
+        .with_metrics(unclip_server::metrics::Metrics::new(move |registry| {
+            admission.metrics(registry)
+        }));
     let api = GatewayApi::new(core);
     let mut metrics = api.metrics();
     let mut serve_config = config.serve.serve_config(SERVICE_NAME);

@@ -70,5 +70,7 @@ fn flags() {
     );
     assert_eq!(config.max_rows_per_call, 64);
     assert_eq!(config.serve.max_message_bytes, 64 << 20);
-    assert_eq!(config.serve.shutdown_grace_secs, 30);
+    let serve = config.serve.serve_config("unclip.v1.PriorService");
+    assert_eq!(serve.shutdown_grace, std::time::Duration::from_secs(30));
+    assert_eq!(serve.drain_delay, std::time::Duration::from_secs(1));
 }

@@ -178,6 +178,7 @@ async fn start(keys: &str, extra: &[&str]) -> Harness {
         crate::serve(
             &config,
             Arc::new(AdmitAll),
+            crate::admission::Admission::new(Default::default()),
             listener,
             load,
             tokio::sync::watch::channel(true).1,
@@ -542,6 +543,7 @@ async fn bad_key_file_is_a_startup_error() {
     let e = crate::serve(
         &config,
         Arc::new(AdmitAll),
+        crate::admission::Admission::new(Default::default()),
         listener,
         async { anyhow::bail!("not reached") },
         tokio::sync::watch::channel(true).1,

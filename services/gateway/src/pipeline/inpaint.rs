@@ -14,11 +14,17 @@ use crate::validate;
 pub async fn inpaint(mut run: Run<'_>, request: InpaintRequest) -> Result<ImagesResponse> {
     let gw = run.gw;
     let limits = gw.limits;
-    let image = images::decode("image", &request.image, limits.image)?;
-    let mask = images::decode("mask", &request.mask, limits.image)?;
     let side = gw.infos.output_size();
-    let keep = KeepMask::from_upload("mask", &mask, (image.width(), image.height()), side)?;
-    let known = images::square_rgb(&image, side);
+    let (known, keep) = {
+        let (image, mask) = (request.image.clone(), request.mask.clone());
+        images::off_the_runtime(move || {
+            let image = images::decode("image", &image, limits.image)?;
+            let mask = images::decode("mask", &mask, limits.image)?;
+            let keep = KeepMask::from_upload("mask", &mask, (image.width(), image.height()), side)?;
+            Ok((images::square_rgb(&image, side), keep))
+        })
+        .await?
+    };
     let prompt = validate::prompt("prompt", &request.prompt, limits.max_prompt_chars)?;
     let n = validate::num_images(request.num_images, limits.max_images)?;
     let prior = validate::prior(

@@ -19,8 +19,8 @@ pub const DEFAULT_FRAMES: u32 = 5;
 pub async fn interpolate(mut run: Run<'_>, request: InterpolateRequest) -> Result<ImagesResponse> {
     let gw = run.gw;
     let limits = gw.limits;
-    images::decode("image_a", &request.image_a, limits.image)?;
-    images::decode("image_b", &request.image_b, limits.image)?;
+    images::decode_upload("image_a", &request.image_a, limits.image).await?;
+    images::decode_upload("image_b", &request.image_b, limits.image).await?;
     let frames = validate::frames(request.frames, DEFAULT_FRAMES, limits.max_frames)?;
     let settings = validate::cascade("decoder", request.decoder.as_ref(), &gw.infos.decoder, None)?;
     let seed = validate::seed(request.seed);

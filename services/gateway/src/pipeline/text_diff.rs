@@ -30,7 +30,7 @@ pub const DEFAULT_FRAME_DELAY_MS: u32 = 250;
 pub async fn text_diff(mut run: Run<'_>, request: TextDiffRequest) -> Result<ImagesResponse> {
     let gw = run.gw;
     let limits = gw.limits;
-    let image = images::decode("image", &request.image, limits.image)?;
+    let image = images::decode_upload("image", &request.image, limits.image).await?;
     let source = validate::prompt(
         "source_caption",
         &request.source_caption,
@@ -98,7 +98,10 @@ pub async fn text_diff(mut run: Run<'_>, request: TextDiffRequest) -> Result<Ima
     let embeds = slerp_rows(&z_image, &direction, &thetas)?;
 
     let side = gw.infos.decoder.decoder_image_size;
-    let x0 = images::to_model_range(&images::square_rgb(&image, side));
+    let x0 = images::off_the_runtime(move || {
+        Ok(images::to_model_range(&images::square_rgb(&image, side)))
+    })
+    .await?;
     let z_tensor = Tensor::from_array(&z_image.index_axis(Axis(0), 0).insert_axis(Axis(0)));
     let noise = invert(
         &mut run,
@@ -119,7 +122,10 @@ pub async fn text_diff(mut run: Run<'_>, request: TextDiffRequest) -> Result<Ima
             )
         })
         .await?;
-    let animation = images::animated_png(&pngs, delay)?;
+    let animation = {
+        let frames = pngs.clone();
+        images::off_the_runtime(move || images::animated_png(&frames, delay)).await?
+    };
     let mut response = run.respond(pngs, seeds, Some(thetas), seed);
     response.animation = animation.into();
     response.animation_mime_type = "image/apng".into();

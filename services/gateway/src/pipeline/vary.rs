@@ -20,7 +20,7 @@ pub const DEFAULT_ETA: f32 = 0.8;
 pub async fn vary(mut run: Run<'_>, request: VaryRequest) -> Result<ImagesResponse> {
     let gw = run.gw;
     let limits = gw.limits;
-    let image = images::decode("image", &request.image, limits.image)?;
+    let image = images::decode_upload("image", &request.image, limits.image).await?;
     let n = validate::num_images(request.num_images, limits.max_images)?;
     let mode = VariationMode::try_from(request.mode)
         .map_err(|_| Error::invalid("mode", format!("unknown value {}", request.mode)))?;
@@ -48,7 +48,10 @@ pub async fn vary(mut run: Run<'_>, request: VaryRequest) -> Result<ImagesRespon
     let image_embeds = run.image_embedding(&request.image).await?;
     let init_noise = if anchored {
         let side = gw.infos.decoder.decoder_image_size;
-        let x0 = images::to_model_range(&images::square_rgb(&image, side));
+        let x0 = images::off_the_runtime(move || {
+            Ok(images::to_model_range(&images::square_rgb(&image, side)))
+        })
+        .await?;
         let noise = invert(
             &mut run,
             x0,

@@ -23,6 +23,7 @@ use unclip_proto::v1::{
 };
 use unclip_server::image_input::ImageLimits;
 
+use crate::admission::{Admission, AdmissionArgs, Estimate};
 use crate::error::RETRY_AFTER;
 use crate::layer::{Capability, Cost, Permit, Refusal, RequestContext, RequestLayer};
 use crate::pipeline::{Gateway, Limits};
@@ -165,6 +166,11 @@ fn infos() -> StageInfos {
 }
 
 async fn start() -> Harness {
+    start_with(Admission::new(AdmissionArgs::default())).await
+}
+
+/// [`start`], with `admission` after the gate.
+async fn start_with(admission: Admission) -> Harness {
     let (started_tx, started) = mpsc::unbounded_channel();
     let (dropped_tx, dropped) = mpsc::unbounded_channel();
     let clip = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -219,6 +225,7 @@ async fn start() -> Harness {
         crate::serve(
             &config,
             layer,
+            admission,
             listener,
             load,
             ready,
@@ -551,4 +558,114 @@ async fn every_capability_is_costed() {
         ]
     );
     assert!(h.started.try_recv().is_err());
+}
+
+/// Admission control through real gRPC, with one place to run and two to wait, a budget of
+/// 1000 units and a starting estimate of 10 ms per unit: a request over the budget is
+/// INVALID_ARGUMENT naming its cost; one whose deadline cannot be met given the queue ahead is
+/// DEADLINE_EXCEEDED at once (its own deadline has not passed: the message is the gateway's);
+/// past the queue a request is RESOURCE_EXHAUSTED with a retry-after hint while the others are
+/// still stuck (not a slow timeout); `/metrics` shows the queue; nothing refused reaches a
+/// stage; a client that leaves the queue frees its place.
+#[tokio::test]
+async fn admission_control_over_grpc() {
+    let admission = Admission::new(AdmissionArgs {
+        max_request_cost: 1000,
+        max_concurrent_requests: 1,
+        max_queued_requests: 2,
+    })
+    .with_estimate(Estimate {
+        seconds_per_cost: Some(0.01),
+        parallelism: 1.0,
+    });
+    let mut h = start_with(admission.clone()).await;
+
+    // 10 images × best of 3 × 49 steps.
+    let mut costly = generate("k", None);
+    costly.get_mut().num_images = Some(10);
+    let status = h.client.generate(costly).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert_eq!(
+        status.message(),
+        "cost: 10 images × best_of 3 × 49 steps = 1470, over the gateway's limit of 1000 per \
+         request"
+    );
+
+    // One runs (stuck in the stage), one waits: 294 units each.
+    let running = {
+        let mut client = h.client.clone();
+        tokio::spawn(async move { client.generate(generate("k", None)).await })
+    };
+    report(&mut h.started, "started").await;
+    let waiting = {
+        let mut client = h.client.clone();
+        tokio::spawn(async move { client.generate(generate("k", None)).await })
+    };
+    wait_for(|| admission.snapshot().queued == 1).await;
+
+    // Ahead: 294 queued + 147 (half of what runs) = 441 units = 4.41 s, then 2.94 s to run.
+    let status = h
+        .client
+        .generate(generate("k", Some(Duration::from_secs(5))))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(
+        status.message().starts_with("the deadline cannot be met"),
+        "{status:?}"
+    );
+
+    let third = {
+        let mut client = h.client.clone();
+        tokio::spawn(async move { client.generate_stream(generate("k", None)).await })
+    };
+    wait_for(|| admission.snapshot().queued == 2).await;
+    let status = h.client.generate(generate("k", None)).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains("1 requests running"),
+        "{status:?}"
+    );
+    // (294 + 294 + 147) units at 10 ms each, rounded up.
+    assert_eq!(status.metadata().get(RETRY_AFTER).unwrap(), "8");
+
+    let scrape = unclip_testkit::scrape(&h.address.to_string()).await;
+    scrape.assert_openmetrics();
+    for (series, value) in [
+        ("unclip_gateway_requests_in_flight", 1.0),
+        ("unclip_gateway_queue_depth", 2.0),
+        ("unclip_gateway_shed_total{reason=\"cost\"}", 1.0),
+        ("unclip_gateway_shed_total{reason=\"deadline\"}", 1.0),
+        ("unclip_gateway_shed_total{reason=\"queue_full\"}", 1.0),
+        ("unclip_gateway_queue_wait_seconds_count", 1.0),
+    ] {
+        assert_eq!(scrape.value(series), value, "{series}");
+    }
+    assert!(
+        h.started.try_recv().is_err(),
+        "only the first reached a stage"
+    );
+
+    // A client that leaves the queue frees its place.
+    third.abort();
+    waiting.abort();
+    wait_for(|| admission.snapshot().queued == 0).await;
+    running.abort();
+    report(&mut h.dropped, "was cancelled").await;
+    wait_for(|| admission.snapshot().in_flight == 0).await;
+    let stats = stats(&mut h.client).await;
+    assert_eq!(stats.requests["generate invalid_argument"], 1);
+    assert_eq!(stats.requests["generate deadline_exceeded"], 1);
+    assert_eq!(stats.requests["generate resource_exhausted"], 1);
+}
+
+/// Waits up to 5 s for `condition`.
+async fn wait_for(condition: impl Fn() -> bool) {
+    for _ in 0..500 {
+        if condition() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the condition did not come true within 5 s");
 }
