@@ -118,6 +118,7 @@ impl Call {
             Command::Stats => Call::Stats,
             Command::Bench(args) => Call::Bench(args.clone()),
             Command::Stack(_) => anyhow::bail!("`stack` is not a gateway call"),
+            Command::Soak(_) => anyhow::bail!("`soak` is not a gateway call"),
         })
     }
 

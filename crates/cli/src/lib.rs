@@ -9,6 +9,7 @@
 //! | [`output`] | output file names, printed lines, the `info` and `stats` reports |
 //! | [`stack`] | `--local` and `unclip stack`: a [`unclip_stack::LocalStack`] with the gateway |
 //! | [`bench`] | `unclip bench`: a load test of Generate, as a table or JSON |
+//! | [`soak`] | `unclip soak`: mixed traffic against a local stack, memory and files watched |
 //!
 //! Every capability command reads its input files and checks its output folder before anything
 //! starts, calls the gateway (one started with `--local`, or the one at `--gateway`), shows a
@@ -21,6 +22,7 @@ pub mod client;
 pub mod commands;
 pub mod output;
 pub mod progress;
+pub mod soak;
 pub mod stack;
 
 use std::process::ExitCode;
@@ -58,6 +60,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let Cli { global, command } = cli;
     if let Command::Stack(args) = &command {
         return stack::run(&global, args).await;
+    }
+    if let Command::Soak(args) = &command {
+        return soak::run(&global, args).await;
     }
     // Inputs first: a missing file fails before any service starts.
     let call = Call::prepare(&command)?;

@@ -1,7 +1,7 @@
 //! The gRPC serving skeleton every unCLIP service shares, with no model in it: serving on a
 //! bound listener until a shutdown future resolves, health, reflection, message limits,
-//! `GET /metrics`, logging, signal handling and image input limits. The gateway uses it as it
-//! is; the three stage services use it through `unclip-model-server`, which adds the ONNX
+//! `GET /metrics`, logging, signal handling and image and text input checks. The gateway uses
+//! it as it is; the three stage services use it through `unclip-model-server`, which adds the ONNX
 //! Runtime flags, model loading and the model errors. Nothing here depends on ONNX Runtime.
 //!
 //! | module | what |
@@ -12,6 +12,7 @@
 //! | [`grpc`] | message limits, health and reflection services, the listener stream |
 //! | [`metrics`] | `GET /metrics` (OpenMetrics text) beside gRPC on the service's port |
 //! | [`image_input`] | decoding uploaded images within byte and side limits |
+//! | [`text_input`] | prompts that say nothing (only white space, control or format characters) |
 //!
 //! # How a service uses it
 //!
@@ -45,6 +46,7 @@ pub mod logging;
 pub mod metrics;
 pub mod serve;
 pub mod shutdown;
+pub mod text_input;
 
 pub use serve::{ServeArgs, ServeConfig, Slot, serve};
 pub use shutdown::shutdown_signal;
