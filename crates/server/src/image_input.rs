@@ -1,5 +1,7 @@
 //! Encoded images arriving in requests: PNG/JPEG/WebP bytes to 8-bit RGB, within size limits,
-//! with errors worded to follow the field name in an INVALID_ARGUMENT message.
+//! with errors worded to follow the field name in an INVALID_ARGUMENT message. The header is read
+//! before anything is decoded, so a decompression bomb (a small file declaring a huge image) is
+//! refused at the cost of reading a few bytes, and decoding runs under a memory limit.
 
 use std::io::Cursor;
 
