@@ -174,6 +174,11 @@ pub enum Command {
     /// API keys for a gateway's --api-keys file.
     #[command(subcommand)]
     ApiKey(ApiKeyCommand),
+
+    /// A soak test: a local stack (2 replicas per stage) under mixed traffic for --minutes,
+    /// with every process's memory and open files sampled; fails on unexpected errors, growing
+    /// file descriptors or (runs of 4 minutes or more) RSS growth over 10 % after 2 minutes.
+    Soak(SoakArgs),
 }
 
 /// `unclip api-key ...`.
@@ -197,6 +202,7 @@ pub struct NewKeyArgs {
     /// Most images this key may make per minute (a token bucket).
     #[arg(long)]
     pub images_per_minute: Option<u32>,
+
 }
 
 /// Decoder and upsampler settings (unset: the model's defaults).
@@ -557,6 +563,44 @@ pub struct OpenLoopArgs {
     /// Sample this process's RSS (e.g. the gateway's PID) from /proc during the open loop.
     #[arg(long, value_name = "PID")]
     pub watch_pid: Option<u32>,
+}
+
+/// The flags of `soak`.
+#[derive(Debug, Clone, Args)]
+pub struct SoakArgs {
+    /// The model repository every service loads (default: --local's).
+    #[arg(long, env = "UNCLIP_MODEL", value_name = "MODEL_DIR")]
+    pub model: Option<PathBuf>,
+
+    /// How long to send traffic, in minutes (fractions allowed).
+    #[arg(long, default_value_t = 10.0, value_parser = positive_minutes)]
+    pub minutes: f64,
+
+    /// Clients sending at once.
+    #[arg(long, default_value_t = 4, value_parser = at_least_one)]
+    pub clients: usize,
+
+    /// Seconds between two samples of every process's RSS and open file descriptors.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    pub sample_secs: u64,
+
+    /// Denoising steps of the prior, the decoder and each upsampler in every request.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(2..=1000))]
+    pub steps: u32,
+
+    /// Processes per stage.
+    #[arg(long, value_parser = parse_replicas, default_value = "clip=2,prior=2,decoder=2")]
+    pub replicas: StageReplicas,
+}
+
+/// A positive number of minutes.
+fn positive_minutes(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(m) if m.is_finite() && m > 0.0 => Ok(m),
+        _ => Err(format!(
+            "must be a positive number of minutes, got {text:?}"
+        )),
+    }
 }
 
 /// A count of 1 or more.

@@ -117,6 +117,7 @@ impl Call {
             Command::Bench(args) => Call::Bench(args.clone()),
             Command::Stack(_) => anyhow::bail!("`stack` is not a gateway call"),
             Command::ApiKey(_) => anyhow::bail!("`api-key` is not a gateway call"),
+            Command::Soak(_) => anyhow::bail!("`soak` is not a gateway call"),
         })
     }
 

@@ -10,6 +10,7 @@
 //! | [`stack`] | `--local` and `unclip stack`: a [`unclip_stack::LocalStack`] with the gateway |
 //! | [`bench`] | `unclip bench`: a load test of Generate, as a table or JSON |
 //! | [`keys`] | `unclip api-key new`: a random key and its `--api-keys` line |
+//! | [`soak`] | `unclip soak`: mixed traffic against a local stack, memory and files watched |
 //!
 //! Every capability command reads its input files and checks its output folder before anything
 //! starts, calls the gateway (one started with `--local`, or the one at `--gateway`), shows a
@@ -23,6 +24,7 @@ pub mod commands;
 pub mod keys;
 pub mod output;
 pub mod progress;
+pub mod soak;
 pub mod stack;
 
 use std::process::ExitCode;
@@ -63,6 +65,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     if let Command::ApiKey(args::ApiKeyCommand::New(args)) = &command {
         return keys::print_new(args);
+    }
+    if let Command::Soak(args) = &command {
+        return soak::run(&global, args).await;
     }
     // Inputs first: a missing file fails before any service starts.
     let call = Call::prepare(&command)?;

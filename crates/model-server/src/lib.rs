@@ -40,7 +40,9 @@ pub mod serve;
 pub mod steps;
 pub mod validate;
 
-pub use unclip_server::{ServeArgs, ServeConfig, image_input, logging, shutdown_signal};
+pub use unclip_server::{
+    ServeArgs, ServeConfig, image_input, logging, shutdown_signal, text_input,
+};
 
 pub use args::RuntimeArgs;
 pub use error::ServiceError;

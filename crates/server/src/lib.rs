@@ -1,7 +1,7 @@
 //! The gRPC serving skeleton every unCLIP service shares, with no model in it: serving on a
 //! bound listener until a shutdown future resolves, health, reflection, message limits,
-//! `GET /metrics`, logging, signal handling and image input limits. The gateway uses it as it
-//! is; the three stage services use it through `unclip-model-server`, which adds the ONNX
+//! `GET /metrics`, logging, signal handling and image and text input checks. The gateway uses
+//! it as it is; the three stage services use it through `unclip-model-server`, which adds the ONNX
 //! Runtime flags, model loading and the model errors. Nothing here depends on ONNX Runtime.
 //!
 //! | module | what |
@@ -14,6 +14,7 @@
 //! | [`tls`] | TLS and mutual TLS on the listener, reloaded while serving |
 //! | [`reload`] | reloading files on SIGHUP and on change (TLS files, the gateway's API keys) |
 //! | [`image_input`] | decoding uploaded images within byte and side limits |
+//! | [`text_input`] | prompts that say nothing (only white space, control or format characters) |
 //!
 //! # How a service uses it
 //!
@@ -49,6 +50,7 @@ pub mod reload;
 pub mod serve;
 pub mod shutdown;
 pub mod tls;
+pub mod text_input;
 
 pub use serve::{ServeArgs, ServeConfig, Slot, serve};
 pub use shutdown::shutdown_signal;

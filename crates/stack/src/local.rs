@@ -441,6 +441,17 @@ impl LocalStack {
         self.first(stage).child.id()
     }
 
+    /// Every running process of the stack with its id: the stage replicas in pipeline order,
+    /// then the gateway and Redis.
+    pub fn processes(&self) -> Vec<(LocalProcess, u32)> {
+        self.stages
+            .iter()
+            .chain(&self.gateway)
+            .chain(&self.redis)
+            .filter_map(|service| Some((service.process, service.child.id()?)))
+            .collect()
+    }
+
     /// The last lines the first replica of `stage` printed.
     pub fn output(&self, stage: Stage) -> String {
         self.first(stage).output.text()

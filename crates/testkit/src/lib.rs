@@ -12,6 +12,7 @@
 
 pub mod checks;
 pub mod fixtures;
+pub mod hostile;
 pub mod images;
 pub mod metrics;
 pub mod numeric;

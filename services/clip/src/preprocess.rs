@@ -328,7 +328,11 @@ mod tests {
         };
         assert_eq!(
             decode_rgb(&png, limits).unwrap_err(),
-            ImageError::TooLarge { limit: 8 }
+            ImageError::TooLarge {
+                width: 9,
+                height: 2,
+                limit: 8
+            }
         );
         let limits = ImageLimits {
             max_bytes: 1 << 20,

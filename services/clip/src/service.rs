@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 use unclip_model_server::info::model_info;
+use unclip_model_server::text_input::is_blank;
 use unclip_model_server::validate::batch_size;
 use unclip_model_server::{ModelSlot, ServiceError};
 use unclip_proto::v1::clip_service_server::ClipService;
@@ -65,7 +66,7 @@ impl ClipService for ClipApi {
         &self,
         request: Request<EncodeTextRequest>,
     ) -> Result<Response<EncodeTextResponse>, Status> {
-        let prompts = request.into_inner().prompts;
+        let mut prompts = request.into_inner().prompts;
         tracing::Span::current().record("prompts", prompts.len());
         batch_size("prompts", "prompts", prompts.len(), self.limits.max_batch)?;
         if let Some((i, p)) = prompts
@@ -82,6 +83,13 @@ impl ClipService for ClipApi {
                 ),
             )
             .into());
+        }
+        // Only white space, control or format characters: the empty (unconditional) prompt,
+        // not a sequence of byte tokens the model never saw.
+        for prompt in &mut prompts {
+            if is_blank(prompt) {
+                prompt.clear();
+            }
         }
         let model = self.model()?;
         let encoding = model.encode_text(prompts).await?;

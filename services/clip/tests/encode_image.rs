@@ -165,7 +165,7 @@ async fn refuses_bad_images() {
     assert_status(
         encode(&server, vec![wide]).await,
         Code::InvalidArgument,
-        "images[0]: is larger than the limit of 100 pixels on a side",
+        "images[0]: declares 101x10 pixels, the limit is 100 on a side",
     );
     let heavy = encoded(
         &image::DynamicImage::ImageRgb8(noise(90, 90)),

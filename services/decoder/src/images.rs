@@ -12,10 +12,11 @@ use ndarray::{Array3, Array4, ArrayView3, ArrayView4, Axis};
 use unclip_model_server::ServiceError;
 use unclip_sampler::pixels::{hwc_bytes_to_nchw, nchw_to_hwc_bytes};
 
-pub use unclip_model_server::image_input::{ImageError, ImageLimits, decode_rgb};
+pub use unclip_model_server::image_input::{ImageError, ImageLimits, decode_rgb, dimensions};
 
 /// Decodes one image (field `field`) that must be `side`² pixels into `[3, side, side]` model
-/// range. `what` names where `side` comes from.
+/// range. `what` names where `side` comes from. The size is checked from the header first, so
+/// an image of the wrong size is refused before any of it is decoded.
 pub fn decode_image(
     field: &str,
     bytes: &[u8],
@@ -23,18 +24,25 @@ pub fn decode_image(
     what: &str,
     limits: ImageLimits,
 ) -> Result<Array3<f32>, ServiceError> {
-    let rgb = decode_rgb(bytes, limits).map_err(|e| ServiceError::invalid(field, e))?;
-    if rgb.width() as usize != side || rgb.height() as usize != side {
-        return Err(ServiceError::invalid(
+    let check_size = |width: u32, height: u32| {
+        if width as usize == side && height as usize == side {
+            return Ok(());
+        }
+        Err(ServiceError::invalid(
             field,
             ImageError::Size {
                 expected: side,
                 what: what.to_string(),
-                width: rgb.width(),
-                height: rgb.height(),
+                width,
+                height,
             },
-        ));
-    }
+        ))
+    };
+    let (_, width, height) =
+        dimensions(bytes, limits).map_err(|e| ServiceError::invalid(field, e))?;
+    check_size(width, height)?;
+    let rgb = decode_rgb(bytes, limits).map_err(|e| ServiceError::invalid(field, e))?;
+    check_size(rgb.width(), rgb.height())?;
     let hwc = ArrayView3::from_shape((side, side, 3), rgb.as_raw())
         .expect("an RGB image is height x width x 3 bytes");
     Ok(hwc_bytes_to_nchw(&hwc).index_axis_move(Axis(0), 0))

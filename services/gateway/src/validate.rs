@@ -9,10 +9,17 @@ use crate::pipeline::CascadeSettings;
 /// Largest guidance scale accepted (the stage services' limit).
 pub const MAX_GUIDANCE_SCALE: f32 = 100.0;
 
-/// A prompt: not empty or only white space, at most `max_chars` characters.
+/// A prompt: not empty, not only white space, control or format characters (Unicode Cc/Cf,
+/// e.g. "\u{200b}\u{7}"), at most `max_chars` characters.
 pub fn prompt(field: &str, value: &str, max_chars: u32) -> Result<String> {
-    if value.trim().is_empty() {
+    if value.is_empty() {
         return Err(Error::invalid(field, "must not be empty"));
+    }
+    if unclip_server::text_input::is_blank(value) {
+        return Err(Error::invalid(
+            field,
+            "must not be empty (it has only white space, control or format characters)",
+        ));
     }
     let chars = value.chars().count();
     if chars > max_chars as usize {
@@ -181,8 +188,17 @@ mod tests {
     #[test]
     fn prompts() {
         assert_eq!(prompt("prompt", "a cat", 10).unwrap(), "a cat");
-        let e = prompt("prompt", "  ", 10).unwrap_err();
+        let e = prompt("prompt", "", 10).unwrap_err();
         assert_eq!(e.to_string(), "prompt: must not be empty");
+        for blank in ["  ", "\u{200b}\u{7}", "\u{feff}\n\u{202e}"] {
+            let e = prompt("prompt", blank, 10).unwrap_err();
+            assert!(
+                e.to_string().starts_with("prompt: must not be empty ("),
+                "{blank:?}: {e}"
+            );
+        }
+        // A negative prompt of only format characters is not "none": it is refused.
+        assert!(optional_prompt("negative_prompt", "\u{200b}", 4).is_err());
         let e = prompt("prompt", "ééééé", 4).unwrap_err();
         assert_eq!(
             e.to_string(),
