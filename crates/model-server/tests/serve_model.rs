@@ -53,6 +53,7 @@ impl StageModel for Toy {
                 calls: 3,
                 runs: 2,
                 rows: 5,
+                run_nanos: 1_500_000_000,
             },
         )]
     }

@@ -11,6 +11,7 @@ use unclip_proto::v1::{
     EncodeImageRequest, EncodeImageResponse, EncodeTextRequest, EncodeTextResponse, GetInfoRequest,
     ModelInfo, RequestLimits,
 };
+use unclip_runtime::ComputeMeter;
 
 use crate::model::ClipModel;
 use crate::preprocess::ImageLimits;
@@ -84,9 +85,11 @@ impl ClipService for ClipApi {
             .into());
         }
         let model = self.model()?;
-        let encoding = model.encode_text(prompts).await?;
+        let meter = ComputeMeter::new();
+        let encoding = meter.measure(model.encode_text(prompts)).await?;
         Ok(Response::new(EncodeTextResponse {
             encoding: Some(encoding),
+            compute_seconds: meter.seconds(),
         }))
     }
 
@@ -107,9 +110,13 @@ impl ClipService for ClipApi {
             .into());
         }
         batch_size("images", "images", images.len(), self.limits.max_batch)?;
-        let embeds = model.encode_image(images, self.limits.image).await?;
+        let meter = ComputeMeter::new();
+        let embeds = meter
+            .measure(model.encode_image(images, self.limits.image))
+            .await?;
         Ok(Response::new(EncodeImageResponse {
             image_embeds: Some(embeds),
+            compute_seconds: meter.seconds(),
         }))
     }
 

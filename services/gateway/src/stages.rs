@@ -14,9 +14,10 @@ use unclip_proto::v1::clip_service_client::ClipServiceClient;
 use unclip_proto::v1::decoder_service_client::DecoderServiceClient;
 use unclip_proto::v1::prior_service_client::PriorServiceClient;
 use unclip_proto::v1::{
-    DecodeRequest, DecodeResponse, EncodeImageRequest, EncodeTextRequest, GetInfoRequest,
-    InvertRequest, InvertResponse, ModelInfo, PriorSampleRequest, PriorSampleResponse, ReplicaInfo,
-    StageTiming, Tensor, TextEncoding, UpsampleRequest, UpsampleResponse,
+    DecodeRequest, DecodeResponse, EncodeImageRequest, EncodeImageResponse, EncodeTextRequest,
+    EncodeTextResponse, GetInfoRequest, InvertRequest, InvertResponse, ModelInfo,
+    PriorSampleRequest, PriorSampleResponse, ReplicaInfo, StageTiming, Tensor, TextEncoding,
+    UpsampleRequest, UpsampleResponse,
 };
 use unclip_replicas::{ReplicaConfig, ReplicaSet, request};
 
@@ -226,7 +227,8 @@ impl Stages {
         self.call_seconds.clone()
     }
 
-    /// One call of `stage` on its replicas, with its timing.
+    /// One call of `stage` on its replicas, with its timing (the wall time and the stage's
+    /// own report of its ONNX Runtime time).
     async fn timed<T, F, Fut>(
         &self,
         stage: Stage,
@@ -234,6 +236,7 @@ impl Stages {
         f: F,
     ) -> Result<(T, StageTiming)>
     where
+        T: ComputeSeconds,
         F: FnMut(Channel, Option<Duration>) -> Fut,
         Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
     {
@@ -251,6 +254,7 @@ impl Stages {
             seconds: answered.elapsed.as_secs_f64(),
             cached: false,
             replica: answered.replica,
+            compute_seconds: answered.value.compute_seconds(),
         };
         Ok((answered.value, timing))
     }
@@ -333,6 +337,7 @@ impl Stages {
     ) -> Result<(R, StageTiming)>
     where
         M: Clone,
+        R: ComputeSeconds,
         E: StepEvent<Result = R>,
         U: Fn(C, tonic::Request<M>) -> UF,
         UF: Future<Output = std::result::Result<tonic::Response<R>, tonic::Status>>,
@@ -437,3 +442,28 @@ async fn info_of(stage: &str, channel: Channel, deadline: Instant) -> anyhow::Re
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A stage response's report of the seconds its call spent inside ONNX Runtime.
+pub trait ComputeSeconds {
+    /// The response's `compute_seconds`.
+    fn compute_seconds(&self) -> f64;
+}
+
+macro_rules! compute_seconds {
+    ($($response:ty),* $(,)?) => {
+        $(impl ComputeSeconds for $response {
+            fn compute_seconds(&self) -> f64 {
+                self.compute_seconds
+            }
+        })*
+    };
+}
+
+compute_seconds!(
+    EncodeTextResponse,
+    EncodeImageResponse,
+    PriorSampleResponse,
+    DecodeResponse,
+    UpsampleResponse,
+    InvertResponse,
+);
