@@ -88,6 +88,54 @@ pub struct Report {
     pub latency_ms: Option<Latency>,
     /// Per kind of stage call, in name order.
     pub stages: BTreeMap<String, StageFigures>,
+    /// ONNX Runtime compute against wall time; `None` when nothing succeeded.
+    pub overhead: Option<Overhead>,
+}
+
+/// How much of a request's time the stages spent inside ONNX Runtime's `Session::run`, from
+/// the `compute_seconds` of the successful requests' stage timings.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Overhead {
+    /// Summed ONNX Runtime seconds of every stage call, per image.
+    pub ort_seconds_per_image: f64,
+    /// Summed request latencies (send to answer), per image.
+    pub wall_seconds_per_image: f64,
+    /// `wall_seconds_per_image / ort_seconds_per_image`: 1.0 would be no overhead at all. With
+    /// one client it is the stack's own cost (gRPC hops, copies, sampler arithmetic, PNG
+    /// encoding); with several, queueing and shared cores add to it.
+    pub wall_over_ort: f64,
+}
+
+impl Overhead {
+    /// The figures of `samples`; `None` when none succeeded or none reported compute.
+    pub fn of(samples: &[Sample]) -> Option<Self> {
+        let (mut ort, mut wall, mut images) = (0.0, 0.0, 0usize);
+        for sample in samples {
+            let Ok(response) = &sample.outcome else {
+                continue;
+            };
+            ort += response
+                .timings
+                .iter()
+                .map(|t| t.compute_seconds)
+                .sum::<f64>();
+            wall += sample.latency.as_secs_f64();
+            images += response.images.len();
+        }
+        (images > 0 && ort > 0.0).then(|| Overhead {
+            ort_seconds_per_image: ort / images as f64,
+            wall_seconds_per_image: wall / images as f64,
+            wall_over_ort: wall / ort,
+        })
+    }
+
+    /// The table line.
+    fn line(&self) -> String {
+        format!(
+            "compute     {:.4} s ONNX Runtime per image, {:.4} s wall per image, wall/ORT {:.3}",
+            self.ort_seconds_per_image, self.wall_seconds_per_image, self.wall_over_ort
+        )
+    }
 }
 
 /// Nearest-rank percentile `q` (0..=1) of `sorted` (ascending, non-empty).
@@ -153,6 +201,7 @@ impl Report {
             },
             latency_ms,
             stages,
+            overhead: Overhead::of(samples),
         }
     }
 
@@ -173,6 +222,9 @@ impl Report {
                 "latency ms  mean {:.0}  p50 {:.0}  p90 {:.0}  p99 {:.0}  max {:.0}",
                 l.mean, l.p50, l.p90, l.p99, l.max
             ));
+        }
+        if let Some(o) = &self.overhead {
+            lines.push(o.line());
         }
         lines.push("stage calls (mean seconds per call; cache hits apart):".into());
         for (stage, f) in &self.stages {
@@ -315,6 +367,7 @@ mod tests {
             seconds,
             cached,
             replica: String::new(),
+            compute_seconds: if cached { 0.0 } else { seconds / 2.0 },
         }
     }
 
@@ -357,6 +410,21 @@ mod tests {
         let prior = &report.stages["prior.sample"];
         assert_eq!((prior.calls, prior.cached), (9, 1));
         assert!((prior.mean_seconds - 6.0).abs() < 1e-9, "{prior:?}");
+        // Compute is half of each stage call (2..=10 s, 54 in all) over 10 images; the
+        // latencies add up to 5.5 s.
+        let overhead = report.overhead.unwrap();
+        assert!(
+            (overhead.ort_seconds_per_image - 2.7).abs() < 1e-9,
+            "{overhead:?}"
+        );
+        assert!(
+            (overhead.wall_seconds_per_image - 0.55).abs() < 1e-9,
+            "{overhead:?}"
+        );
+        assert!(
+            (overhead.wall_over_ort - 5.5 / 27.0).abs() < 1e-9,
+            "{overhead:?}"
+        );
         let table = report.table();
         assert!(table.contains("throughput  5.00 images/s"), "{table}");
         assert!(

@@ -405,12 +405,14 @@ mod tests {
                     seconds: 0.0,
                     cached: true,
                     replica: String::new(),
+                    compute_seconds: 0.0,
                 },
                 StageTiming {
                     stage: "prior.sample".into(),
                     seconds: 0.25,
                     cached: false,
                     replica: "http://127.0.0.1:1".into(),
+                    compute_seconds: 0.2,
                 },
             ],
             ..Default::default()

@@ -57,6 +57,7 @@ fn events<T>(request: &Request<T>, seed: Option<u64>, count: u32, frames: bool) 
             seconds: 0.5,
             cached: false,
             replica: "http://127.0.0.1:1".into(),
+            compute_seconds: 0.4,
         }],
         model_id: if deadline {
             "with-deadline"

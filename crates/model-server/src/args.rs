@@ -3,7 +3,9 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use unclip_runtime::{Device, SessionConfig};
+use unclip_runtime::{
+    Device, Environment, SessionConfig, ThreadBudget, ThreadPool, init_environment_with,
+};
 
 /// How ONNX Runtime is loaded and runs the graphs.
 #[derive(Debug, Clone, Args)]
@@ -19,8 +21,26 @@ pub struct RuntimeArgs {
     #[arg(long, env = "UNCLIP_DEVICE", default_value = "cpu")]
     pub device: Device,
 
-    /// ONNX Runtime intra-op threads per graph session; 0 lets ONNX Runtime choose (one per
-    /// physical core).
+    /// Threads this service's graphs compute on, together: the size of the one ONNX Runtime
+    /// thread pool all its sessions share; 0 takes the cores the process may use (its CPU
+    /// affinity and cgroup CPU quota). `unclip stack` gives each stage its share.
+    #[arg(long, env = "UNCLIP_THREADS", default_value_t = 0)]
+    pub threads: usize,
+
+    /// shared: one thread pool for all the service's sessions, sized by --threads; per-session:
+    /// each session its own pool of --intra-threads (the behaviour before budgets, for
+    /// comparison).
+    #[arg(long, env = "UNCLIP_THREAD_POOL", default_value = "shared")]
+    pub thread_pool: ThreadPool,
+
+    /// Let idle ONNX Runtime pool threads spin (busy-wait) for work instead of sleeping:
+    /// ONNX Runtime's own default, slightly quicker for a lone caller, but it burns the
+    /// cores other stages and requests need.
+    #[arg(long, env = "UNCLIP_ORT_SPIN")]
+    pub spin: bool,
+
+    /// Intra-op threads of each graph session's own pool; 0 uses the shared pool (with
+    /// --thread-pool per-session: lets ONNX Runtime choose, one per physical core).
     #[arg(long, env = "UNCLIP_INTRA_THREADS", default_value_t = 0)]
     pub intra_threads: usize,
 
@@ -48,9 +68,27 @@ impl RuntimeArgs {
             device: self.device,
             intra_threads: self.intra_threads,
             inter_threads: self.inter_threads,
+            spin: self.spin,
             queue_capacity: self.queue_depth,
             max_batch_rows: self.max_batch_rows,
         }
+    }
+}
+
+impl RuntimeArgs {
+    /// The process's compute budget these flags describe.
+    pub fn thread_budget(&self) -> ThreadBudget {
+        ThreadBudget {
+            threads: self.threads,
+            pool: self.thread_pool,
+            spin: self.spin,
+        }
+    }
+
+    /// Loads ONNX Runtime (`--ort-library`) and builds the process's environment with its
+    /// thread budget.
+    pub fn init_environment(&self) -> unclip_runtime::Result<Environment> {
+        init_environment_with(self.ort_library.as_deref(), &self.thread_budget())
     }
 }
 
@@ -59,6 +97,9 @@ impl Default for RuntimeArgs {
         Self {
             ort_library: None,
             device: Device::Cpu,
+            threads: 0,
+            thread_pool: ThreadPool::Shared,
+            spin: false,
             intra_threads: 0,
             inter_threads: 0,
             queue_depth: 64,

@@ -1,14 +1,19 @@
 //! The `/metrics` of a stage service: readiness and each graph executor's counters, on top of
 //! [`unclip_server::metrics`] (re-exported here, so a service needs one import).
 
+use std::sync::atomic::AtomicU64;
+
 use unclip_runtime::ExecutorStats;
+use unclip_server::metrics::prometheus_client::metrics::counter::Counter;
+use unclip_server::metrics::prometheus_client::metrics::family::Family;
 pub use unclip_server::metrics::*;
 
 use crate::serve::{ModelSlot, StageModel};
 
 /// The metrics of a stage service: `unclip_stage_ready` (1 once the model serves), and per
 /// graph its executor's calls, runs (fewer than calls when calls were stacked) and rows, as
-/// [`StageModel::graphs`] lists them for the loaded model.
+/// [`StageModel::graphs`] lists them for the loaded model, and the seconds its runs spent
+/// inside ONNX Runtime (`unclip_stage_graph_run_seconds_total`).
 pub fn graph_metrics<M: StageModel>(slot: ModelSlot<M>) -> Metrics {
     Metrics::new(move |registry| {
         let model = slot.get().ok();
@@ -53,6 +58,15 @@ pub fn graph_metrics<M: StageModel>(slot: ModelSlot<M>) -> Metrics {
                 "1 when the graph's executor thread has stopped (health is then NOT_SERVING).",
                 |s| i64::from(s.stopped),
             )],
+        );
+        let run_seconds = Family::<Labels, Counter<f64, AtomicU64>>::default();
+        for (labels, s) in &stats {
+            run_seconds.get_or_create(labels).inc_by(s.run_seconds());
+        }
+        registry.register(
+            "unclip_stage_graph_run_seconds",
+            "Seconds inside ONNX Runtime's Session::run, per graph.",
+            run_seconds,
         );
     })
 }

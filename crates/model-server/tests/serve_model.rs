@@ -58,6 +58,7 @@ impl StageModel for Toy {
                 runs: 2,
                 rows: 5,
                 stopped: self.stopped.load(std::sync::atomic::Ordering::SeqCst),
+                run_nanos: 1_500_000_000,
             },
         )]
     }

@@ -87,11 +87,16 @@ impl Device {
 pub struct SessionConfig {
     /// Where the graphs run.
     pub device: Device,
-    /// Threads inside one operator (ONNX Runtime's intra-op pool), per session; 0 lets ONNX
-    /// Runtime choose (one per physical core).
+    /// Threads inside one operator for this session alone (its own intra-op pool); 0 uses the
+    /// process's shared pool ([`crate::ThreadBudget`]), or, in a process without one, lets
+    /// ONNX Runtime choose (one per physical core).
     pub intra_threads: usize,
     /// Threads running independent branches of a graph; 0 or 1 runs operators sequentially.
     pub inter_threads: usize,
+    /// Whether this session's own pools (intra-op when `intra_threads` > 0 or the process has
+    /// no shared pool, inter-op when `inter_threads` > 1) spin while idle; ONNX Runtime's
+    /// default is to spin.
+    pub spin: bool,
     /// Requests that may wait for one executor before new ones are refused.
     pub queue_capacity: usize,
     /// Most rows of one graph run when the executor stacks queued calls (from different
@@ -122,6 +127,7 @@ impl Default for SessionConfig {
             device: Device::Cpu,
             intra_threads: 0,
             inter_threads: 0,
+            spin: false,
             queue_capacity: 64,
             max_batch_rows: 0,
         }

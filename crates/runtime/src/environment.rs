@@ -10,6 +10,10 @@
 //! ONNX Runtime allows one environment per process, ever (even after the first is dropped), so
 //! the environment lives in a static and every caller (several services in one test process,
 //! say) shares it. Asking for a different library once one is loaded is an error.
+//!
+//! The environment also holds the process's [`ThreadBudget`]: with a shared pool, ONNX
+//! Runtime's global thread pool, which every session built in it uses unless it asks for its
+//! own ([`crate::SessionConfig::intra_threads`] > 0). The first caller's budget wins.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -17,14 +21,15 @@ use std::sync::Mutex;
 use ort::environment::Environment;
 
 use crate::error::{Result, RuntimeError};
+use crate::threads::{ThreadBudget, ThreadPool};
 
 /// The environment variable naming the library (also read by the services' `--ort-library`).
 pub const LIBRARY_ENV: &str = "UNCLIP_ORT_LIBRARY";
 /// ort's own variable, the fallback.
 pub const ORT_DYLIB_ENV: &str = "ORT_DYLIB_PATH";
 
-/// The loaded library's path and the one environment.
-static LOADED: Mutex<Option<(PathBuf, Environment)>> = Mutex::new(None);
+/// The loaded library's path, the one environment and the budget it was built with.
+static LOADED: Mutex<Option<(PathBuf, Environment, ThreadBudget)>> = Mutex::new(None);
 
 /// The library to load: `explicit`, else `UNCLIP_ORT_LIBRARY`, else `ORT_DYLIB_PATH`.
 pub fn resolve_library(explicit: Option<&Path>) -> Result<PathBuf> {
@@ -45,9 +50,26 @@ pub fn resolve_library(explicit: Option<&Path>) -> Result<PathBuf> {
     )))
 }
 
-/// Loads ONNX Runtime from `library` (see [`resolve_library`]) and builds the environment, or
-/// returns the one already built from the same file.
+/// [`init_environment_with`] the default [`ThreadBudget`] (one shared pool of the available
+/// cores, not spinning).
 pub fn init_environment(library: Option<&Path>) -> Result<Environment> {
+    init_environment_with(library, &ThreadBudget::default())
+}
+
+/// The budget the process's environment was built with, once it is built.
+pub fn environment_budget() -> Option<ThreadBudget> {
+    let loaded = LOADED.lock().unwrap_or_else(|e| e.into_inner());
+    loaded.as_ref().map(|(_, _, budget)| *budget)
+}
+
+/// Whether sessions built in the process's environment share its global thread pool.
+pub(crate) fn has_shared_pool() -> bool {
+    environment_budget().is_some_and(|b| b.pool == ThreadPool::Shared)
+}
+
+/// Loads ONNX Runtime from `library` (see [`resolve_library`]) and builds the environment with
+/// `budget`, or returns the one already built from the same file (whose budget stays).
+pub fn init_environment_with(library: Option<&Path>, budget: &ThreadBudget) -> Result<Environment> {
     let path = resolve_library(library)?;
     if !path.is_file() {
         return Err(RuntimeError::Library(format!(
@@ -62,13 +84,16 @@ pub fn init_environment(library: Option<&Path>) -> Result<Environment> {
 
     // A poisoned lock only means another thread panicked mid-init; the slot is still valid.
     let mut loaded = LOADED.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((loaded_path, env)) = loaded.as_ref() {
+    if let Some((loaded_path, env, first)) = loaded.as_ref() {
         if *loaded_path != canonical {
             return Err(RuntimeError::Library(format!(
                 "this process already loaded ONNX Runtime from {}; it cannot also load {}",
                 loaded_path.display(),
                 canonical.display()
             )));
+        }
+        if first != budget {
+            tracing::debug!(?first, asked = ?budget, "ONNX Runtime is loaded: keeping its first thread budget");
         }
         return Ok(env.clone());
     }
@@ -83,12 +108,35 @@ pub fn init_environment(library: Option<&Path>) -> Result<Environment> {
             other => other.to_string(),
         })
     })?;
+    let mut builder = builder.with_name("unclip").with_telemetry(false);
+    let threads = budget.resolved_threads();
+    if budget.pool == ThreadPool::Shared {
+        let pool = shared_pool(threads, budget.spin)
+            .map_err(|e| RuntimeError::Library(format!("configuring the thread pool: {e}")))?;
+        builder = builder.with_global_thread_pool(pool);
+    }
     let env = builder
-        .with_name("unclip")
-        .with_telemetry(false)
         .build()
         .map_err(|e| RuntimeError::Library(format!("creating the environment: {e}")))?;
-    tracing::info!(library = %canonical.display(), "loaded ONNX Runtime");
-    *loaded = Some((canonical, env.clone()));
+    tracing::info!(
+        library = %canonical.display(),
+        pool = %budget.pool,
+        threads,
+        spin = budget.spin,
+        "loaded ONNX Runtime"
+    );
+    *loaded = Some((canonical, env.clone(), *budget));
     Ok(env)
+}
+
+/// The options of the process's one intra-op pool: `threads` threads (the calling thread
+/// included), spinning or not; inter-op work (parallel branches) gets one thread per core too.
+fn shared_pool(
+    threads: usize,
+    spin: bool,
+) -> ort::Result<ort::environment::GlobalThreadPoolOptions> {
+    ort::environment::GlobalThreadPoolOptions::default()
+        .with_intra_threads(threads)?
+        .with_inter_threads(threads)?
+        .with_spin_control(spin)
 }

@@ -35,6 +35,7 @@ use ort::value::Tensor;
 use tokio::sync::oneshot;
 
 use crate::batch;
+use crate::compute::ComputeMeter;
 use crate::device::SessionConfig;
 use crate::error::{Result, RuntimeError};
 use crate::manifest::{ComponentSpec, DataType, Dim};
@@ -90,6 +91,8 @@ struct Job {
     span: tracing::Span,
     /// When the job was queued (for the queue-wait log).
     queued: Instant,
+    /// The caller's meter, credited with this job's share of the run time.
+    meter: Option<ComputeMeter>,
 }
 
 /// What an executor has done since it started.
@@ -104,6 +107,15 @@ pub struct ExecutorStats {
     /// Whether the executor's thread has ended (it panicked outside a run, or was shut
     /// down): its session answers no more calls, so the stage is not ready.
     pub stopped: bool,
+    /// Nanoseconds inside `Session::run`, over all runs.
+    pub run_nanos: u64,
+}
+
+impl ExecutorStats {
+    /// Seconds inside `Session::run`, over all runs.
+    pub fn run_seconds(&self) -> f64 {
+        self.run_nanos as f64 * 1e-9
+    }
 }
 
 /// The counters behind [`ExecutorStats`], shared with the executor thread.
@@ -112,6 +124,7 @@ struct Counters {
     calls: AtomicU64,
     runs: AtomicU64,
     rows: AtomicU64,
+    run_nanos: AtomicU64,
 }
 
 /// A session on its own thread; see the module docs.
@@ -210,6 +223,7 @@ impl SessionExecutor {
             runs: self.counters.runs.load(Ordering::Relaxed),
             rows: self.counters.rows.load(Ordering::Relaxed),
             stopped: self.thread.as_ref().is_none_or(|t| t.is_finished()),
+            run_nanos: self.counters.run_nanos.load(Ordering::Relaxed),
         }
     }
 
@@ -323,6 +337,7 @@ impl SessionExecutor {
             reply,
             span: tracing::Span::current(),
             queued: Instant::now(),
+            meter: ComputeMeter::current(),
         };
         match sender.try_send(job) {
             Ok(()) => Ok(receiver),
@@ -509,13 +524,26 @@ impl Worker {
                 })
             })
         };
+        let total_rows = sizes.iter().sum::<usize>().max(1);
+        let credit = |meters: &[Option<ComputeMeter>], ran: Duration| {
+            let nanos = u64::try_from(ran.as_nanos()).unwrap_or(u64::MAX);
+            self.counters.run_nanos.fetch_add(nanos, Ordering::Relaxed);
+            for (meter, rows) in meters.iter().zip(&sizes) {
+                if let Some(meter) = meter {
+                    meter.add(ran.mul_f64(*rows as f64 / total_rows as f64));
+                }
+            }
+        };
         if count == 1 {
             let job = jobs.remove(0);
             let result = guarded(job.inputs, session);
+            let ran = result.as_ref().map_or(Duration::ZERO, |(_, ran)| *ran);
+            credit(std::slice::from_ref(&job.meter), ran);
             log_run(label, waited, started, 1, sizes[0], result.is_ok());
-            let _ = job.reply.send(result);
+            let _ = job.reply.send(result.map(|(outputs, _)| outputs));
             return;
         }
+        let meters: Vec<Option<ComputeMeter>> = jobs.iter_mut().map(|j| j.meter.take()).collect();
         let (inputs, replies): (Vec<Inputs>, Vec<_>) =
             jobs.into_iter().map(|j| (j.inputs, j.reply)).unzip();
         let fail = |message: String| RuntimeError::Outputs {
@@ -525,7 +553,10 @@ impl Worker {
         let result = batch::stack(inputs)
             .map_err(fail)
             .and_then(|stacked| guarded(stacked, session))
-            .and_then(|outputs| split_outputs(outputs, &sizes).map_err(fail));
+            .and_then(|(outputs, ran)| {
+                credit(&meters, ran);
+                split_outputs(outputs, &sizes).map_err(fail)
+            });
         log_run(
             label,
             waited,
@@ -580,13 +611,14 @@ fn log_run(label: &str, waited: Duration, started: Instant, jobs: usize, rows: u
     );
 }
 
-/// One `Session::run`, copying every declared output into owned arrays.
+/// One `Session::run`, copying every declared output into owned arrays; also returns the time
+/// `Session::run` itself took.
 fn run_session(
     label: &str,
     spec: &ComponentSpec,
     session: &mut Session,
     inputs: Inputs,
-) -> Result<Outputs> {
+) -> Result<(Outputs, Duration)> {
     let context = |what: &str| format!("{label}: {what}");
     let mut values: Vec<(String, SessionInputValue<'static>)> = Vec::with_capacity(inputs.len());
     for (name, data) in inputs {
@@ -609,9 +641,11 @@ fn run_session(
         };
         values.push((name, value));
     }
+    let started = Instant::now();
     let outputs = session
         .run(values)
         .map_err(|e| RuntimeError::ort(context("run"), e))?;
+    let ran = started.elapsed();
     let mut result = BTreeMap::new();
     for out in &spec.outputs {
         let value = outputs
@@ -649,8 +683,11 @@ fn run_session(
         };
         result.insert(out.name.clone(), data);
     }
-    Ok(Outputs {
-        component: label.to_string(),
-        values: result,
-    })
+    Ok((
+        Outputs {
+            component: label.to_string(),
+            values: result,
+        },
+        ran,
+    ))
 }

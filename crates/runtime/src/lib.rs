@@ -10,6 +10,8 @@
 //! | [`session`] | building sessions and checking them against the manifest |
 //! | [`executor`] | a session on its own thread behind an async, bounded queue |
 //! | [`batch`] | stacking queued calls of one graph into one run, and splitting the outputs |
+//! | [`compute`] | [`ComputeMeter`]: a request's seconds inside `Session::run` |
+//! | [`threads`] | [`ThreadBudget`]: the process's compute budget, shared by its sessions |
 //!
 //! A service opens the repository ([`ModelRepository::open`]), hashes the files it will load
 //! ([`ModelRepository::verify_files`]), initialises ONNX Runtime
@@ -17,6 +19,7 @@
 //! ([`ModelRepository::load_executor`]), whose async `run` never blocks the caller's thread.
 
 pub mod batch;
+pub mod compute;
 pub mod device;
 pub mod environment;
 pub mod error;
@@ -25,15 +28,20 @@ pub mod manifest;
 pub mod repository;
 pub mod session;
 pub mod tensors;
+pub mod threads;
 pub mod value;
 
+pub use compute::{ComputeMeter, MeterGuard};
 pub use device::{Device, GPU_BATCH_ROWS, SessionConfig};
-pub use environment::{LIBRARY_ENV, init_environment, resolve_library};
+pub use environment::{
+    LIBRARY_ENV, environment_budget, init_environment, init_environment_with, resolve_library,
+};
 pub use error::{Result, RuntimeError};
 pub use executor::{ExecutorStats, Inputs, Outputs, SessionExecutor};
 pub use manifest::{ComponentSpec, DataType, Manifest, ModelSizes};
 pub use repository::ModelRepository;
 pub use tensors::{ModelTensors, UncondText};
+pub use threads::{ThreadBudget, ThreadPool, available_cores};
 pub use value::TensorData;
 
 /// The ONNX Runtime environment type returned by [`init_environment`].

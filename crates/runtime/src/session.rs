@@ -14,6 +14,7 @@ use ort::session::builder::GraphOptimizationLevel;
 use ort::value::{TensorElementType, ValueType};
 
 use crate::device::SessionConfig;
+use crate::environment::has_shared_pool;
 use crate::error::{Result, RuntimeError};
 use crate::manifest::{ComponentSpec, Dim};
 
@@ -37,13 +38,21 @@ fn element_name(ty: TensorElementType) -> String {
 fn build(env: &Environment, path: &Path, config: &SessionConfig) -> ort::Result<Session> {
     let mut builder =
         Session::builder(env)?.with_optimization_level(GraphOptimizationLevel::Level3)?;
-    if config.intra_threads > 0 {
-        builder = builder.with_intra_threads(config.intra_threads)?;
+    // The process's shared pool (see crate::threads), unless this session asks for its own
+    // or the process has none.
+    if config.intra_threads > 0 || !has_shared_pool() {
+        builder = builder
+            .with_independent_thread_pool()?
+            .with_intra_op_spinning(config.spin)?;
+        if config.intra_threads > 0 {
+            builder = builder.with_intra_threads(config.intra_threads)?;
+        }
     }
     if config.inter_threads > 1 {
         builder = builder
             .with_parallel_execution(true)?
-            .with_inter_threads(config.inter_threads)?;
+            .with_inter_threads(config.inter_threads)?
+            .with_inter_op_spinning(config.spin)?;
     }
     let providers = config
         .device

@@ -213,6 +213,10 @@ pub struct LocalStackConfig {
     pub ort_library: Option<PathBuf>,
     /// `--intra-threads` of each stage service; `None` leaves the service's default.
     pub intra_threads: Option<usize>,
+    /// The cores to divide among the stage services, each replica getting its share as
+    /// `--threads` ([`stage_threads`]); `None` takes the cores this process may use. Not
+    /// passed when the environment sets `UNCLIP_THREADS`, which the children inherit.
+    pub cores: Option<usize>,
     /// How long the stages (and, after them, the gateway) may take to load and warm up before
     /// start-up fails.
     pub startup_timeout: Duration,
@@ -238,6 +242,7 @@ impl LocalStackConfig {
             binaries,
             ort_library: None,
             intra_threads: None,
+            cores: None,
             startup_timeout: Duration::from_secs(120),
             stop_timeout: Duration::from_secs(10),
             replicas: StageReplicas::default(),
@@ -374,7 +379,7 @@ impl LocalStack {
                     LocalProcess::Stage { stage, replica },
                     addr,
                     config.binaries.get(stage),
-                    stage_args(&config, addr),
+                    stage_args(&config, stage, addr),
                     config.stop_timeout,
                 )?);
             }
@@ -590,8 +595,20 @@ impl Drop for LocalStack {
     }
 }
 
-/// The arguments of a stage service listening on `addr`.
-fn stage_args(config: &LocalStackConfig, addr: SocketAddr) -> Vec<OsString> {
+/// The `--threads` of each replica of `stage` when `cores` are divided among the stack's
+/// services. A request runs its stages one after another, so each stage may use every core
+/// while it works, but the replicas of one stage serve different requests at the same time, so
+/// they split the cores; CLIP's encoders are a sliver of a request's compute, so CLIP gets half.
+pub fn stage_threads(stage: Stage, cores: usize, replicas: &StageReplicas) -> usize {
+    let share = match stage {
+        Stage::Clip => cores / 2,
+        Stage::Prior | Stage::Decoder => cores,
+    };
+    (share / replicas.get(stage).max(1)).max(1)
+}
+
+/// The arguments of a replica of `stage` listening on `addr`.
+fn stage_args(config: &LocalStackConfig, stage: Stage, addr: SocketAddr) -> Vec<OsString> {
     let mut args: Vec<OsString> = vec![
         "--model".into(),
         config.model.clone().into(),
@@ -606,6 +623,14 @@ fn stage_args(config: &LocalStackConfig, addr: SocketAddr) -> Vec<OsString> {
     }
     // Nothing balances over a local stack's health, so no delay before draining.
     args.extend(["--drain-delay-ms".into(), "0".into()]);
+    if std::env::var_os("UNCLIP_THREADS").is_none() {
+        let cores = config.cores.unwrap_or_else(|| {
+            // Affinity and the cgroup CPU quota included.
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        });
+        let threads = stage_threads(stage, cores, &config.replicas);
+        args.extend(["--threads".into(), threads.to_string().into()]);
+    }
     args
 }
 
@@ -1066,6 +1091,20 @@ impl Drop for LocalService {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Prior and decoder replicas split the cores among themselves, CLIP gets half, nobody 0.
+    #[test]
+    fn cores_are_divided_among_replicas() {
+        let one = StageReplicas::default();
+        assert_eq!(stage_threads(Stage::Decoder, 8, &one), 8);
+        assert_eq!(stage_threads(Stage::Prior, 8, &one), 8);
+        assert_eq!(stage_threads(Stage::Clip, 8, &one), 4);
+        assert_eq!(stage_threads(Stage::Clip, 1, &one), 1);
+        let two = "decoder=2".parse::<StageReplicas>().unwrap();
+        assert_eq!(stage_threads(Stage::Decoder, 8, &two), 4);
+        assert_eq!(stage_threads(Stage::Decoder, 1, &two), 1);
+        assert_eq!(stage_threads(Stage::Prior, 8, &two), 8);
+    }
 
     /// Replica counts parse from `stage=N` lists and print back the same way.
     #[test]

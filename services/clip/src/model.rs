@@ -13,9 +13,7 @@ use bytes::Bytes;
 use ndarray::{Array4, ArrayD, Axis};
 use unclip_model_server::{ServiceError, StageModel};
 use unclip_proto::v1::{Tensor, TextEncoding};
-use unclip_runtime::{
-    Device, ExecutorStats, ModelRepository, SessionExecutor, TensorData, init_environment,
-};
+use unclip_runtime::{Device, ExecutorStats, ModelRepository, SessionExecutor, TensorData};
 
 use crate::config::Config;
 use crate::preprocess::{ClipPreprocessor, ImageLimits, decode_rgb};
@@ -168,7 +166,7 @@ impl StageModel for ClipModel {
         repo.verify_files(files.iter().copied())
             .context("checking the model files")?;
 
-        let env = init_environment(config.runtime.ort_library.as_deref())?;
+        let env = config.runtime.init_environment()?;
         let session_config = config.runtime.session_config();
         let tokenizer =
             PromptTokenizer::from_file(&repo.tokenizer_path(), repo.sizes().context_length)?;

@@ -12,6 +12,7 @@ use unclip_proto::v1::{
     EncodeImageRequest, EncodeImageResponse, EncodeTextRequest, EncodeTextResponse, GetInfoRequest,
     ModelInfo, RequestLimits,
 };
+use unclip_runtime::ComputeMeter;
 
 use crate::model::ClipModel;
 use crate::preprocess::ImageLimits;
@@ -92,9 +93,11 @@ impl ClipService for ClipApi {
             }
         }
         let model = self.model()?;
-        let encoding = model.encode_text(prompts).await?;
+        let meter = ComputeMeter::new();
+        let encoding = meter.measure(model.encode_text(prompts)).await?;
         Ok(Response::new(EncodeTextResponse {
             encoding: Some(encoding),
+            compute_seconds: meter.seconds(),
         }))
     }
 
@@ -115,9 +118,13 @@ impl ClipService for ClipApi {
             .into());
         }
         batch_size("images", "images", images.len(), self.limits.max_batch)?;
-        let embeds = model.encode_image(images, self.limits.image).await?;
+        let meter = ComputeMeter::new();
+        let embeds = meter
+            .measure(model.encode_image(images, self.limits.image))
+            .await?;
         Ok(Response::new(EncodeImageResponse {
             image_embeds: Some(embeds),
+            compute_seconds: meter.seconds(),
         }))
     }
 

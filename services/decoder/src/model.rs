@@ -12,7 +12,7 @@ use anyhow::Context as _;
 use ndarray::{Array2, ArrayD, Ix4};
 use unclip_model_server::{ServiceError, StageModel, Steps};
 use unclip_proto::v1::{DecodeResponse, ImageFormat, InvertResponse, Tensor, UpsampleResponse};
-use unclip_runtime::{Device, ModelRepository, init_environment};
+use unclip_runtime::{Device, ModelRepository};
 use unclip_sampler::{BicubicResizer, NoiseStage};
 
 use crate::conditioning::{ImageConditioning, Unconditional, plan};
@@ -110,6 +110,8 @@ impl DecoderModel {
         )?;
         let (images, samples) = respond(images, job.format)?;
         Ok(DecodeResponse {
+            // Filled in by the handler, which holds the request's ComputeMeter.
+            compute_seconds: 0.0,
             images,
             samples,
             seeds: job.seeds,
@@ -152,6 +154,8 @@ impl DecoderModel {
         )?;
         let (images, samples) = respond(images, job.format)?;
         Ok(UpsampleResponse {
+            // Filled in by the handler, which holds the request's ComputeMeter.
+            compute_seconds: 0.0,
             images,
             samples,
             seeds: job.seeds,
@@ -192,6 +196,8 @@ impl DecoderModel {
             &mut |k| steps.report(k, total),
         )?;
         Ok(InvertResponse {
+            // Filled in by the handler, which holds the request's ComputeMeter.
+            compute_seconds: 0.0,
             noise: Some(Tensor::from_array(&noise)),
             steps: job.steps as i32,
         })
@@ -272,7 +278,7 @@ impl StageModel for DecoderModel {
         files.push(&repo.manifest().tensors.file);
         repo.verify_files(files.iter().copied())
             .context("checking the model files")?;
-        let env = init_environment(config.runtime.ort_library.as_deref())?;
+        let env = config.runtime.init_environment()?;
         let graphs = Graphs::load(&repo, &env, &config.runtime.session_config())?;
         let resizers = repo
             .sizes()

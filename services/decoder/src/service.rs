@@ -13,6 +13,7 @@ use unclip_proto::v1::{
     DecodeEvent, DecodeRequest, DecodeResponse, GetInfoRequest, InvertEvent, InvertRequest,
     InvertResponse, ModelInfo, RequestLimits, UpsampleEvent, UpsampleRequest, UpsampleResponse,
 };
+use unclip_runtime::ComputeMeter;
 
 use crate::model::DecoderModel;
 use crate::request::{Limits, MIN_STEPS};
@@ -44,13 +45,14 @@ impl DecoderApi {
         Self { slot, limits }
     }
 
-    /// Runs `work` with the model on a blocking thread.
+    /// Runs `work` with the model on a blocking thread; also returns the seconds its graph
+    /// runs spent inside ONNX Runtime.
     async fn blocking<T: Send + 'static>(
         &self,
         work: impl FnOnce(&DecoderModel, Limits, &AtomicBool) -> Result<T, ServiceError>
         + Send
         + 'static,
-    ) -> Result<T, ServiceError> {
+    ) -> Result<(T, f64), ServiceError> {
         let model = self.slot.get()?;
         let limits = Limits {
             max_steps: model.max_steps(),
@@ -58,9 +60,15 @@ impl DecoderApi {
         };
         let cancelled = Arc::new(AtomicBool::new(false));
         let _guard = CancelOnDrop(Arc::clone(&cancelled));
-        tokio::task::spawn_blocking(move || work(&model, limits, &cancelled))
-            .await
-            .map_err(|e| ServiceError::Internal(format!("the request's task failed: {e}")))?
+        let meter = ComputeMeter::new();
+        let seconds = meter.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let _metered = meter.enter();
+            work(&model, limits, &cancelled)
+        })
+        .await
+        .map_err(|e| ServiceError::Internal(format!("the request's task failed: {e}")))??;
+        Ok((result, seconds.seconds()))
     }
 
     /// A Decode, its steps reported to `steps`.
@@ -80,6 +88,10 @@ impl DecoderApi {
             model.decode(job, cancelled, &steps)
         })
         .await
+        .map(|(response, compute_seconds)| DecodeResponse {
+            compute_seconds,
+            ..response
+        })
     }
 
     /// An Upsample, its steps reported to `steps`.
@@ -99,6 +111,10 @@ impl DecoderApi {
             model.upsample(job, cancelled, &steps)
         })
         .await
+        .map(|(response, compute_seconds)| UpsampleResponse {
+            compute_seconds,
+            ..response
+        })
     }
 
     /// An Invert, its steps reported to `steps`.
@@ -112,6 +128,10 @@ impl DecoderApi {
             model.invert(job, cancelled, &steps)
         })
         .await
+        .map(|(response, compute_seconds)| InvertResponse {
+            compute_seconds,
+            ..response
+        })
     }
 }
 

@@ -19,9 +19,10 @@ use unclip_proto::v1::clip_service_client::ClipServiceClient;
 use unclip_proto::v1::decoder_service_client::DecoderServiceClient;
 use unclip_proto::v1::prior_service_client::PriorServiceClient;
 use unclip_proto::v1::{
-    DecodeRequest, DecodeResponse, EncodeImageRequest, EncodeTextRequest, GetInfoRequest,
-    InvertRequest, InvertResponse, ModelInfo, PriorSampleRequest, PriorSampleResponse, ReplicaInfo,
-    StageTiming, Tensor, TextEncoding, UpsampleRequest, UpsampleResponse,
+    DecodeRequest, DecodeResponse, EncodeImageRequest, EncodeImageResponse, EncodeTextRequest,
+    EncodeTextResponse, GetInfoRequest, InvertRequest, InvertResponse, ModelInfo,
+    PriorSampleRequest, PriorSampleResponse, ReplicaInfo, StageTiming, Tensor, TextEncoding,
+    UpsampleRequest, UpsampleResponse,
 };
 use unclip_replicas::{Probe, ReplicaConfig, ReplicaSet, Verdict, request};
 
@@ -530,7 +531,8 @@ impl Stages {
         self.call_seconds.clone()
     }
 
-    /// One call of `stage` on its replicas, with its timing.
+    /// One call of `stage` on its replicas, with its timing (the wall time and the stage's
+    /// own report of its ONNX Runtime time).
     async fn timed<T, F, Fut>(
         &self,
         stage: Stage,
@@ -538,6 +540,7 @@ impl Stages {
         f: F,
     ) -> Result<(T, StageTiming)>
     where
+        T: ComputeSeconds,
         F: FnMut(Channel, Option<Duration>) -> Fut,
         Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
     {
@@ -555,6 +558,7 @@ impl Stages {
             seconds: answered.elapsed.as_secs_f64(),
             cached: false,
             replica: answered.replica,
+            compute_seconds: answered.value.compute_seconds(),
         };
         Ok((answered.value, timing))
     }
@@ -637,6 +641,7 @@ impl Stages {
     ) -> Result<(R, StageTiming)>
     where
         M: Clone,
+        R: ComputeSeconds,
         E: StepEvent<Result = R>,
         U: Fn(C, tonic::Request<M>) -> UF,
         UF: Future<Output = std::result::Result<tonic::Response<R>, tonic::Status>>,
@@ -723,3 +728,28 @@ async fn get_info(
     }
     .map(tonic::Response::into_inner)
 }
+
+/// A stage response's report of the seconds its call spent inside ONNX Runtime.
+pub trait ComputeSeconds {
+    /// The response's `compute_seconds`.
+    fn compute_seconds(&self) -> f64;
+}
+
+macro_rules! compute_seconds {
+    ($($response:ty),* $(,)?) => {
+        $(impl ComputeSeconds for $response {
+            fn compute_seconds(&self) -> f64 {
+                self.compute_seconds
+            }
+        })*
+    };
+}
+
+compute_seconds!(
+    EncodeTextResponse,
+    EncodeImageResponse,
+    PriorSampleResponse,
+    DecodeResponse,
+    UpsampleResponse,
+    InvertResponse,
+);

@@ -13,7 +13,7 @@ use anyhow::Context;
 use ndarray::{Array2, Axis};
 use unclip_model_server::validate::TextConditioning;
 use unclip_model_server::{ServiceError, StageModel, Steps};
-use unclip_runtime::{Device, ExecutorStats, ModelRepository, SessionExecutor, init_environment};
+use unclip_runtime::{Device, ExecutorStats, ModelRepository, SessionExecutor};
 
 use crate::config::Config;
 use crate::sampler::{
@@ -164,7 +164,7 @@ impl StageModel for PriorModel {
         .context("checking the model files")?;
         let sampler = PriorSampler::from_repository(&repo)
             .map_err(|e| anyhow::anyhow!("building the prior sampler: {e}"))?;
-        let env = init_environment(config.runtime.ort_library.as_deref())?;
+        let env = config.runtime.init_environment()?;
         let prior = repo.load_executor(
             &env,
             "prior",

@@ -12,6 +12,7 @@ use unclip_proto::v1::{
     GetInfoRequest, ModelInfo, PriorSampleEvent, PriorSampleRequest, PriorSampleResponse,
     RequestLimits, Tensor,
 };
+use unclip_runtime::ComputeMeter;
 
 use crate::model::{PriorModel, SampleJob};
 use crate::sampler::{PriorSettings, UncondEncoding};
@@ -139,8 +140,10 @@ impl PriorApi {
         span.record("best_of", job.best_of);
         span.record("steps", job.settings.steps);
         let settings = job.settings;
-        let result = model.sample(job, steps).await?;
+        let meter = ComputeMeter::new();
+        let result = meter.measure(model.sample(job, steps)).await?;
         Ok(PriorSampleResponse {
+            compute_seconds: meter.seconds(),
             image_embeds: Some(Tensor::from_array(&result.image_embeds)),
             seeds: result.seeds,
             scores: result.scores,

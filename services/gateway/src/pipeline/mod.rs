@@ -153,6 +153,7 @@ impl<'a> Run<'a> {
             seconds: 0.0,
             cached: true,
             replica: String::new(),
+            compute_seconds: 0.0,
         });
     }
 
