@@ -398,6 +398,22 @@ async fn bad_input_is_4xx_naming_the_param() {
         .await;
     error(&answer, 413, None);
 
+    // The deadline header: not a number is a 400 naming it; one that passes is a 504.
+    let bad_deadline =
+        HttpRequest::post_json("/v1/images/generations", &json!({"prompt": RED_CIRCLE}))
+            .header("x-request-timeout-ms", "soon");
+    error(
+        &bad_deadline.send(&address).await,
+        400,
+        Some("x-request-timeout-ms"),
+    );
+    let short = HttpRequest::post_json(
+        "/v1/images/generations",
+        &json!({"prompt": BLUE_SQUARE, "n": 4, "decoder_steps": 400}),
+    )
+    .header("x-request-timeout-ms", "300");
+    error(&short.send(&address).await, 504, None);
+
     // Unknown routes and files.
     assert_eq!(
         HttpRequest::get("/v1/files/nothing.png")
