@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use image::{ImageFormat, Rgb, RgbImage};
 use tonic::Code;
-use tonic::transport::Channel;
-use unclip_proto::v1::gateway_client::GatewayClient;
+
+
 use unclip_proto::v1::{
     DecoderSettings, GenerateRequest, InpaintRequest, InterpolateRequest, TextDiffRequest,
     VaryRequest, images_event,
@@ -31,9 +31,9 @@ use unclip_proto::v1::{
 use unclip_stack::{LocalStack, RedisMode};
 
 use crate::Interrupted;
-use crate::args::{GlobalArgs, SoakArgs};
+use crate::args::{ConnectArgs, GlobalArgs, SoakArgs};
 use crate::bench::DEFAULT_PROMPTS;
-use crate::client::{code_name, connect, with_deadline};
+use crate::client::{Gateway, code_name, connect, with_deadline};
 
 /// The longest any one soak request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
@@ -487,7 +487,7 @@ pub async fn soak(stack: &LocalStack, config: SoakConfig) -> anyhow::Result<Soak
     };
     let mut clients = Vec::with_capacity(config.clients);
     for client in 0..config.clients {
-        let gateway = connect(&url).await?;
+        let gateway = connect(&url, &ConnectArgs::default()).await?;
         let shared = Arc::clone(&shared);
         clients.push(tokio::spawn(async move {
             run_client(gateway, client, &shared, end).await;
@@ -535,7 +535,7 @@ pub fn read_proc(pid: u32) -> Option<(u64, u64)> {
 
 /// One client: the mix in turn until `end`.
 async fn run_client(
-    mut gateway: GatewayClient<Channel>,
+    mut gateway: Gateway,
     client: usize,
     shared: &Shared,
     end: Instant,
@@ -593,7 +593,7 @@ fn timed<T>(message: T) -> tonic::Request<T> {
 
 /// Sends one request of `kind` (`n` numbers it) and says how it ended.
 async fn send(
-    gateway: &mut GatewayClient<Channel>,
+    gateway: &mut Gateway,
     kind: Traffic,
     n: u64,
     shared: &Shared,

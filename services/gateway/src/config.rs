@@ -157,6 +157,10 @@ pub struct Config {
     /// Message limits, graceful shutdown and the gateway's own TLS.
     #[command(flatten)]
     pub serve: ServeArgs,
+
+    /// The HTTP API's file store and public URL.
+    #[command(flatten)]
+    pub http: crate::http::HttpArgs,
 }
 
 impl Config {

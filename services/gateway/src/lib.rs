@@ -10,6 +10,7 @@
 //! | [`keys`] | API keys (`--api-keys`): the key layer, per-key limits and counters, before any other layer |
 //! | [`admission`] | [`Admission`]: the cost budget, bounded slots and queue, deadline-aware shedding |
 //! | [`service`] | the gRPC adapter: metadata and deadline → [`Core`] → status |
+//! | [`http`] | the HTTP adapter (OpenAI's Images API shape, on the gRPC port): JSON and forms → [`Core`] → JSON or SSE |
 //! | [`stage`] | [`Stage`], the one label of each stage call in timings, progress, errors and metrics |
 //! | [`stages`] | typed, timed stage calls through balanced, retried replica sets; the start-up model check |
 //! | [`pipeline`] | the capabilities: generate, vary, interpolate, text diff, inpaint, and the cached lookups they share |
@@ -37,6 +38,7 @@ pub mod admission;
 pub mod api;
 pub mod config;
 pub mod error;
+pub mod http;
 pub mod images;
 pub mod keys;
 pub mod layer;
@@ -138,6 +140,7 @@ async fn serve(
         .with_metrics(unclip_server::metrics::Metrics::new(move |registry| {
             admission.metrics(registry)
         }));
+    let http = http::router(core.clone(), http::HttpConfig::from_config(config));
     let api = GatewayApi::new(core);
     let mut metrics = api.metrics();
     let mut serve_config = config.serve.serve_config(SERVICE_NAME);
@@ -162,7 +165,7 @@ async fn serve(
         .max_decoding_message_size(config.serve.max_message_bytes)
         .max_encoding_message_size(config.serve.max_message_bytes);
     let served = unclip_server::serve(
-        serve_config.with_readiness(readiness),
+        serve_config.with_http(http).with_readiness(readiness),
         listener,
         Routes::new(server),
         slot,
