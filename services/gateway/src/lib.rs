@@ -16,6 +16,7 @@
 //! | [`validate`] | request checks: INVALID_ARGUMENT naming the field |
 //! | [`stats`] | request counters for GetStats |
 //! | [`metrics`] | what `GET /metrics` reports |
+//! | [`web`] | the web page at `GET /` (embedded HTML, CSS and JavaScript) that tries every capability |
 //!
 //! Start-up ([`run`]): health answers NOT_SERVING while the gateway asks every replica of every
 //! stage for GetInfo (waiting for ones still loading) and checks that all serve one model
@@ -40,6 +41,7 @@ pub mod stage;
 pub mod stages;
 pub mod stats;
 pub mod validate;
+pub mod web;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -109,7 +111,8 @@ async fn serve(
         config
             .serve
             .serve_config(SERVICE_NAME)
-            .with_metrics(metrics),
+            .with_metrics(metrics)
+            .with_http(web::router()),
         listener,
         Routes::new(server),
         slot,
