@@ -294,6 +294,13 @@ impl Core {
         })
     }
 
+    /// The checked state (the served model, the limits), or `None` while the stages are being
+    /// checked: what a transport reads to describe the API (HTTP's `size` and `/readyz`)
+    /// without running a request.
+    pub fn state(&self) -> Option<Arc<Gateway>> {
+        self.slot.get()
+    }
+
     /// What `GET /metrics` reports (see [`crate::metrics`]).
     pub fn metrics(&self) -> Metrics {
         crate::metrics::metrics(self.slot.clone(), Arc::clone(&self.stats))

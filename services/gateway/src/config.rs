@@ -111,6 +111,10 @@ pub struct Config {
     /// Message limits and graceful shutdown.
     #[command(flatten)]
     pub serve: ServeArgs,
+
+    /// The HTTP API's file store and public URL.
+    #[command(flatten)]
+    pub http: crate::http::HttpArgs,
 }
 
 impl Config {

@@ -8,6 +8,7 @@
 //! | [`api`] | [`Core`]: the capabilities for every transport, over the proto's request and response types, progress as a stream |
 //! | [`layer`] | the request-level hook every transport shares: [`RequestContext`], [`RequestLayer`], [`Permit`] |
 //! | [`service`] | the gRPC adapter: metadata and deadline → [`Core`] → status |
+//! | [`http`] | the HTTP adapter (OpenAI's Images API shape, on the gRPC port): JSON and forms → [`Core`] → JSON or SSE |
 //! | [`stage`] | [`Stage`], the one label of each stage call in timings, progress, errors and metrics |
 //! | [`stages`] | typed, timed stage calls through balanced, retried replica sets; the start-up model check |
 //! | [`pipeline`] | the capabilities: generate, vary, interpolate, text diff, inpaint, and the cached lookups they share |
@@ -31,6 +32,7 @@
 pub mod api;
 pub mod config;
 pub mod error;
+pub mod http;
 pub mod images;
 pub mod layer;
 pub mod metrics;
@@ -102,6 +104,7 @@ async fn serve(
 ) -> anyhow::Result<()> {
     let slot: Slot<Gateway> = Slot::new();
     let core = Core::new(slot.clone(), config.request_timeout()).with_layer(layer);
+    let http = http::router(core.clone(), http::HttpConfig::from_config(config));
     let api = GatewayApi::new(core);
     let metrics = api.metrics();
     let server = GatewayServer::new(api)
@@ -112,7 +115,7 @@ async fn serve(
             .serve
             .serve_config(SERVICE_NAME)
             .with_metrics(metrics)
-            .with_http(web::router()),
+            .with_http(http.merge(web::router())),
         listener,
         Routes::new(server),
         slot,
