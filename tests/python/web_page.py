@@ -26,6 +26,9 @@ BLUE_SQUARE = "a large blue square in the center on a black background"
 RED_SQUARE = "a large red square in the center on a black background"
 TIMEOUT_MS = 240_000
 
+# Every page script below is a function: the page's CSP forbids eval, which Playwright uses for
+# bare expressions.
+
 # Records every value the progress bar takes and every preview image that appears, so that a
 # check after the run sees them however fast the events came.
 WATCH = """() => {
@@ -117,7 +120,7 @@ def run(url: str, artifacts: Path, docs_screenshot: Path | None, chromium: str) 
         # ---- The page loads, with the model's name and the gateway's readiness.
         page.goto(url + "/")
         check(page.title() == "unCLIP", "the page is served at /")
-        page.wait_for_function("document.querySelector('#model').textContent !== '…'")
+        page.wait_for_function("() => document.querySelector('#model').textContent !== '…'")
         check(page.inner_text("#model") == "shapes", "the header names the served model")
         page.wait_for_selector("#health.ok")
         check(True, "the header shows the gateway ready (/readyz)")
@@ -144,7 +147,7 @@ def run(url: str, artifacts: Path, docs_screenshot: Path | None, chromium: str) 
         )
         steps.shot("generating")
         wait_gallery(page, 2)
-        seen = page.evaluate("window.__seen")
+        seen = page.evaluate("() => window.__seen")
         values = seen["progress"]
         between = [v for v in values if 0 < v < 1]
         check(len(set(between)) >= 3, f"the progress bar moved through {len(set(between))} values")
@@ -157,13 +160,13 @@ def run(url: str, artifacts: Path, docs_screenshot: Path | None, chromium: str) 
             r, g, b = colour["mean"]
             check(colour["size"] == [128, 128], "a result is the model's 128x128")
             check(b > 100 and b > r + 50 and b > g + 50, f"the centre of a blue square is blue: {[round(v) for v in colour['mean']]}")
-        main_shot = steps.shot("generated")
+        steps.shot("generated")
 
         # ---- Cancel: the run stops, the page says so and takes a new request.
         page.fill("#seed", "")
         page.fill("#n", "4")
         page.click("#generate")
-        page.wait_for_function("document.querySelector('#progress').value > 0", timeout=TIMEOUT_MS)
+        page.wait_for_function("() => document.querySelector('#progress').value > 0", timeout=TIMEOUT_MS)
         page.click("#cancel")
         page.wait_for_selector("#notice:not([hidden])")
         check("Cancelled" in page.inner_text("#notice"), "Cancel stops the stream and says so")
@@ -232,7 +235,7 @@ def run(url: str, artifacts: Path, docs_screenshot: Path | None, chromium: str) 
         page.fill("#td-theta", "0.5")
         page.click("#textdiff")
         page.wait_for_function(
-            "document.querySelectorAll('#strip img').length === 3 && !document.querySelector('#cancel').checkVisibility()",
+            "() => document.querySelectorAll('#strip img').length === 3 && !document.querySelector('#cancel').checkVisibility()",
             timeout=TIMEOUT_MS,
         )
         check(form_error(page, "#form-textdiff") == "", "the text diff ran without an error")
@@ -253,12 +256,27 @@ def run(url: str, artifacts: Path, docs_screenshot: Path | None, chromium: str) 
         page.fill("#int-frames", "3")
         page.click("#interpolate")
         page.wait_for_function(
-            "document.querySelector('#sequence-title').textContent.startsWith('Interpolation') && !document.querySelector('#cancel').checkVisibility()",
+            "() => document.querySelector('#sequence-title').textContent.startsWith('Interpolation') && !document.querySelector('#cancel').checkVisibility()",
             timeout=TIMEOUT_MS,
         )
         check(form_error(page, "#form-interpolate") == "", "the interpolation ran without an error")
         check(page.locator("#strip img").count() == 3, "three interpolation frames")
         steps.shot("interpolation")
+
+        # ---- The overview: a run with its previews above the frames and the gallery.
+        page.click("#tab-generate")
+        page.fill("#prompt", "a small red circle in the top left on a white background")
+        page.fill("#seed", "5")
+        page.fill("#n", "3")
+        before = gallery_count(page)
+        page.click("#generate")
+        page.wait_for_function(
+            "() => document.querySelectorAll('#previews img').length >= 3 || !document.querySelector('#cancel').checkVisibility()",
+            timeout=TIMEOUT_MS,
+        )
+        main_shot = steps.shot("overview")
+        wait_gallery(page, before + 3)
+        check(form_error(page, "#form-generate") == "", "the second generation ran without an error")
 
         # ---- The API key: kept across a reload, sent as a bearer token.
         page.click("#key-box summary")
@@ -274,7 +292,7 @@ def run(url: str, artifacts: Path, docs_screenshot: Path | None, chromium: str) 
         check(sent == "Bearer test-key-2", f"the key goes out as a bearer token: {sent!r}")
         page.fill("#api-key", "")
         page.locator("#api-key").dispatch_event("input")
-        check(page.evaluate("localStorage.getItem('unclip.apiKey')") is None, "an emptied key is forgotten")
+        check(page.evaluate("() => localStorage.getItem('unclip.apiKey')") is None, "an emptied key is forgotten")
 
         # ---- A phone's width: one column, nothing wider than the screen.
         phone = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True, has_touch=True)
@@ -282,9 +300,15 @@ def run(url: str, artifacts: Path, docs_screenshot: Path | None, chromium: str) 
         small.on("pageerror", lambda e: problems.append(f"page error (phone): {e}"))
         small.goto(url + "/")
         small.wait_for_selector("#health.ok")
-        width = small.evaluate("document.documentElement.scrollWidth")
+        phone_steps = Steps(small, artifacts / "phone")
+        small.fill("#prompt", "a yellow star in the bottom right on a gray background")
+        small.fill("#seed", "3")
+        small.fill("#n", "2")
+        small.tap("#generate")
+        wait_gallery(small, 2)
+        width = small.evaluate("() => document.documentElement.scrollWidth")
         check(width <= 390, f"the page fits a 390 px phone ({width} px)")
-        Steps.shot(Steps(small, artifacts / "phone"), "phone")
+        phone_steps.shot("phone")
         phone.close()
 
         check(not problems, f"no script errors or blocked resources: {problems}")
