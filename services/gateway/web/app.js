@@ -247,7 +247,7 @@ function endRun(outcome) {
     $("#run").hidden = true;
   } else {
     $("#run").hidden = true;
-    if (outcome === "cancelled") notice("Cancelled. The server stopped the work.");
+    if (outcome === "cancelled") notice("Cancelled: the request was aborted, nothing was added.");
   }
   checkHealth();
 }
