@@ -11,7 +11,8 @@ use unclip_proto::v1::{GatewayStats, GetStatsRequest, ImagesResponse};
 use unclip_stack::{LocalStack, LocalStackConfig, RedisMode, ServiceBinaries, StageReplicas};
 
 pub use unclip_testkit::{
-    Scrape, karlo_tiny, mean_abs_diff, metric, png, require_ort, rgb, root, scrape, shapes,
+    Form, HttpAnswer, HttpRequest, Scrape, SseEvent, karlo_tiny, mean_abs_diff, metric, png,
+    require_ort, rgb, root, scrape, shapes,
 };
 
 /// The service and gateway binaries next to this test (`cargo test --workspace` builds them);
@@ -132,4 +133,19 @@ pub fn python() -> PathBuf {
         python.display()
     );
     python
+}
+
+/// Polls `check` every 50 ms for up to 60 s; panics naming `what` if it never holds.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..1200 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{what} did not happen within 60 s");
 }

@@ -2,7 +2,8 @@
 //! on 127.0.0.1:0 ([`TestServer`]), the life-cycle checks every stage service passes
 //! ([`checks`]), the committed models and the recorded karlo-tiny fixtures ([`fixtures`]), the
 //! ONNX Runtime library, status and numeric assertions, a real `redis-server`
-//! ([`RedisServer`]), PNG helpers and a `/metrics` reader.
+//! ([`RedisServer`]), PNG helpers, a `/metrics` reader and a small HTTP/1.1 client
+//! ([`HttpRequest`], with multipart forms and Server-Sent Events).
 //!
 //! Nothing here passes quietly: a missing model, library or `redis-server` is a panic that says
 //! what is missing and how to get it.
@@ -12,6 +13,7 @@
 
 pub mod checks;
 pub mod fixtures;
+pub mod http;
 pub mod images;
 pub mod metrics;
 pub mod numeric;
@@ -20,6 +22,7 @@ pub mod server;
 pub mod status;
 
 pub use fixtures::{Fixture, karlo_tiny, ort_library, require_ort, root, shapes};
+pub use http::{EventReader, Form, HttpAnswer, HttpRequest, SseEvent};
 pub use images::{mean_abs_diff, png, rgb};
 pub use metrics::{Scrape, http_get, metric, scrape};
 pub use numeric::{assert_close, max_abs_diff};

@@ -121,6 +121,8 @@ impl HttpConfig {
 struct App {
     core: Core,
     files: FileStore,
+    /// `Cache-Control` of stored files: private, for as long as they live.
+    files_cache_control: String,
     public_url: Option<String>,
     part_limits: PartLimits,
     /// When the router was made (unix seconds): the model's `created`.
@@ -141,6 +143,7 @@ pub fn router(core: Core, config: HttpConfig) -> Router {
     let app = Arc::new(App {
         core,
         files: FileStore::new(config.files_max_bytes, config.files_ttl),
+        files_cache_control: format!("private, max-age={}", config.files_ttl.as_secs()),
         public_url: config.public_url,
         part_limits,
         started: unix_now(),
@@ -377,7 +380,7 @@ async fn file(State(app): State<Arc<App>>, Path(name): Path<String>) -> Response
         Some(file) => (
             [
                 (header::CONTENT_TYPE, file.mime_type),
-                (header::CACHE_CONTROL, "private, max-age=3600"),
+                (header::CACHE_CONTROL, app.files_cache_control.as_str()),
             ],
             file.bytes,
         )
