@@ -26,3 +26,22 @@ setup_python() {
     export UNCLIP_ORT_LIBRARY="${UNCLIP_ORT_LIBRARY:-$lib}"
   fi
 }
+
+# The web page's browser test: Debian's `chromium` (Playwright's own browser downloads are not
+# used) and Playwright in the same venv. Idempotent; call after setup_python.
+setup_browser() {
+  if ! command -v chromium >/dev/null 2>&1; then
+    echo "installing chromium (Debian package) for the web page test" >&2
+    local sudo=""
+    if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
+    $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
+  fi
+  export UNCLIP_CHROMIUM="${UNCLIP_CHROMIUM:-$(command -v chromium)}"
+  local stamp="$VENV/.requirements-browser.sha256"
+  local want
+  want="$(sha256sum "$ROOT/tools/requirements-browser.txt" | cut -d' ' -f1)"
+  if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    "$PY" -m pip install --quiet --disable-pip-version-check -r "$ROOT/tools/requirements-browser.txt"
+    echo "$want" > "$stamp"
+  fi
+}

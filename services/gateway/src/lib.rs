@@ -19,6 +19,7 @@
 //! | [`validate`] | request checks: INVALID_ARGUMENT naming the field |
 //! | [`stats`] | request counters for GetStats |
 //! | [`metrics`] | what `GET /metrics` reports |
+//! | [`web`] | the web page at `GET /` (embedded HTML, CSS and JavaScript) that tries every capability |
 //!
 //! Start-up ([`run`]): health answers NOT_SERVING while the gateway waits for every stage's
 //! addresses to resolve (a DNS name that resolves to nothing is looked up again, without end),
@@ -50,6 +51,7 @@ pub mod stage;
 pub mod stages;
 pub mod stats;
 pub mod validate;
+pub mod web;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -165,7 +167,9 @@ async fn serve(
         .max_decoding_message_size(config.serve.max_message_bytes)
         .max_encoding_message_size(config.serve.max_message_bytes);
     let served = unclip_server::serve(
-        serve_config.with_http(http).with_readiness(readiness),
+        serve_config
+            .with_http(http.merge(web::router()))
+            .with_readiness(readiness),
         listener,
         Routes::new(server),
         slot,
