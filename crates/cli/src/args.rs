@@ -202,7 +202,6 @@ pub struct NewKeyArgs {
     /// Most images this key may make per minute (a token bucket).
     #[arg(long)]
     pub images_per_minute: Option<u32>,
-
 }
 
 /// Decoder and upsampler settings (unset: the model's defaults).

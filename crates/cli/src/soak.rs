@@ -23,7 +23,6 @@ use bytes::Bytes;
 use image::{ImageFormat, Rgb, RgbImage};
 use tonic::Code;
 
-
 use unclip_proto::v1::{
     DecoderSettings, GenerateRequest, InpaintRequest, InterpolateRequest, TextDiffRequest,
     VaryRequest, images_event,
@@ -534,12 +533,7 @@ pub fn read_proc(pid: u32) -> Option<(u64, u64)> {
 }
 
 /// One client: the mix in turn until `end`.
-async fn run_client(
-    mut gateway: Gateway,
-    client: usize,
-    shared: &Shared,
-    end: Instant,
-) {
+async fn run_client(mut gateway: Gateway, client: usize, shared: &Shared, end: Instant) {
     let mut i = 0usize;
     while Instant::now() < end {
         let kind = Traffic::MIX[(i + client) % Traffic::MIX.len()];
@@ -592,12 +586,7 @@ fn timed<T>(message: T) -> tonic::Request<T> {
 }
 
 /// Sends one request of `kind` (`n` numbers it) and says how it ended.
-async fn send(
-    gateway: &mut Gateway,
-    kind: Traffic,
-    n: u64,
-    shared: &Shared,
-) -> Outcome {
+async fn send(gateway: &mut Gateway, kind: Traffic, n: u64, shared: &Shared) -> Outcome {
     let inputs = &shared.inputs;
     let steps = shared.config.steps;
     let decoder = Some(DecoderSettings {

@@ -49,8 +49,8 @@ pub mod metrics;
 pub mod reload;
 pub mod serve;
 pub mod shutdown;
-pub mod tls;
 pub mod text_input;
+pub mod tls;
 
 pub use serve::{ServeArgs, ServeConfig, Slot, serve};
 pub use shutdown::shutdown_signal;
