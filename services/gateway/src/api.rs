@@ -104,22 +104,42 @@ impl ImagesRequest {
 
     /// Its cost from the fields as sent and `gw`'s defaults for the unset ones. An inversion
     /// counts as one more decoder pass per image.
+    ///
+    /// Every count is capped at the most its own check will accept (steps at the stage's
+    /// limit, images and frames at the gateway's, best_of at the prior's), so that a field out
+    /// of range is refused by that check, naming the field, and never by a layer reading an
+    /// absurd cost (e.g. `frames: u32::MAX` shed as a deadline that cannot be met).
     pub fn cost(&self, gw: &Gateway) -> Cost {
+        let max_steps = |info: &unclip_proto::v1::ModelInfo| {
+            info.limits.as_ref().map_or(1000, |l| l.max_steps.max(2))
+        };
+        let (prior_max, decoder_max) = (max_steps(&gw.infos.prior), max_steps(&gw.infos.decoder));
+        let max_best_of = gw
+            .infos
+            .prior
+            .limits
+            .as_ref()
+            .map_or(1, |l| l.max_best_of.max(1));
+        let (max_images, max_frames) = (gw.limits.max_images, gw.limits.max_frames);
         let prior_default = gw.infos.prior.defaults.unwrap_or_default().prior_steps;
         let decoder_defaults = gw.infos.decoder.defaults.unwrap_or_default();
         let upsamplers = gw.infos.decoder.upsamplers.len() as u32;
         // Decoder + every upsampler stage (+ an inversion).
         let cascade = |settings: &Option<DecoderSettings>, inversion: bool| {
             let s = settings.unwrap_or_default();
-            let decoder = s.decoder_steps.unwrap_or(decoder_defaults.decoder_steps);
+            let decoder = s
+                .decoder_steps
+                .unwrap_or(decoder_defaults.decoder_steps)
+                .min(decoder_max);
             let upsampler = s
                 .upsampler_steps
-                .unwrap_or(decoder_defaults.upsampler_steps);
+                .unwrap_or(decoder_defaults.upsampler_steps)
+                .min(decoder_max);
             decoder
                 .saturating_mul(1 + u32::from(inversion))
                 .saturating_add(upsampler.saturating_mul(upsamplers))
         };
-        let prior = |steps: Option<u32>| steps.unwrap_or(prior_default);
+        let prior = |steps: Option<u32>| steps.unwrap_or(prior_default).min(prior_max);
         let (images, best_of, steps) = match self {
             ImagesRequest::Generate(r) => (
                 r.num_images.unwrap_or(1),
@@ -146,9 +166,17 @@ impl ImagesRequest {
                 prior(r.prior_steps).saturating_add(cascade(&r.decoder, false)),
             ),
         };
+        let limit = if matches!(
+            self,
+            ImagesRequest::Interpolate(_) | ImagesRequest::TextDiff(_)
+        ) {
+            max_frames
+        } else {
+            max_images
+        };
         Cost {
-            images,
-            best_of,
+            images: images.min(limit.max(1)),
+            best_of: best_of.min(max_best_of),
             steps,
         }
     }
