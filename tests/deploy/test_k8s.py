@@ -109,7 +109,7 @@ def problems(objects: list[dict]) -> list[str]:
             # Drain: preStop pause + the service's own grace must fit in the pod's grace period.
             pause = c.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
             pause_secs = int(pause[1]) if pause[:1] == ["sleep"] else None
-            grace = int(env_of(c, config).get("UNCLIP_SHUTDOWN_GRACE_SECS", "30"))
+            grace = int(env_of(c, config).get("UNCLIP_DRAIN_TIMEOUT_SECS", "30"))
             if pause_secs is None:
                 found.append(f"{where}: no preStop pause")
             elif spec.get("terminationGracePeriodSeconds", 30) <= pause_secs + grace:
