@@ -200,7 +200,8 @@ async fn bad_stage_ca_is_a_startup_error() {
 }
 
 /// `unclip api-key new` makes a key and its line; once the line is in the gateway's key file
-/// (picked up without a restart), `unclip --api-key` and the Python client with `--api-key`
+/// (picked up without a restart), `unclip --api-key`, the Python client with `--api-key` and
+/// the `openai` SDK over HTTP (a wrong key: AuthenticationError)
 /// generate, and a call without the key is UNAUTHENTICATED.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_keys_end_to_end() {
@@ -295,6 +296,35 @@ async fn api_keys_end_to_end() {
     assert!(
         output.status.success(),
         "the Python client with --api-key failed"
+    );
+
+    // The same key on the HTTP API, through the official `openai` SDK: every call works with
+    // it, and a wrong key is the SDK's AuthenticationError (401).
+    let output = tokio::process::Command::new(python())
+        .arg(unclip_e2e::root().join("tests/python/openai_client.py"))
+        .args([
+            "--base-url",
+            &format!("{url}/v1"),
+            "--api-key",
+            &key,
+            "--expect-auth",
+        ])
+        .output()
+        .await
+        .expect("running the openai SDK client");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    println!("{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "the openai SDK with the key failed"
+    );
+    assert!(
+        stdout.contains("no key: AuthenticationError 401"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("openai client: all checks passed"),
+        "{stdout}"
     );
     stack.shutdown().await.unwrap();
 }
