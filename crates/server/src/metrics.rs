@@ -35,15 +35,6 @@ impl Metrics {
         Self(Arc::new(collect))
     }
 
-    /// The same metrics and those `more` registers.
-    pub fn chain(self, more: impl Fn(&mut Registry) + Send + Sync + 'static) -> Self {
-        let first = self.0;
-        Self(Arc::new(move |registry| {
-            first(registry);
-            more(registry);
-        }))
-    }
-
     /// Registers these metrics into `registry`, beside others (one scrape of several sources).
     pub fn collect(&self, registry: &mut Registry) {
         (self.0)(registry)

@@ -137,19 +137,23 @@ async fn serve(
     };
     let slot: Slot<Gateway> = Slot::new();
     let layer = Chain::new().then(layer).then(Arc::new(admission.clone()));
-    let core = Core::new(slot.clone(), config.request_timeout())
+    let mut core = Core::new(slot.clone(), config.request_timeout())
         .with_layer(Arc::new(layer))
         .with_metrics(unclip_server::metrics::Metrics::new(move |registry| {
             admission.metrics(registry)
         }));
+    if let Some(keys) = &keys {
+        let registered = Arc::clone(keys);
+        core = core.with_metrics(unclip_server::metrics::Metrics::new(move |registry| {
+            registered.register(registry)
+        }));
+    }
     let http = http::router(core.clone(), http::HttpConfig::from_config(config));
     let api = GatewayApi::new(core);
-    let mut metrics = api.metrics();
+    let metrics = api.metrics();
     let mut serve_config = config.serve.serve_config(SERVICE_NAME);
     let mut reloader = None;
     if let Some(keys) = &keys {
-        let registered = Arc::clone(keys);
-        metrics = metrics.chain(move |registry| registered.register(registry));
         let reloaded = Arc::clone(keys);
         reloader = Some(tokio::spawn(unclip_server::reload::watch_files(
             vec![keys.path().to_owned()],
