@@ -1,5 +1,6 @@
 //! Admission control: a [`RequestLayer`] that bounds what the gateway takes on, so that under
-//! overload it answers at once instead of slowly timing out everything.
+//! overload it answers at once instead of slowly timing out everything, and the requests it
+//! does take finish within their deadlines.
 //!
 //! Three checks, in order, each answered at once:
 //!
@@ -11,22 +12,25 @@
 //!    out-of-range count may be refused by its cost; 0 turns the budget off.
 //! 2. **Slots and queue** (`--max-concurrent-requests`, `--max-queued-requests`): at most that
 //!    many requests run; the next ones wait in a FIFO queue of bounded length; past both, the
-//!    request is refused with RESOURCE_EXHAUSTED and a `retry-after` hint (the time the queue
-//!    ahead is expected to take, at least a second).
-//! 3. **Deadline**: if the estimated wait for the queue ahead plus the request's own run would
-//!    end after its deadline, it is refused with DEADLINE_EXCEEDED instead of taking a place
-//!    (for a request given a free slot, its own run alone, at the pace of the requests it
-//!    joins). A request that waits and still reaches its deadline in the queue gets
-//!    DEADLINE_EXCEEDED then.
+//!    request is refused with RESOURCE_EXHAUSTED and a `retry-after` hint (when the requests
+//!    ahead of it are expected to have started, at least a second).
+//! 3. **Deadlines**: a request starts at once only if, by the model below, it would finish
+//!    before its deadline *and* every request already running or waiting that would have met
+//!    its deadline still would with it beside them (a newcomer slows the others down).
+//!    Otherwise it waits for a place, if it would still finish in time starting when one of
+//!    those running finishes; if not, it is refused with DEADLINE_EXCEEDED at once, taking no
+//!    place. A request that waits and still reaches its deadline in the queue gets
+//!    DEADLINE_EXCEEDED then. A slot given back goes to the first waiter; further free slots
+//!    go to waiters only while the first fits by the same rule.
 //!
-//! The estimate ([`Estimate`]) is learned from the requests that succeeded (and from those
-//! that failed after running longer than it said, as a lower bound): an EWMA of the
-//! seconds per unit of cost each took, and an EWMA of how many requests ran beside it (the
-//! time-average of the requests in flight over its life). Work ahead drains at
-//! `parallelism / seconds_per_cost` units per second: the queue's cost is divided by the
-//! concurrency actually served in parallel, not summed as if requests ran one by one (which
-//! overestimates waits by that factor and sheds requests that would have made it). Until a
-//! first success there is no estimate and no request is refused for its deadline.
+//! The model ([`Estimate`], in `schedule.rs`) is processor sharing: a request needs `cost ×
+//! solo` seconds of work, and with `n` in flight each progresses at `min(1, parallelism / n)`
+//! of its solo pace. `solo` is learned from requests that ran alone, `parallelism` from those
+//! that shared, both as EWMAs over the requests that succeeded (and, as a lower bound, those
+//! that failed after running longer than the model said, so that the estimate does not stay
+//! optimistic when the slow requests never succeed); every prediction is stretched by a
+//! margin from the model's measured error. Before a first finished request there is no
+//! estimate and no request is refused for its deadline.
 //!
 //! What `/metrics` reports ([`Admission::metrics`]): requests in flight, queue depth, shed
 //! requests by reason and the seconds admitted requests waited in the queue.
@@ -48,8 +52,9 @@ use unclip_server::metrics::{Labels, counters, gauges, labels};
 
 use crate::layer::{Capability, Cost, Permit, Refusal, RequestContext, RequestLayer};
 
-/// The weight of a new sample in the EWMAs of [`Estimate`].
-const EWMA_WEIGHT: f64 = 0.2;
+mod schedule;
+
+pub use schedule::{Estimate, History};
 
 /// The smallest `retry-after` hint.
 const MIN_RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -117,50 +122,6 @@ impl Shed {
     }
 }
 
-/// What the layer has learned of how long work takes, from the requests that succeeded.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Estimate {
-    /// EWMA of a request's seconds per unit of cost, as it ran beside the others; `None`
-    /// before the first success.
-    pub seconds_per_cost: Option<f64>,
-    /// EWMA of the requests in flight (time-averaged) over each request's life: how many
-    /// requests the stages actually serve in parallel.
-    pub parallelism: f64,
-}
-
-impl Estimate {
-    /// Adds a success of `cost` units that took `seconds`, with `parallelism` requests in
-    /// flight on average meanwhile.
-    fn learn(&mut self, cost: u64, seconds: f64, parallelism: f64) {
-        if cost == 0 || !seconds.is_finite() || seconds <= 0.0 {
-            return;
-        }
-        let per_cost = seconds / cost as f64;
-        let ewma = |old: f64, new: f64| old + EWMA_WEIGHT * (new - old);
-        match self.seconds_per_cost {
-            None => {
-                self.seconds_per_cost = Some(per_cost);
-                self.parallelism = parallelism.max(1.0);
-            }
-            Some(old) => {
-                self.seconds_per_cost = Some(ewma(old, per_cost));
-                self.parallelism = ewma(self.parallelism, parallelism.max(1.0));
-            }
-        }
-    }
-
-    /// How long `ahead` units of queued (or remaining) work take to drain when the stages
-    /// serve `parallelism` requests at once (at most `slots`), and how long `own` units then
-    /// take; `None` without an estimate.
-    pub fn wait_and_run(&self, ahead: f64, own: u64, slots: usize) -> Option<(Duration, Duration)> {
-        let per_cost = self.seconds_per_cost?;
-        let parallel = self.parallelism.clamp(1.0, slots.max(1) as f64);
-        let wait = ahead * per_cost / parallel;
-        let run = own as f64 * per_cost;
-        Some((secs(wait), secs(run)))
-    }
-}
-
 /// `seconds` as a duration (0 for negative or not finite ones, capped at a day).
 fn secs(seconds: f64) -> Duration {
     if seconds.is_finite() && seconds > 0.0 {
@@ -170,12 +131,26 @@ fn secs(seconds: f64) -> Duration {
     }
 }
 
-/// A request waiting for a slot.
-struct Waiter {
+/// A request holding a slot.
+struct Running {
     /// Identifies it for removal.
     id: u64,
     /// Its cost units.
     cost: u64,
+    /// Its deadline.
+    deadline: Instant,
+    /// How long it has run with how many others.
+    history: History,
+}
+
+/// A request waiting for a slot.
+struct Waiter {
+    /// Identifies it for removal (and its slot, once handed one).
+    id: u64,
+    /// Its cost units.
+    cost: u64,
+    /// Its deadline.
+    deadline: Instant,
     /// Told when a slot is handed to it.
     wake: oneshot::Sender<()>,
 }
@@ -183,35 +158,117 @@ struct Waiter {
 /// Everything under the lock.
 struct State {
     /// Requests holding a slot.
-    in_flight: usize,
-    /// Their cost units.
-    in_flight_cost: u64,
+    running: Vec<Running>,
     /// Requests waiting, first come first.
     queue: VecDeque<Waiter>,
-    /// Their cost units.
-    queued_cost: u64,
-    /// The next waiter's id.
+    /// The next request's id.
     next_id: u64,
-    /// `∫ in_flight dt` in request-seconds since the layer was made, up to `area_at`.
-    area: f64,
-    /// When `area` was last brought up to date.
-    area_at: Instant,
+    /// When the running requests' histories were last brought up to date.
+    at: Instant,
     /// What has been learned.
     estimate: Estimate,
 }
 
+/// When a request would start and finish, as the model predicts.
+#[derive(Debug, Clone, Copy)]
+struct Times {
+    start: Instant,
+    finish: Instant,
+}
+
 impl State {
-    /// Brings `area` up to now; call before changing `in_flight`.
+    /// Brings the running requests' histories up to `now`; call before changing `running`.
     fn advance(&mut self, now: Instant) {
-        let dt = now.saturating_duration_since(self.area_at).as_secs_f64();
-        self.area += self.in_flight as f64 * dt;
-        self.area_at = now;
+        let dt = now.saturating_duration_since(self.at).as_secs_f64();
+        let in_flight = self.running.len();
+        for running in &mut self.running {
+            running.history.add(in_flight, dt);
+        }
+        self.at = self.at.max(now);
     }
 
-    /// Work ahead of a new arrival, in cost units: the whole queue and, on average, half of
-    /// what is running.
-    fn ahead(&self) -> f64 {
-        self.queued_cost as f64 + self.in_flight_cost as f64 / 2.0
+    fn start(&mut self, id: u64, cost: u64, deadline: Instant) {
+        self.running.push(Running {
+            id,
+            cost,
+            deadline,
+            history: History::default(),
+        });
+    }
+
+    /// The predicted times of every running request, then every queued one, with `started`
+    /// (cost) running too and `appended` (cost) queued last; `None` without an estimate.
+    fn plan(
+        &self,
+        now: Instant,
+        started: Option<u64>,
+        appended: Option<u64>,
+    ) -> Option<Vec<Times>> {
+        let estimate = &self.estimate;
+        let mut running = Vec::with_capacity(self.running.len() + 1);
+        for r in &self.running {
+            running.push(estimate.work_left(r.cost, &r.history)?);
+        }
+        if let Some(cost) = started {
+            running.push(estimate.work(cost)?);
+        }
+        let mut queued = Vec::with_capacity(self.queue.len() + 1);
+        for w in &self.queue {
+            queued.push(estimate.work(w.cost)?);
+        }
+        if let Some(cost) = appended {
+            queued.push(estimate.work(cost)?);
+        }
+        let at = |seconds: f64| now + secs(seconds);
+        Some(
+            estimate
+                .schedule(&running, &queued)
+                .into_iter()
+                .map(|(start, finish)| Times {
+                    start: at(start),
+                    finish: at(finish),
+                })
+                .collect(),
+        )
+    }
+
+    /// The deadlines in [`State::plan`]'s order (without the extra request).
+    fn deadlines(&self) -> impl Iterator<Item = Instant> + '_ {
+        self.running
+            .iter()
+            .map(|r| r.deadline)
+            .chain(self.queue.iter().map(|w| w.deadline))
+    }
+
+    /// Whether a request of `cost` units due at `deadline` may start now, beside those
+    /// running: it would meet its deadline, and every request already admitted that would
+    /// meet its deadline without it still would. `true` without an estimate (nothing to go on).
+    fn fits_now(&self, now: Instant, cost: u64, deadline: Instant) -> bool {
+        let Some(with) = self.plan(now, Some(cost), None) else {
+            return true;
+        };
+        let n = self.running.len();
+        // `with` holds the newcomer at index n, between the running and the queued.
+        if with[n].finish > deadline {
+            return false;
+        }
+        let others = with[..n].iter().chain(&with[n + 1..]);
+        let late: Vec<bool> = others
+            .zip(self.deadlines())
+            .map(|(times, deadline)| times.finish > deadline)
+            .collect();
+        if !late.contains(&true) {
+            return true;
+        }
+        // Somebody would be late: only a problem if they would not be anyway.
+        let Some(without) = self.plan(now, None, None) else {
+            return true;
+        };
+        without
+            .iter()
+            .zip(self.deadlines())
+            .zip(late)
+            .all(|((times, deadline), late)| !late || times.finish > deadline)
     }
 }
 
@@ -252,20 +309,19 @@ pub struct Snapshot {
     pub estimate: Estimate,
 }
 
-/// A slot held by an admitted request: released on drop, handing it to the next waiter.
+/// A slot held by an admitted request: released on drop, handing it to the next waiter, and
+/// learning from the request (see [`Inner::release`]).
 struct SlotGuard {
     admission: Arc<Inner>,
-    cost: u64,
-    /// Learns from a request that did not succeed (see [`Inner::permit`]).
-    on_failure: Option<Box<dyn FnOnce() + Send + Sync>>,
+    id: u64,
+    /// Set by the permit's success hook.
+    succeeded: Arc<AtomicBool>,
 }
 
 impl Drop for SlotGuard {
     fn drop(&mut self) {
-        if let Some(learn) = self.on_failure.take() {
-            learn();
-        }
-        self.admission.release(self.cost);
+        let succeeded = self.succeeded.load(Ordering::SeqCst);
+        self.admission.release(self.id, Some(succeeded));
     }
 }
 
@@ -274,7 +330,6 @@ impl Drop for SlotGuard {
 struct Place {
     admission: Arc<Inner>,
     id: u64,
-    cost: u64,
     woken: oneshot::Receiver<()>,
     /// Set once the slot is in a [`SlotGuard`].
     taken: bool,
@@ -288,13 +343,12 @@ impl Drop for Place {
         let mut state = self.admission.lock();
         if let Some(i) = state.queue.iter().position(|w| w.id == self.id) {
             state.queue.remove(i);
-            state.queued_cost -= self.cost;
             return;
         }
         if self.woken.try_recv().is_ok() {
             // A slot was handed over that nobody will use.
             drop(state);
-            self.admission.release(self.cost);
+            self.admission.release(self.id, None);
         }
     }
 }
@@ -310,13 +364,10 @@ impl Admission {
         Self(Arc::new(Inner {
             config,
             state: Mutex::new(State {
-                in_flight: 0,
-                in_flight_cost: 0,
+                running: Vec::new(),
                 queue: VecDeque::new(),
-                queued_cost: 0,
                 next_id: 0,
-                area: 0.0,
-                area_at: Instant::now(),
+                at: Instant::now(),
                 estimate: Estimate::default(),
             }),
             counters: Counters {
@@ -353,7 +404,7 @@ impl Inner {
     pub fn snapshot(&self) -> Snapshot {
         let state = self.lock();
         Snapshot {
-            in_flight: state.in_flight,
+            in_flight: state.running.len(),
             queued: state.queue.len(),
             estimate: state.estimate,
         }
@@ -402,75 +453,61 @@ impl Inner {
         self.counters.shed[reason as usize].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Gives back a slot of `cost` units and hands free slots to the waiters first in line.
-    fn release(&self, cost: u64) {
+    /// Gives back the slot of request `id` and hands it to the first waiter. `outcome`: whether
+    /// it succeeded (`None`: it never ran). A success teaches the estimate; so does a failure
+    /// or cancellation after running longer than the estimate said (a deadline reached on a
+    /// machine that slowed down), as a lower bound, so that the estimate does not stay
+    /// optimistic because the slow requests never succeed.
+    fn release(&self, id: u64, outcome: Option<bool>) {
         let mut state = self.lock();
         state.advance(Instant::now());
-        state.in_flight -= 1;
-        state.in_flight_cost -= cost;
-        self.hand_over(&mut state);
+        let Some(i) = state.running.iter().position(|r| r.id == id) else {
+            return;
+        };
+        let done = state.running.swap_remove(i);
+        if let Some(succeeded) = outcome
+            && (succeeded || state.estimate.overran(done.cost, &done.history))
+        {
+            state.estimate.learn(done.cost, &done.history);
+        }
+        self.hand_over(&mut state, 1);
     }
 
-    /// Hands free slots to waiters, first come first.
-    fn hand_over(&self, state: &mut State) {
-        while state.in_flight < self.config.max_concurrent_requests {
-            let Some(waiter) = state.queue.pop_front() else {
+    /// Hands free slots to waiters, first come first: `replacing` of them at once (slots just
+    /// given back: the number in flight returns to what it was), more only while the first
+    /// waiter fits beside those running ([`State::fits_now`]); with nothing running, the first
+    /// always starts.
+    fn hand_over(&self, state: &mut State, mut replacing: usize) {
+        let now = Instant::now();
+        while state.running.len() < self.config.max_concurrent_requests {
+            let Some(first) = state.queue.front() else {
                 return;
             };
-            state.queued_cost -= waiter.cost;
+            let fits = replacing > 0
+                || state.running.is_empty()
+                || state.fits_now(now, first.cost, first.deadline);
+            if !fits {
+                return;
+            }
+            replacing = replacing.saturating_sub(1);
+            let waiter = state.queue.pop_front().expect("a first waiter");
             // The waiter removes itself under this lock when it goes, so it is still there.
             if waiter.wake.send(()).is_ok() {
-                state.in_flight += 1;
-                state.in_flight_cost += waiter.cost;
+                state.start(waiter.id, waiter.cost, waiter.deadline);
             }
         }
     }
 
-    /// The permit of a request of `cost` units that holds a slot and starts running now:
-    /// gives the slot back when dropped, and learns from the request: from its time if it
-    /// succeeds; if it fails or is cancelled after running longer than the estimate said (a
-    /// deadline reached on a machine that slowed down), from that time as a lower bound, so
-    /// the estimate does not stay optimistic because the slow requests never succeed.
-    fn permit(self: &Arc<Self>, cost: u64) -> Permit {
-        let started = Instant::now();
-        let area_at_start = {
-            let mut state = self.lock();
-            state.advance(started);
-            state.area
-        };
+    /// The permit of request `id`, which holds a slot.
+    fn permit(self: &Arc<Self>, id: u64) -> Permit {
         let succeeded = Arc::new(AtomicBool::new(false));
-        let learner = Arc::clone(self);
-        let learn = move |succeeded: bool| {
-            let now = Instant::now();
-            let mut state = learner.lock();
-            state.advance(now);
-            let seconds = now.saturating_duration_since(started).as_secs_f64();
-            let expected = state
-                .estimate
-                .seconds_per_cost
-                .map_or(f64::INFINITY, |per_cost| per_cost * cost as f64);
-            if seconds > 0.0 && (succeeded || seconds > expected) {
-                let parallelism = (state.area - area_at_start) / seconds;
-                state.estimate.learn(cost, seconds, parallelism);
-            }
-        };
-        let on_success = {
-            let (succeeded, learn) = (Arc::clone(&succeeded), learn.clone());
-            move || {
-                succeeded.store(true, Ordering::SeqCst);
-                learn(true);
-            }
-        };
+        let hook = Arc::clone(&succeeded);
         Permit::holding(SlotGuard {
             admission: Arc::clone(self),
-            cost,
-            on_failure: Some(Box::new(move || {
-                if !succeeded.load(Ordering::SeqCst) {
-                    learn(false);
-                }
-            })),
+            id,
+            succeeded,
         })
-        .on_success(on_success)
+        .on_success(move || hook.store(true, Ordering::SeqCst))
     }
 
     /// Admits `request` (see the module docs).
@@ -494,40 +531,31 @@ impl Inner {
             return Ok(Permit::free());
         }
         let arrived = Instant::now();
+        let deadline = request.deadline;
         let mut place = {
             let mut state = self.lock();
-            if state.in_flight < slots && state.queue.is_empty() {
-                // A free place: the request runs beside the `in_flight` others, so at
-                // `(in_flight + 1) / parallelism` times the learned time (learned with
-                // `parallelism` requests at once sharing the stages).
-                let estimate = state.estimate;
-                if let Some((_, run)) = estimate.wait_and_run(0.0, cost, slots) {
-                    let share = (state.in_flight + 1) as f64 / estimate.parallelism.max(1.0);
-                    let run = secs(run.as_secs_f64() * share);
-                    if arrived + run > request.deadline {
-                        drop(state);
-                        self.count(Shed::Deadline);
-                        let left = request.deadline.saturating_duration_since(arrived);
-                        return Err(Refusal::DeadlineExceeded(format!(
-                            "the deadline cannot be met: about {} ms to run, {} ms left",
-                            run.as_millis(),
-                            left.as_millis()
-                        )));
-                    }
-                }
-                state.advance(arrived);
-                state.in_flight += 1;
-                state.in_flight_cost += cost;
+            state.advance(arrived);
+            let id = state.next_id;
+            state.next_id += 1;
+            if state.running.len() < slots
+                && state.queue.is_empty()
+                && state.fits_now(arrived, cost, deadline)
+            {
+                state.start(id, cost, deadline);
                 drop(state);
                 self.counters.queue_wait.observe(0.0);
-                return Ok(self.permit(cost));
+                return Ok(self.permit(id));
             }
-            let ahead = state.ahead();
-            let estimate = state.estimate.wait_and_run(ahead, cost, slots);
+            // Wait for a place: it starts when one of those running finishes.
+            let plan = state.plan(arrived, None, Some(cost));
+            let times = plan.as_ref().and_then(|plan| plan.last().copied());
             if state.queue.len() >= self.config.max_queued_requests {
-                let retry_after =
-                    estimate.map_or(MIN_RETRY_AFTER, |(wait, _)| wait.max(MIN_RETRY_AFTER));
-                let (running, queued) = (state.in_flight, state.queue.len());
+                let retry_after = times.map_or(MIN_RETRY_AFTER, |t| {
+                    t.start
+                        .saturating_duration_since(arrived)
+                        .max(MIN_RETRY_AFTER)
+                });
+                let (running, queued) = (state.running.len(), state.queue.len());
                 drop(state);
                 self.count(Shed::QueueFull);
                 return Err(Refusal::ResourceExhausted {
@@ -539,41 +567,54 @@ impl Inner {
                     retry_after: Some(retry_after),
                 });
             }
-            if let Some((wait, run)) = estimate
-                && arrived + wait + run > request.deadline
+            if let Some(times) = times
+                && times.finish > deadline
             {
                 drop(state);
                 self.count(Shed::Deadline);
-                let left = request.deadline.saturating_duration_since(arrived);
-                return Err(Refusal::DeadlineExceeded(format!(
-                    "the deadline cannot be met: about {} ms of queued work ahead and {} ms to \
-                     run, {} ms left",
-                    wait.as_millis(),
-                    run.as_millis(),
-                    left.as_millis()
-                )));
+                let wait = times.start.saturating_duration_since(arrived);
+                let run = times.finish.saturating_duration_since(times.start);
+                let left = deadline.saturating_duration_since(arrived);
+                let message = if wait.is_zero() {
+                    format!(
+                        "the deadline cannot be met: about {} ms to run, {} ms left",
+                        run.as_millis(),
+                        left.as_millis()
+                    )
+                } else {
+                    format!(
+                        "the deadline cannot be met: about {} ms until a place is free and {} \
+                         ms to run, {} ms left",
+                        wait.as_millis(),
+                        run.as_millis(),
+                        left.as_millis()
+                    )
+                };
+                return Err(Refusal::DeadlineExceeded(message));
             }
             let (wake, woken) = oneshot::channel();
-            let id = state.next_id;
-            state.next_id += 1;
-            state.queue.push_back(Waiter { id, cost, wake });
-            state.queued_cost += cost;
+            state.queue.push_back(Waiter {
+                id,
+                cost,
+                deadline,
+                wake,
+            });
             Place {
                 admission: Arc::clone(self),
                 id,
-                cost,
                 woken,
                 taken: false,
             }
         };
-        match tokio::time::timeout_at(request.deadline, &mut place.woken).await {
+        match tokio::time::timeout_at(deadline, &mut place.woken).await {
             Ok(Ok(())) => {
                 place.taken = true;
+                let id = place.id;
                 drop(place);
                 self.counters
                     .queue_wait
                     .observe(arrived.elapsed().as_secs_f64());
-                Ok(self.permit(cost))
+                Ok(self.permit(id))
             }
             // The sender is only dropped after a send, or with the layer.
             Ok(Err(_)) => Err(Refusal::Unavailable("the gateway is shutting down".into())),

@@ -1,5 +1,6 @@
-//! The admission arithmetic on a paused clock: slots, the FIFO queue, refusals and the
-//! estimate that divides the work ahead by the parallelism actually served.
+//! The admission layer on a paused clock: slots, the FIFO queue, refusals, learning, and the
+//! deadline checks against the schedule (the model's own arithmetic is tested in
+//! `schedule.rs`).
 
 use std::time::Duration;
 
@@ -164,100 +165,202 @@ async fn leaving_the_queue() {
     assert!(admission.admit(&request(10, LONG)).await.is_ok());
 }
 
-/// Two requests of 100 units that ran side by side for 10 s teach 0.1 s per unit at a
-/// parallelism of 2. With two such requests running and two queued, a newcomer has
-/// 2 × 100 queued + half of the 2 × 100 running = 300 units ahead, which drain at
-/// 2 / 0.1 = 20 units per second: 15 s, then 10 s of its own. A 20 s
-/// deadline is refused at once (DEADLINE_EXCEEDED, nothing queued); a 30 s one waits (not
-/// dividing by the parallelism would have said 40 s and refused it). Failures quicker than the
-/// estimate teach nothing.
+/// An estimate of `solo` seconds per unit, `parallelism`, and no measured error (the margin
+/// is then its minimum, 1.06).
+fn estimate(solo: f64, parallelism: f64) -> Estimate {
+    Estimate {
+        solo: Some(solo),
+        parallelism,
+        error: 0.0,
+    }
+}
+
+/// The first request to finish sets the solo pace; one that ran beside another teaches the
+/// parallelism (two requests of 100 units side by side for 10 s, 0.05 s per unit alone: each
+/// at half pace, so parallelism 1). A failure quicker than the estimate teaches nothing; one
+/// that ran longer than it said teaches it as a lower bound.
 #[tokio::test(start_paused = true)]
-async fn deadlines_against_the_learned_estimate() {
-    let admission = layer(2, 8, 0);
+async fn learning_from_finished_requests() {
+    let admission = layer(4, 4, 0);
+    let first = admission.admit(&request(100, LONG)).await.unwrap();
+    advance(Duration::from_secs(5)).await;
+    first.succeeded();
+    let learned = admission.snapshot().estimate;
+    assert_eq!(learned.solo, Some(0.05), "{learned:?}");
+
     let a = admission.admit(&request(100, LONG)).await.unwrap();
     let b = admission.admit(&request(100, LONG)).await.unwrap();
     advance(Duration::from_secs(10)).await;
     a.succeeded();
-    b.succeeded();
-    let estimate = admission.snapshot().estimate;
-    assert!(
-        (estimate.seconds_per_cost.unwrap() - 0.1).abs() < 1e-9,
-        "{estimate:?}"
-    );
-    // The first ran beside the second all along (2); the second alone for an instant after.
-    assert!((estimate.parallelism - 2.0).abs() < 1e-6, "{estimate:?}");
-    let (wait, run) = estimate.wait_and_run(300.0, 100, 2).unwrap();
-    assert_eq!((wait.as_secs(), run.as_secs()), (15, 10));
+    let shared = admission.snapshot().estimate;
+    // Sample 1, from the initial 2: 2 + 0.2 × (1 − 2).
+    assert!((shared.parallelism - 1.8).abs() < 1e-9, "{shared:?}");
     assert_eq!(
-        estimate.wait_and_run(300.0, 100, 1).unwrap().0.as_secs(),
-        30,
-        "never more parallel than the slots"
+        shared.solo,
+        Some(0.05),
+        "sharing does not teach the solo pace"
     );
+    // b fails after 10 s that the model counts as 9 s of work for 5 needed: learned as a
+    // lower bound.
+    drop(b);
+    assert!(admission.snapshot().estimate.parallelism < shared.parallelism);
 
-    // A failure (the permit dropped) within the estimate (100 units: 10 s) changes nothing.
-    let failed = admission.admit(&request(100, LONG)).await.unwrap();
-    advance(Duration::from_secs(5)).await;
-    drop(failed);
-    assert_eq!(admission.snapshot().estimate, estimate);
+    let before = admission.snapshot().estimate;
+    let quick = admission.admit(&request(100, LONG)).await.unwrap();
+    advance(Duration::from_secs(1)).await;
+    drop(quick);
+    assert_eq!(
+        admission.snapshot().estimate,
+        before,
+        "a quick failure teaches nothing"
+    );
+}
 
+/// With an estimate of 0.01 s per unit alone (margin 1.06) and parallelism 1, two requests of
+/// 100 units running side by side both finish after 2.12 s; a newcomer would wait for that
+/// and then run alone for 1.06 s. Too short a deadline is refused
+/// at once with DEADLINE_EXCEEDED, taking no place; a meetable one waits.
+#[tokio::test(start_paused = true)]
+async fn deadlines_against_the_schedule() {
+    let admission = layer(2, 8, 0).with_estimate(estimate(0.01, 1.0));
     let _a = admission.admit(&request(100, LONG)).await.unwrap();
     let _b = admission.admit(&request(100, LONG)).await.unwrap();
-    let mut queued = Vec::new();
-    for _ in 0..2 {
-        let admission = admission.clone();
-        queued.push(tokio::spawn(async move {
-            admission.admit(&request(100, LONG)).await.map(drop)
-        }));
-    }
-    settle().await;
-    assert_eq!(admission.snapshot().queued, 2);
-
     let arrived = Instant::now();
     match admission
-        .admit(&request(100, Duration::from_secs(20)))
+        .admit(&request(100, Duration::from_secs(2)))
         .await
         .unwrap_err()
     {
         Refusal::DeadlineExceeded(message) => assert_eq!(
             message,
-            "the deadline cannot be met: about 15000 ms of queued work ahead and 10000 ms to \
-             run, 20000 ms left"
+            "the deadline cannot be met: about 2120 ms until a place is free and 1060 ms to \
+             run, 2000 ms left"
         ),
         other => panic!("{other:?}"),
     }
     assert_eq!(Instant::now(), arrived, "refused at once");
     assert_eq!(admission.shed(Shed::Deadline), 1);
-    assert_eq!(admission.snapshot().queued, 2, "it took no place");
+    assert_eq!(admission.snapshot().queued, 0, "it took no place");
 
     let patient = {
         let admission = admission.clone();
         tokio::spawn(async move {
             admission
-                .admit(&request(100, Duration::from_secs(30)))
+                .admit(&request(100, Duration::from_secs(4)))
                 .await
                 .map(drop)
         })
     };
     settle().await;
-    assert_eq!(admission.snapshot().queued, 3, "a meetable deadline waits");
+    assert_eq!(admission.snapshot().queued, 1, "a meetable deadline waits");
     patient.abort();
-    for task in queued {
-        task.abort();
+}
+
+/// Given a free place, a request is refused at once if its own run would pass its deadline.
+/// A newcomer that would make a running request late (two at parallelism 1 each take twice
+/// as long) is not started beside it but waits for it to finish, if its deadline allows.
+#[tokio::test(start_paused = true)]
+async fn a_newcomer_must_not_make_others_late() {
+    let admission = layer(4, 4, 0).with_estimate(estimate(0.01, 1.0));
+    match admission
+        .admit(&request(100, Duration::from_millis(1000)))
+        .await
+        .unwrap_err()
+    {
+        Refusal::DeadlineExceeded(message) => assert_eq!(
+            message,
+            "the deadline cannot be met: about 1060 ms to run, 1000 ms left"
+        ),
+        other => panic!("{other:?}"),
+    }
+    // Due in 1.5 s: 1.06 s alone, but 2.12 s beside another.
+    let first = admission
+        .admit(&request(100, Duration::from_millis(1500)))
+        .await
+        .unwrap();
+    // Its own deadline (10 s) is fine either way, but starting now would make the first
+    // late: it waits for the first to finish.
+    let second = {
+        let admission = admission.clone();
+        tokio::spawn(async move {
+            admission
+                .admit(&request(100, Duration::from_secs(10)))
+                .await
+        })
+    };
+    settle().await;
+    assert_eq!(
+        (admission.snapshot().in_flight, admission.snapshot().queued),
+        (1, 1),
+        "a free slot, but the second waits"
+    );
+    advance(Duration::from_millis(1000)).await;
+    first.succeeded();
+    settle().await;
+    let second = second.await.unwrap().unwrap();
+    assert_eq!(admission.snapshot().in_flight, 1);
+    // With parallelism 2, the same two would overlap.
+    let relaxed = layer(4, 4, 0).with_estimate(estimate(0.01, 2.0));
+    let _one = relaxed
+        .admit(&request(100, Duration::from_millis(1500)))
+        .await
+        .unwrap();
+    let _two = relaxed
+        .admit(&request(100, Duration::from_millis(1500)))
+        .await
+        .unwrap();
+    assert_eq!(relaxed.snapshot().in_flight, 2);
+    drop(second);
+}
+
+/// A slot given back goes to the first waiter at once; free slots beyond it only to waiters
+/// that fit beside those running.
+#[tokio::test(start_paused = true)]
+async fn hand_over_fills_free_slots_only_while_they_fit() {
+    let admission = layer(3, 4, 0).with_estimate(estimate(0.01, 1.0));
+    let running = admission
+        .admit(&request(100, Duration::from_millis(1100)))
+        .await
+        .unwrap();
+    let mut waiting = Vec::new();
+    for _ in 0..2 {
+        let admission = admission.clone();
+        waiting.push(tokio::spawn(async move {
+            admission
+                .admit(&request(100, Duration::from_secs(60)))
+                .await
+        }));
+        settle().await;
+    }
+    assert_eq!(
+        admission.snapshot().queued,
+        2,
+        "both would make the first late"
+    );
+    drop(running);
+    settle().await;
+    // One replaces the first; the second would share with it, and both have time for that.
+    let snapshot = admission.snapshot();
+    assert_eq!(
+        (snapshot.in_flight, snapshot.queued),
+        (2, 0),
+        "{snapshot:?}"
+    );
+    for task in waiting {
+        drop(task.await.unwrap().unwrap());
     }
 }
 
-/// The retry hint of a full queue is the estimated time for the work ahead, at least 1 s.
+/// The retry hint of a full queue is when the requests ahead are expected to have started
+/// (here the one running to have finished), at least 1 s.
 #[tokio::test(start_paused = true)]
 async fn retry_after_follows_the_estimate() {
-    let admission = layer(1, 0, 0);
-    let learn = admission.admit(&request(100, LONG)).await.unwrap();
-    advance(Duration::from_secs(10)).await;
-    learn.succeeded();
+    let admission = layer(1, 0, 0).with_estimate(estimate(0.05, 1.0));
     let _running = admission.admit(&request(100, LONG)).await.unwrap();
     match admission.admit(&request(100, LONG)).await.unwrap_err() {
         Refusal::ResourceExhausted { retry_after, .. } => {
-            // Half of the 100 units running, at 0.1 s per unit, one at a time.
-            assert_eq!(retry_after, Some(Duration::from_secs(5)));
+            // 100 units at 0.05 s, margin 1.06.
+            assert_eq!(retry_after, Some(Duration::from_millis(5300)));
         }
         other => panic!("{other:?}"),
     }
@@ -291,47 +394,4 @@ async fn metrics_report_the_queue() {
         assert!(text.contains(line), "{line} missing from\n{text}");
     }
     waiting.abort();
-}
-
-/// Given a free place, a request is refused at once if its own run (at the pace of the
-/// requests it joins) would pass its deadline: 100 units at 0.1 s per unit learned at a
-/// parallelism of 2 take 5 s alone. A failure that ran longer than the estimate teaches it.
-#[tokio::test(start_paused = true)]
-async fn free_places_check_the_run_itself() {
-    let admission = layer(4, 4, 0).with_estimate(Estimate {
-        seconds_per_cost: Some(0.1),
-        parallelism: 2.0,
-    });
-    match admission
-        .admit(&request(100, Duration::from_secs(4)))
-        .await
-        .unwrap_err()
-    {
-        Refusal::DeadlineExceeded(message) => assert_eq!(
-            message,
-            "the deadline cannot be met: about 5000 ms to run, 4000 ms left"
-        ),
-        other => panic!("{other:?}"),
-    }
-    let admitted = admission
-        .admit(&request(100, Duration::from_secs(6)))
-        .await
-        .unwrap();
-    // Beside it, a second would take the learned 10 s: refused for an 8 s deadline.
-    match admission
-        .admit(&request(100, Duration::from_secs(8)))
-        .await
-        .unwrap_err()
-    {
-        Refusal::DeadlineExceeded(message) => assert!(message.contains("10000 ms to run")),
-        other => panic!("{other:?}"),
-    }
-    // It fails at 30 s (three times the 10 s estimate): the estimate grows.
-    advance(Duration::from_secs(30)).await;
-    drop(admitted);
-    let learned = admission.snapshot().estimate.seconds_per_cost.unwrap();
-    assert!(
-        (learned - (0.1 + 0.2 * (0.3 - 0.1))).abs() < 1e-9,
-        "{learned}"
-    );
 }

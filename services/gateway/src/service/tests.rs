@@ -575,8 +575,9 @@ async fn admission_control_over_grpc() {
         max_queued_requests: 2,
     })
     .with_estimate(Estimate {
-        seconds_per_cost: Some(0.01),
+        solo: Some(0.01),
         parallelism: 1.0,
+        error: 0.0,
     });
     let mut h = start_with(admission.clone()).await;
 
@@ -603,7 +604,8 @@ async fn admission_control_over_grpc() {
     };
     wait_for(|| admission.snapshot().queued == 1).await;
 
-    // Ahead: 294 queued + 147 (half of what runs) = 441 units = 4.41 s, then 2.94 s to run.
+    // 294 units each at 0.01 s (margin 1.06): the waiting one starts when the running one
+    // finishes, this one after both, past its 5 s.
     let status = h
         .client
         .generate(generate("k", Some(Duration::from_secs(5))))
@@ -626,8 +628,9 @@ async fn admission_control_over_grpc() {
         status.message().contains("1 requests running"),
         "{status:?}"
     );
-    // (294 + 294 + 147) units at 10 ms each, rounded up.
-    assert_eq!(status.metadata().get(RETRY_AFTER).unwrap(), "8");
+    // It would start once the running request and both waiting ones have run: 3 × 294 units
+    // at 10 ms, margin 1.06, 9.3 s, rounded up.
+    assert_eq!(status.metadata().get(RETRY_AFTER).unwrap(), "10");
 
     let scrape = unclip_testkit::scrape(&h.address.to_string()).await;
     scrape.assert_openmetrics();
