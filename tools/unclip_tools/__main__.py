@@ -23,6 +23,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-shapes": ("unclip_tools.shapes.train", "train the tiny shapes unCLIP (resumable)"),
     "export-shapes": ("unclip_tools.shapes.export", "export trained shapes checkpoints to models/shapes"),
     "bench": ("unclip_tools.bench", "time the reference sampler on unclip bench's requests (the Python baseline)"),
+    "load-captions": ("unclip_tools.bench_load", "print N distinct shapes captions (requests that share nothing in the cache)"),
+    "load-report": ("unclip_tools.bench_load", "tables and plot of scripts/bench-load's reports: latency against offered load, cache paths"),
     "diffusers-bench": ("unclip_tools.diffusers_bench", "time diffusers' UnCLIPPipeline on unclip bench's requests (karlo-tiny)"),
     "quality-report": ("unclip_tools.shapes.quality", "score generated images against captions and write the report"),
     "inpaint-eval": ("unclip_tools.shapes.inpaint_eval", "inpainting cases through a running gateway: object in mask, kept area, seam"),

@@ -521,6 +521,12 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
 
+    /// Every request uses --seed itself instead: with one --prompt, repeats of one request,
+    /// whose text encoding and prior sample the gateway's cache holds after the first, so only
+    /// the decoder runs (the cache-hit path).
+    #[arg(long)]
+    pub repeat_seed: bool,
+
     /// Prior denoising steps.
     #[arg(long)]
     pub prior_steps: Option<u32>,

@@ -5,7 +5,8 @@
 //!
 //! Request i draws with seed `--seed + i × num_images`, so no two requests share a prior
 //! sample and the prior's cache does not flatter the figures; text encodings of the repeated
-//! prompts are cached after their first use, as in real traffic.
+//! prompts are cached after their first use, as in real traffic. `--repeat-seed` sends `--seed`
+//! every time instead, to measure that cache's path.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -246,7 +247,7 @@ impl Report {
 }
 
 /// Request `i` of the run (warm-up requests come first, so measured ones never reuse their
-/// seeds either).
+/// seeds either; with --repeat-seed every request has --seed).
 fn request(args: &BenchArgs, i: usize) -> GenerateRequest {
     let prompts: Vec<&str> = if args.prompt.is_empty() {
         DEFAULT_PROMPTS.to_vec()
@@ -257,7 +258,11 @@ fn request(args: &BenchArgs, i: usize) -> GenerateRequest {
     GenerateRequest {
         prompt: prompts[i % prompts.len()].to_string(),
         num_images: args.num_images,
-        seed: Some(args.seed.wrapping_add(i as u64 * u64::from(num_images))),
+        seed: Some(if args.repeat_seed {
+            args.seed
+        } else {
+            args.seed.wrapping_add(i as u64 * u64::from(num_images))
+        }),
         prior_steps: args.prior_steps,
         decoder: args.decoder.settings(),
         ..Default::default()
@@ -444,6 +449,20 @@ mod tests {
         let seeds: Vec<u64> = (0..4).map(|i| request(&args, i).seed.unwrap()).collect();
         assert_eq!(seeds, [10, 13, 16, 19]);
         assert_eq!(request(&args, 4).prompt, DEFAULT_PROMPTS[0]);
+        assert_eq!(request(&args, 1).prompt, DEFAULT_PROMPTS[1]);
+    }
+
+    /// --repeat-seed sends --seed every time (the cache-hit path); prompts still go round.
+    #[test]
+    fn repeat_seed_repeats_the_seed() {
+        let args = BenchArgs {
+            num_images: Some(3),
+            seed: 10,
+            repeat_seed: true,
+            ..BenchArgs::default()
+        };
+        let seeds: Vec<u64> = (0..4).map(|i| request(&args, i).seed.unwrap()).collect();
+        assert_eq!(seeds, [10, 10, 10, 10]);
         assert_eq!(request(&args, 1).prompt, DEFAULT_PROMPTS[1]);
     }
 }
