@@ -25,7 +25,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("unclip_tools.bench", "time the reference sampler on unclip bench's requests (the Python baseline)"),
     "load-captions": ("unclip_tools.bench_load", "print N distinct shapes captions (requests that share nothing in the cache)"),
     "load-report": ("unclip_tools.bench_load", "tables and plot of scripts/bench-load's reports: latency against offered load, cache paths"),
-    "diffusers-bench": ("unclip_tools.diffusers_bench", "time diffusers' UnCLIPPipeline on unclip bench's requests (karlo-tiny)"),
+    "diffusers-bench": ("unclip_tools.diffusers_bench", "time diffusers' UnCLIPPipeline on unclip bench's requests (karlo-tiny, shapes)"),
+    "diffusers-agreement": ("unclip_tools.shapes.diffusers_agreement", "shapes: diffusers' UnCLIPPipeline against the reference sampler (replayed noise, checker)"),
     "quality-report": ("unclip_tools.shapes.quality", "score generated images against captions and write the report"),
     "inpaint-eval": ("unclip_tools.shapes.inpaint_eval", "inpainting cases through a running gateway: object in mask, kept area, seam"),
 }

@@ -40,34 +40,14 @@ def _schedulers() -> dict[str, Any]:
     }
 
 
-def build(work: Path, out: Path, defaults: dict[str, Any] | None = None, partial: bool = False, weights_float16: bool = True) -> dict[str, Any]:
-    import torch
-    from safetensors.numpy import save_file
+def graph_list(cfg: Any, text: Any, image: Any, prior: Any, text_proj: Any, decoder: Any, ups: list[Any]) -> list[Any]:
+    """The repository's graphs (`export.Graph`: module, ONNX file, inputs, outputs, test inputs) in
+    manifest order, for the given torch modules: the exporter traces them, and
+    `shapes.torch_weights` traces fresh copies to map the shipped initializers back to them."""
+    from ..export import Graph, TensorSpec
+    from .tokenizer import CONTEXT_LENGTH, encode
 
-    from ..export import Graph, TensorSpec, export_graph
-    from ..repository import FORMAT, load_manifest, write_manifest
-    from .models import Decoder, PriorGraph, TextProjGraph, Upsampler, make_prior, make_text_proj
-    from .tokenizer import CONTEXT_LENGTH, build_tokenizer, encode
-    from .train import CLIP_MEAN, CLIP_STD, load_clip, load_config, phase_done
-
-    for phase in ("clip", "prior", "decoder", "upsampler0", "upsampler1"):
-        if not partial and not phase_done(work, phase):
-            raise UserError(f"{work}: phase {phase!r} has not finished; run `python -m unclip_tools train-shapes --work {work}`")
-    torch.set_num_threads(1)
-    cfg = load_config(work)
     d, c, t_dim, s = cfg.embed_dim, cfg.cross_dim, cfg.time_embed_dim, cfg.base_size
-    clip = load_clip(work, cfg)
-
-    def ema(name: str, key: str, module: torch.nn.Module) -> torch.nn.Module:
-        ck = torch.load(work / f"{name}.pt", weights_only=False, map_location="cpu")
-        module.load_state_dict(ck["ema"][key])
-        return module.eval()
-
-    prior = ema("prior", "prior", PriorGraph(make_prior(cfg)))
-    decoder = ema("decoder", "decoder", Decoder(cfg))
-    text_proj = ema("decoder", "text_proj", TextProjGraph(make_text_proj(cfg)))
-    ups = [ema(f"upsampler{k}", f"upsampler{k}", Upsampler(cfg)) for k in range(2)]
-
     F, I, B = "float", "int64", "bool"
 
     def ts(b: int, rng: np.random.Generator) -> np.ndarray:
@@ -85,10 +65,10 @@ def build(work: Path, out: Path, defaults: dict[str, Any] | None = None, partial
         return lambda b, rng: rng.standard_normal((b, *shape)).astype(np.float32)
 
     graphs = [
-        Graph("text_encoder", "text_encoder.onnx", clip.text, [TensorSpec("input_ids", I, ["batch", CONTEXT_LENGTH])],
+        Graph("text_encoder", "text_encoder.onnx", text, [TensorSpec("input_ids", I, ["batch", CONTEXT_LENGTH])],
               [TensorSpec("text_embeds", F, ["batch", d]), TensorSpec("last_hidden_state", F, ["batch", CONTEXT_LENGTH, d])],
               lambda b, rng: {"input_ids": ids(b, rng)}),
-        Graph("image_encoder", "image_encoder.onnx", clip.image, [TensorSpec("pixel_values", F, ["batch", 3, cfg.image_size, cfg.image_size])],
+        Graph("image_encoder", "image_encoder.onnx", image, [TensorSpec("pixel_values", F, ["batch", 3, cfg.image_size, cfg.image_size])],
               [TensorSpec("image_embeds", F, ["batch", d])], lambda b, rng: {"pixel_values": randn(3, cfg.image_size, cfg.image_size)(b, rng)}),
         Graph("prior", "prior.onnx", prior,
               [TensorSpec("hidden_states", F, ["batch", d]), TensorSpec("timestep", I, ["batch"]), TensorSpec("proj_embedding", F, ["batch", d]),
@@ -116,6 +96,40 @@ def build(work: Path, out: Path, defaults: dict[str, Any] | None = None, partial
                             [TensorSpec("sample", F, ["batch", 6, hi, hi]), TensorSpec("timestep", I, ["batch"])],
                             [TensorSpec("out_sample", F, ["batch", 3, hi, hi])],
                             (lambda hi_: lambda b, rng: {"sample": randn(6, hi_, hi_)(b, rng), "timestep": ts(b, rng)})(hi)))
+
+    return graphs
+
+
+def build(work: Path, out: Path, defaults: dict[str, Any] | None = None, partial: bool = False, weights_float16: bool = True) -> dict[str, Any]:
+    import torch
+    from safetensors.numpy import save_file
+
+    from ..export import export_graph
+    from ..repository import FORMAT, load_manifest, write_manifest
+    from .models import Decoder, PriorGraph, TextProjGraph, Upsampler, make_prior, make_text_proj
+    from .tokenizer import CONTEXT_LENGTH, build_tokenizer, encode
+    from .train import CLIP_MEAN, CLIP_STD, load_clip, load_config, phase_done
+
+    for phase in ("clip", "prior", "decoder", "upsampler0", "upsampler1"):
+        if not partial and not phase_done(work, phase):
+            raise UserError(f"{work}: phase {phase!r} has not finished; run `python -m unclip_tools train-shapes --work {work}`")
+    torch.set_num_threads(1)
+    cfg = load_config(work)
+    d, s = cfg.embed_dim, cfg.base_size
+    clip = load_clip(work, cfg)
+
+    def ema(name: str, key: str, module: torch.nn.Module) -> torch.nn.Module:
+        ck = torch.load(work / f"{name}.pt", weights_only=False, map_location="cpu")
+        module.load_state_dict(ck["ema"][key])
+        return module.eval()
+
+    prior = ema("prior", "prior", PriorGraph(make_prior(cfg)))
+    decoder = ema("decoder", "decoder", Decoder(cfg))
+    text_proj = ema("decoder", "text_proj", TextProjGraph(make_text_proj(cfg)))
+    ups = [ema(f"upsampler{k}", f"upsampler{k}", Upsampler(cfg)) for k in range(2)]
+
+    graphs = graph_list(cfg, clip.text, clip.image, prior, text_proj, decoder, ups)
+    sizes = [(s, 2 * s), (2 * s, 4 * s)]
 
     if out.exists():
         shutil.rmtree(out)
