@@ -45,11 +45,23 @@ def test_report_and_comparison(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert lines[0].startswith("| run | images/s | p50 ms | p90 ms | clip.encode_text s | prior.sample s | decoder.decode s |")
     assert lines[2].startswith("| a=b | ") and lines[3].startswith("| python | ")
 
+    slow = tmp_path / "slow.json"
+    slow.write_text(json.dumps({**report, "images_per_second": report["images_per_second"] / 4,
+                                "latency_ms": {**lat, "p50": lat["p50"] * 2}}))
+    assert main(["bench", "--compare", f"python={file}", f"slow={slow}", "--ratio", "python/slow"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "python / slow: 4.00x the images/s, 0.50x the p50 latency"
+
 
 def test_bad_arguments_are_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "--compare", "no-label"]) == 2
     assert "--compare takes LABEL=FILE, got 'no-label'" in capsys.readouterr().err
     assert main(["bench", "--compare", f"x={tmp_path / 'missing.json'}"]) == 2
     assert "cannot read the report" in capsys.readouterr().err
+    report = tmp_path / "r.json"
+    report.write_text(json.dumps({"images_per_second": 1.0, "latency_ms": {"p50": 1.0}, "stages": {}}))
+    assert main(["bench", "--compare", f"a={report}", "--ratio", "a/b"]) == 2
+    assert "--ratio 'a/b': no report labelled 'b'" in capsys.readouterr().err
+    assert main(["bench", "--compare", f"a={report}", "--ratio", "a"]) == 2
+    assert "--ratio takes NUM/DEN" in capsys.readouterr().err
     assert main(["bench", "--model", str(MODEL), "--requests", "0"]) == 2
     assert "--requests must be at least 1, got 0" in capsys.readouterr().err

@@ -109,6 +109,24 @@ def comparison(runs: list[tuple[str, dict]]) -> str:
     return "\n".join("| " + " | ".join(row) + " |" for row in rows)
 
 
+def ratios(runs: list[tuple[str, dict]], pairs: list[str]) -> list[str]:
+    """One line per "NUM/DEN" pair of labels: NUM's throughput over DEN's, and p50 latencies."""
+    by_label = dict(runs)
+    lines = []
+    for pair in pairs:
+        num, sep, den = pair.partition("/")
+        if not sep or "/" in den:
+            raise UserError(f"--ratio takes NUM/DEN (two labels of --compare), got {pair!r}")
+        for label in (num, den):
+            if label not in by_label:
+                raise UserError(f"--ratio {pair!r}: no report labelled {label!r}")
+        a, b = by_label[num], by_label[den]
+        speed = a["images_per_second"] / b["images_per_second"] if b["images_per_second"] > 0 else float("inf")
+        latency = a["latency_ms"]["p50"] / b["latency_ms"]["p50"] if b["latency_ms"]["p50"] > 0 else float("inf")
+        lines.append(f"{num} / {den}: {speed:.2f}x the images/s, {latency:.2f}x the p50 latency")
+    return lines
+
+
 def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--model", type=Path, default=Path("models/shapes"), help="model repository folder")
     parser.add_argument("--requests", type=int, default=20, help="measured requests (default 20)")
@@ -132,6 +150,13 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
         metavar="LABEL=FILE",
         help="run nothing: print a table of these reports, labelled (LABEL may hold =, FILE may not) (from --json here or `unclip bench --json`)",
     )
+    parser.add_argument(
+        "--ratio",
+        action="append",
+        default=[],
+        metavar="NUM/DEN",
+        help="with --compare: also print NUM's throughput over DEN's (two labels; repeat for more pairs)",
+    )
 
 
 def run(args: argparse.Namespace, name: str) -> int:
@@ -145,7 +170,11 @@ def run(args: argparse.Namespace, name: str) -> int:
                 runs.append((label, json.loads(Path(file).read_text())))
             except (OSError, ValueError) as e:
                 raise UserError(f"cannot read the report {file}: {e}") from None
+        lines = ratios(runs, args.ratio)  # checked before the table is printed
         print(comparison(runs))
+        if lines:
+            print()
+            print("\n".join(lines))
         return 0
 
     from .sampler import UnclipSampler
