@@ -199,9 +199,7 @@ async fn health_over_new_connection(
     addr: std::net::SocketAddr,
     tls: ClientTlsConfig,
 ) -> Result<ServingStatus, String> {
-    let channel = tls_channel(addr, tls)
-        .await
-        .map_err(|e| format!("{e:?}"))?;
+    let channel = tls_channel(addr, tls).await.map_err(|e| format!("{e:?}"))?;
     health(channel).await
 }
 
@@ -287,7 +285,11 @@ async fn reload_certificate(how: Reload) {
         .await
         .expect("GET /metrics over TLS trusting CA 2");
     metrics.assert_openmetrics();
-    assert!(metrics.body.contains("unclip_stage_ready"), "{}", metrics.body);
+    assert!(
+        metrics.body.contains("unclip_stage_ready"),
+        "{}",
+        metrics.body
+    );
     assert!(
         https_get(stage.addr, "/metrics", &files.ca.pem(), None)
             .await
@@ -383,10 +385,8 @@ async fn certificates_of_scripts_tls_certs_work_between_real_processes() {
             .is_err(),
         "a stage answered a client without a certificate"
     );
-    let stage_as_client = without_certificate.identity(Identity::from_pem(
-        read("decoder.crt"),
-        read("decoder.key"),
-    ));
+    let stage_as_client =
+        without_certificate.identity(Identity::from_pem(read("decoder.crt"), read("decoder.key")));
     assert!(
         health_over_new_connection(stages[1].addr, stage_as_client)
             .await

@@ -28,6 +28,9 @@ fuzz_target!(|bytes: &[u8]| {
     }
     if let Ok(rgb) = decode_rgb(bytes, LIMITS) {
         assert!(header.is_ok());
-        assert_eq!(rgb.as_raw().len(), rgb.width() as usize * rgb.height() as usize * 3);
+        assert_eq!(
+            rgb.as_raw().len(),
+            rgb.width() as usize * rgb.height() as usize * 3
+        );
     }
 });

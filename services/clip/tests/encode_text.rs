@@ -161,7 +161,13 @@ async fn refuses_bad_requests() {
         Code::InvalidArgument,
         "prompts[1]: is 101 bytes long, the limit is 100",
     );
-    for blank in [" \t\n", "\u{200b}\u{7}", "\u{0}", "\u{feff}\u{202e}", "\u{e0001}"] {
+    for blank in [
+        " \t\n",
+        "\u{200b}\u{7}",
+        "\u{0}",
+        "\u{feff}\u{202e}",
+        "\u{e0001}",
+    ] {
         assert_status(
             encode(&server, &["a red circle", "", blank]).await,
             Code::InvalidArgument,
@@ -170,7 +176,11 @@ async fn refuses_bad_requests() {
         );
     }
     let unconditional = encode(&server, &["", "\u{200b}a"]).await.unwrap();
-    assert_eq!(unconditional.token_counts.len(), 2, "\"\" and a visible prompt are encoded");
+    assert_eq!(
+        unconditional.token_counts.len(),
+        2,
+        "\"\" and a visible prompt are encoded"
+    );
     assert_eq!(
         server.status("").await,
         tonic_health::pb::health_check_response::ServingStatus::Serving
