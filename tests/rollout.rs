@@ -1,20 +1,33 @@
 //! Stage replicas as the gateway finds them over time, across real processes: a decoder of
 //! another model version, listed or joining later, gets no call and is counted; the gateway is
-//! NOT_SERVING while a stage has no available replica and SERVING again when one returns; a
-//! stage name that resolves to nothing keeps the gateway waiting, NOT_SERVING.
+//! NOT_SERVING while a stage has no available replica and SERVING again when one returns (and
+//! its HTTP `/readyz` with it, while `/healthz`, the liveness probe, stays 200); a stage name that
+//! resolves to nothing keeps the gateway waiting, NOT_SERVING but alive.
 
 use std::time::Duration;
 
 use tonic::Code;
 use unclip_e2e::{
-    Process, another_version, binaries, free_addr, gateway_client, require_ort, scrape, shapes,
-    stats, wait_health,
+    HttpRequest, Process, another_version, binaries, free_addr, gateway_client, require_ort,
+    scrape, shapes, stats, wait_health,
 };
 use unclip_proto::v1::GenerateRequest;
 use unclip_stack::Stage;
 
 /// The gateway's gRPC health service name.
 const GATEWAY: &str = "unclip.v1.Gateway";
+
+/// The gateway's `GET /healthz` and `GET /readyz`: their statuses, and `/readyz`'s message.
+async fn probes(gateway: &Process) -> (u16, u16, String) {
+    let address = gateway.addr.to_string();
+    let live = HttpRequest::get("/healthz").send(&address).await;
+    let ready = HttpRequest::get("/readyz").send(&address).await;
+    let message = ready.json()["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    (live.status, ready.status, message)
+}
 
 /// A quick Generate of the shapes model.
 fn request(seed: u64) -> GenerateRequest {
@@ -175,8 +188,10 @@ async fn a_decoder_of_another_version_gets_no_call() {
     );
 }
 
-/// The gateway over one decoder: SERVING; the decoder killed: NOT_SERVING, and a request gets
-/// UNAVAILABLE; a decoder started again on the same address: SERVING, and requests succeed.
+/// The gateway over one decoder: SERVING; the decoder killed: NOT_SERVING (and `/readyz` 503
+/// while `/healthz` stays 200, so Kubernetes takes the pod out of its Service without restarting
+/// it), and a request gets UNAVAILABLE; a decoder started again on the same address: SERVING,
+/// and requests succeed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gateway_is_not_serving_while_a_stage_has_no_replica() {
     let [clip, prior, mut decoder] = stages().await;
@@ -192,6 +207,7 @@ async fn the_gateway_is_not_serving_while_a_stage_has_no_replica() {
     .await;
     let mut client = gateway_client(&gw.url).await;
     client.generate(request(1)).await.unwrap();
+    assert_eq!(probes(&gw).await, (200, 200, String::new()));
 
     decoder.kill().await;
     wait_health(
@@ -202,6 +218,11 @@ async fn the_gateway_is_not_serving_while_a_stage_has_no_replica() {
         Duration::from_secs(30),
     )
     .await;
+    assert_eq!(
+        probes(&gw).await,
+        (200, 503, "a stage has no available replica".into()),
+        "/healthz (liveness) stays 200, /readyz follows the stages"
+    );
     let status = client.generate(request(2)).await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
 
@@ -215,10 +236,11 @@ async fn the_gateway_is_not_serving_while_a_stage_has_no_replica() {
     )
     .await;
     client.generate(request(3)).await.unwrap();
+    assert_eq!(probes(&gw).await, (200, 200, String::new()));
 }
 
 /// A decoder name that resolves to nothing: the gateway keeps running, looking it up, and
-/// answers NOT_SERVING (it does not exit).
+/// answers NOT_SERVING (it does not exit), with `/readyz` 503 and `/healthz` 200 (alive).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stage_name_that_resolves_to_nothing_keeps_the_gateway_not_serving() {
     let nothing = format!("http://{}", free_addr());
@@ -246,6 +268,10 @@ async fn a_stage_name_that_resolves_to_nothing_keeps_the_gateway_not_serving() {
     assert_eq!(
         answer.status,
         tonic_health::pb::health_check_response::ServingStatus::NotServing as i32
+    );
+    assert_eq!(
+        probes(&gw).await,
+        (200, 503, "the gateway is still checking its stages".into())
     );
     gw.kill().await;
 }

@@ -4,8 +4,9 @@ Types a prompt and generates (the progress bar moves, previews arrive, result im
 their seeds, the shapes model's colour is right), shows a server error inline, cancels a run,
 makes variations from a result's button, paints a mask and inpaints, makes a text diff (θ
 slider and animation), interpolates two results, keeps the API key across a reload and sends it
-as a bearer token, and fits a phone's width. A screenshot of every step goes to --artifacts, the
-main one to --docs-screenshot. Prints "web page: all checks passed" at the end.
+as a bearer token, and fits phones of 360 to 414 px without horizontal overflow (the tab bar
+wraps). A screenshot of every step goes to --artifacts, the main one to --docs-screenshot.
+Prints "web page: all checks passed" at the end.
 
 Run by tests/web.rs against a local stack on the shapes model:
     python tests/python/web_page.py --url http://127.0.0.1:PORT --artifacts target/tmp/web-page
@@ -54,6 +55,17 @@ MEAN_CENTRE = """async (img) => {
   return { size: [w, h], mean: sum.map((s) => s / n) };
 }"""
 
+
+# How the page fits the viewport's width: the document's scroll and client widths, the tab
+# bar's, and the tabs whose box reaches outside the screen.
+FITS = """() => {
+  const root = document.documentElement, tabs = document.querySelector('.tabs');
+  const outside = [...tabs.querySelectorAll('button')]
+    .filter((b) => { const r = b.getBoundingClientRect(); return r.left < 0 || r.right > root.clientWidth; })
+    .map((b) => b.textContent);
+  return { scrollWidth: root.scrollWidth, clientWidth: root.clientWidth,
+           tabsScroll: tabs.scrollWidth, tabsClient: tabs.clientWidth, outside };
+}"""
 
 def check(condition: bool, message: str) -> None:
     if not condition:
@@ -294,7 +306,8 @@ def run(url: str, artifacts: Path, docs_screenshot: Path | None, chromium: str) 
         page.locator("#api-key").dispatch_event("input")
         check(page.evaluate("() => localStorage.getItem('unclip.apiKey')") is None, "an emptied key is forgotten")
 
-        # ---- A phone's width: one column, nothing wider than the screen.
+        # ---- Phones' widths (360 to 414 px): one column, nothing wider than the screen, and
+        # the tab bar wraps instead of scrolling sideways, so every tab is in sight.
         phone = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True, has_touch=True)
         small = phone.new_page()
         small.on("pageerror", lambda e: problems.append(f"page error (phone): {e}"))
@@ -306,9 +319,23 @@ def run(url: str, artifacts: Path, docs_screenshot: Path | None, chromium: str) 
         small.fill("#n", "2")
         small.tap("#generate")
         wait_gallery(small, 2)
-        width = small.evaluate("() => document.documentElement.scrollWidth")
-        check(width <= 390, f"the page fits a 390 px phone ({width} px)")
-        phone_steps.shot("phone")
+        for width in (360, 390, 414):
+            small.set_viewport_size({"width": width, "height": 844})
+            fit = small.evaluate(FITS)
+            check(
+                fit["scrollWidth"] <= fit["clientWidth"] == width,
+                f"the page fits a {width} px phone: no horizontal overflow "
+                f"(scrollWidth {fit['scrollWidth']} <= clientWidth {fit['clientWidth']})",
+            )
+            check(
+                fit["tabsScroll"] <= fit["tabsClient"],
+                f"the tab bar does not scroll sideways at {width} px ({fit['tabsScroll']} <= {fit['tabsClient']})",
+            )
+            check(not fit["outside"], f"every tab is inside the screen at {width} px (outside: {fit['outside']})")
+            phone_steps.shot(f"phone-{width}")
+        small.tap("#tab-inpaint")
+        check(small.locator("#form-inpaint").is_visible(), "a tab on the wrapped row opens its panel on a phone")
+        phone_steps.shot("phone-inpaint-tab", full_page=False)
         phone.close()
 
         check(not problems, f"no script errors or blocked resources: {problems}")

@@ -67,7 +67,7 @@ impl ClipService for ClipApi {
         &self,
         request: Request<EncodeTextRequest>,
     ) -> Result<Response<EncodeTextResponse>, Status> {
-        let mut prompts = request.into_inner().prompts;
+        let prompts = request.into_inner().prompts;
         tracing::Span::current().record("prompts", prompts.len());
         batch_size("prompts", "prompts", prompts.len(), self.limits.max_batch)?;
         if let Some((i, p)) = prompts
@@ -85,12 +85,16 @@ impl ClipService for ClipApi {
             )
             .into());
         }
-        // Only white space, control or format characters: the empty (unconditional) prompt,
-        // not a sequence of byte tokens the model never saw.
-        for prompt in &mut prompts {
-            if is_blank(prompt) {
-                prompt.clear();
-            }
+        // Only white space, control or format characters says nothing, and would tokenise to
+        // byte tokens the model never saw: refused, as the gateway refuses it. "" itself is the
+        // unconditional prompt (classifier-free guidance's other half) and is encoded.
+        if let Some(i) = prompts.iter().position(|p| !p.is_empty() && is_blank(p)) {
+            return Err(ServiceError::invalid(
+                format!("prompts[{i}]"),
+                "is blank (only white space, control or format characters); send \"\" for the \
+                 unconditional prompt",
+            )
+            .into());
         }
         let model = self.model()?;
         let meter = ComputeMeter::new();

@@ -139,8 +139,9 @@ async fn flags_truncated_prompts() {
     server.stop().await.unwrap();
 }
 
-/// Empty and oversized batches and over-long prompts get INVALID_ARGUMENT naming the field and
-/// the limit; the service stays SERVING and keeps answering.
+/// Empty and oversized batches, over-long prompts and blank prompts (only white space, control
+/// or format characters) get INVALID_ARGUMENT naming the field; "" (the unconditional prompt)
+/// is still encoded; the service stays SERVING and keeps answering.
 #[tokio::test]
 async fn refuses_bad_requests() {
     let server = TestServer::serving(&["--max-batch", "4", "--max-prompt-bytes", "100"]).await;
@@ -159,6 +160,26 @@ async fn refuses_bad_requests() {
         encode(&server, &["ok", &huge]).await,
         Code::InvalidArgument,
         "prompts[1]: is 101 bytes long, the limit is 100",
+    );
+    for blank in [
+        " \t\n",
+        "\u{200b}\u{7}",
+        "\u{0}",
+        "\u{feff}\u{202e}",
+        "\u{e0001}",
+    ] {
+        assert_status(
+            encode(&server, &["a red circle", "", blank]).await,
+            Code::InvalidArgument,
+            "prompts[2]: is blank (only white space, control or format characters); send \"\" \
+             for the unconditional prompt",
+        );
+    }
+    let unconditional = encode(&server, &["", "\u{200b}a"]).await.unwrap();
+    assert_eq!(
+        unconditional.token_counts.len(),
+        2,
+        "\"\" and a visible prompt are encoded"
     );
     assert_eq!(
         server.status("").await,

@@ -22,7 +22,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -207,6 +207,9 @@ pub struct Core {
     version: &'static str,
     /// More of `/metrics`, from the layers (admission control's queue, API keys' counters).
     more_metrics: Vec<Metrics>,
+    /// Whether every stage has an available replica (what gRPC health follows); `None`: ready
+    /// as soon as the stages are checked.
+    readiness: Option<watch::Receiver<bool>>,
 }
 
 /// An admitted request: the state it runs on, its deadline and the permit it holds.
@@ -226,7 +229,22 @@ impl Core {
             request_timeout,
             version: env!("CARGO_PKG_VERSION"),
             more_metrics: Vec::new(),
+            readiness: None,
         }
+    }
+
+    /// The same, ready (see [`Core::ready`]) only while `readiness` holds `true`.
+    pub fn with_readiness(self, readiness: watch::Receiver<bool>) -> Self {
+        Self {
+            readiness: Some(readiness),
+            ..self
+        }
+    }
+
+    /// Whether the gateway can serve now: its stages checked and, with
+    /// [`Core::with_readiness`], every stage with an available replica (HTTP's `/readyz`).
+    pub fn ready(&self) -> bool {
+        self.state().is_some() && self.readiness.as_ref().is_none_or(|ready| *ready.borrow())
     }
 
     /// The same, asking `layer` before every request.

@@ -139,6 +139,7 @@ async fn serve(
     let layer = Chain::new().then(layer).then(Arc::new(admission.clone()));
     let mut core = Core::new(slot.clone(), config.request_timeout())
         .with_layer(Arc::new(layer))
+        .with_readiness(readiness.clone())
         .with_metrics(unclip_server::metrics::Metrics::new(move |registry| {
             admission.metrics(registry)
         }));

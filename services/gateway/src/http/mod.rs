@@ -7,7 +7,7 @@
 //! | `POST /v1/images/variations`, `edits`, `interpolations`, `text-diffs` | multipart → `Vary`, `Inpaint`, `Interpolate`, `TextDiff` |
 //! | `GET /v1/files/{id}.png` | images of `response_format: "url"` answers ([`files`]) |
 //! | `GET /v1/models` | the served model |
-//! | `GET /healthz`, `GET /readyz` | the process is up; the stages are checked |
+//! | `GET /healthz`, `GET /readyz` | the process is up (liveness); every stage has an available replica (readiness) |
 //! | `GET /openapi.json` | the OpenAPI 3 document of all of this (`openapi.json`, written by hand) |
 //!
 //! Every image endpoint fills a [`Caller`] (the `Authorization: Bearer` token, the peer, the
@@ -413,22 +413,23 @@ async fn models(State(app): State<Arc<App>>, call: Call) -> Response {
     )
 }
 
-/// `GET /healthz`: the process is up.
+/// `GET /healthz`: the process is up (200 whatever the stages do: a liveness probe).
 async fn healthz() -> Response {
     axum::Json(json!({"status": "ok"})).into_response()
 }
 
-/// `GET /readyz`: 200 once the stages are checked, else 503.
+/// `GET /readyz`: 200 while the gateway can serve (its stages checked and each with an
+/// available replica, as gRPC health says), else 503: a readiness probe.
 async fn readyz(State(app): State<Arc<App>>) -> Response {
-    match app.core.state() {
-        Some(_) => axum::Json(json!({"status": "ready"})).into_response(),
-        None => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "the gateway is still checking its stages",
-        )
-        .into_response(),
+    if app.core.ready() {
+        return axum::Json(json!({"status": "ready"})).into_response();
     }
+    let message = if app.core.state().is_none() {
+        "the gateway is still checking its stages"
+    } else {
+        "a stage has no available replica"
+    };
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message).into_response()
 }
 
 /// `GET /openapi.json`.
