@@ -29,7 +29,8 @@
 //! that shared, both as EWMAs over the requests that succeeded (and, as a lower bound, those
 //! that failed after running longer than the model said, so that the estimate does not stay
 //! optimistic when the slow requests never succeed); every prediction is stretched by a
-//! margin from the model's measured error. Before a first finished request there is no
+//! margin, the worst ratio of needed to modelled work among the last 64 finished requests
+//! (kept apart for requests that ran alone and those that shared: sharing varies more). Before a first finished request there is no
 //! estimate and no request is refused for its deadline.
 //!
 //! What `/metrics` reports ([`Admission::metrics`]): requests in flight, queue depth, shed
@@ -54,7 +55,7 @@ use crate::layer::{Capability, Cost, Permit, Refusal, RequestContext, RequestLay
 
 mod schedule;
 
-pub use schedule::{Estimate, History};
+pub use schedule::{Estimate, History, Misses, SETTLED};
 
 /// The smallest `retry-after` hint.
 const MIN_RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -205,19 +206,23 @@ impl State {
         appended: Option<u64>,
     ) -> Option<Vec<Times>> {
         let estimate = &self.estimate;
+        // The queue starts one for one as those running finish, so the most in flight is
+        // those running (at least one, once the queue starts).
+        let most = (self.running.len() + usize::from(started.is_some())).max(1);
+        let margin = estimate.margin(most);
         let mut running = Vec::with_capacity(self.running.len() + 1);
         for r in &self.running {
-            running.push(estimate.work_left(r.cost, &r.history)?);
+            running.push(estimate.work_left(r.cost, &r.history, margin)?);
         }
         if let Some(cost) = started {
-            running.push(estimate.work(cost)?);
+            running.push(estimate.work(cost, margin)?);
         }
         let mut queued = Vec::with_capacity(self.queue.len() + 1);
         for w in &self.queue {
-            queued.push(estimate.work(w.cost)?);
+            queued.push(estimate.work(w.cost, margin)?);
         }
         if let Some(cost) = appended {
-            queued.push(estimate.work(cost)?);
+            queued.push(estimate.work(cost, margin)?);
         }
         let at = |seconds: f64| now + secs(seconds);
         Some(

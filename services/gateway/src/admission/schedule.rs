@@ -8,8 +8,9 @@
 //! requests overlap without slowing each other (different stages, spare cores), past it they
 //! share. A request's [`History`] (how long it spent at each number in flight) gives the work
 //! the model says it has done; a finished request teaches `solo` when it ran (mostly) alone and
-//! `parallelism` when it shared, and how far off the model was ([`Estimate::error`]), which
-//! sets the safety margin of every prediction.
+//! `parallelism` when it shared, and how much longer than modelled it took
+//! ([`Estimate::misses`]): the worst of the recent misses is the safety margin of every
+//! prediction.
 
 /// The weight of a new sample in the EWMAs.
 const EWMA_WEIGHT: f64 = 0.2;
@@ -21,17 +22,19 @@ const EWMA_WEIGHT: f64 = 0.2;
 /// never learn otherwise.
 pub const INITIAL_PARALLELISM: f64 = 2.0;
 
-/// The relative error assumed before any has been measured.
-pub const INITIAL_ERROR: f64 = 0.1;
+/// How many finished requests' misses the margin looks back on.
+pub const MISS_WINDOW: usize = 64;
 
-/// Predictions are stretched by `1 + MARGIN_ERRORS × error`: about the 99th percentile of
-/// errors whose mean absolute size is `error` (for normal errors, σ ≈ 1.25 × mean |error|).
-pub const MARGIN_ERRORS: f64 = 3.0;
+/// With fewer misses measured than this, the margin is at least [`INITIAL_MARGIN`].
+pub const SETTLED: usize = 8;
 
-/// The margin never assumes the model closer than this (relative).
-pub const MIN_ERROR: f64 = 0.02;
+/// The margin before enough misses have been measured.
+pub const INITIAL_MARGIN: f64 = 1.3;
 
-/// The margin is at most this factor.
+/// The margin is at least this factor...
+pub const MIN_MARGIN: f64 = 1.06;
+
+/// ... and at most this one.
 pub const MAX_MARGIN: f64 = 2.0;
 
 /// A request whose mean number in flight stayed below this ran (mostly) alone: it teaches
@@ -53,8 +56,67 @@ pub struct Estimate {
     pub solo: Option<f64>,
     /// How many requests run at once without slowing each other; see the module docs.
     pub parallelism: f64,
-    /// EWMA of the model's relative error on finished requests: |modelled work / needed − 1|.
-    pub error: f64,
+    /// How much longer than modelled the last requests that ran (mostly) alone took.
+    pub alone: Misses,
+    /// The same for the requests that shared the stages: sharing varies more (which stages
+    /// overlap, for how long), so it gets its own, usually wider, margin.
+    pub shared: Misses,
+}
+
+/// The last [`MISS_WINDOW`] ratios of the work a finished request turned out to need to the
+/// work the model said it needed (above 1: slower than modelled).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Misses {
+    ratios: [f64; MISS_WINDOW],
+    len: usize,
+    next: usize,
+}
+
+impl Default for Misses {
+    fn default() -> Self {
+        Self {
+            ratios: [0.0; MISS_WINDOW],
+            len: 0,
+            next: 0,
+        }
+    }
+}
+
+impl Misses {
+    /// `count` requests that took exactly what was modelled (a settled estimate; tests and
+    /// warm starts).
+    pub fn exact(count: usize) -> Self {
+        let mut misses = Self::default();
+        for _ in 0..count {
+            misses.push(1.0);
+        }
+        misses
+    }
+
+    /// Adds a finished request's ratio.
+    pub fn push(&mut self, ratio: f64) {
+        if !ratio.is_finite() || ratio <= 0.0 {
+            return;
+        }
+        self.ratios[self.next] = ratio;
+        self.next = (self.next + 1) % MISS_WINDOW;
+        self.len = (self.len + 1).min(MISS_WINDOW);
+    }
+
+    /// The factor predictions are stretched by: the worst recent ratio, at least
+    /// [`MIN_MARGIN`] (or [`INITIAL_MARGIN`] before [`SETTLED`] ratios), at most
+    /// [`MAX_MARGIN`]. The worst rather than a mean: an admitted request that misses its
+    /// deadline is the failure admission exists to avoid, and the window forgets an outlier
+    /// after [`MISS_WINDOW`] requests.
+    pub fn margin(&self) -> f64 {
+        let worst = self.ratios[..self.len].iter().copied().fold(0.0, f64::max);
+        let floor = if self.len < SETTLED {
+            INITIAL_MARGIN
+        } else {
+            MIN_MARGIN
+        };
+        worst.max(floor).min(MAX_MARGIN)
+    }
 }
 
 impl Default for Estimate {
@@ -62,7 +124,8 @@ impl Default for Estimate {
         Self {
             solo: None,
             parallelism: INITIAL_PARALLELISM,
-            error: INITIAL_ERROR,
+            alone: Misses::default(),
+            shared: Misses::default(),
         }
     }
 }
@@ -132,20 +195,25 @@ impl Estimate {
         (self.parallelism / in_flight as f64).min(1.0)
     }
 
-    /// The factor every prediction is stretched by (see [`MARGIN_ERRORS`]).
-    pub fn margin(&self) -> f64 {
-        (1.0 + MARGIN_ERRORS * self.error.max(MIN_ERROR)).min(MAX_MARGIN)
+    /// The factor the predictions of a schedule with at most `in_flight` requests at once are
+    /// stretched by (see [`Misses::margin`]): the alone margin for one, the shared one for more.
+    pub fn margin(&self, in_flight: usize) -> f64 {
+        if in_flight <= 1 {
+            self.alone.margin()
+        } else {
+            self.shared.margin()
+        }
     }
 
-    /// The solo seconds `cost` units need, margin included; `None` without an estimate.
-    pub fn work(&self, cost: u64) -> Option<f64> {
-        Some(cost as f64 * self.solo? * self.margin())
+    /// The solo seconds `cost` units need, stretched by `margin`; `None` without an estimate.
+    pub fn work(&self, cost: u64, margin: f64) -> Option<f64> {
+        Some(cost as f64 * self.solo? * margin)
     }
 
-    /// The solo seconds a running request of `cost` units with `history` still needs, margin
-    /// included; `None` without an estimate.
-    pub fn work_left(&self, cost: u64, history: &History) -> Option<f64> {
-        let work = self.work(cost)?;
+    /// The solo seconds a running request of `cost` units with `history` still needs,
+    /// stretched by `margin`; `None` without an estimate.
+    pub fn work_left(&self, cost: u64, history: &History, margin: f64) -> Option<f64> {
+        let work = self.work(cost, margin)?;
         let left = work - history.work_done(self.parallelism);
         Some(left.max(work * LEFT_WHEN_OVERDUE))
     }
@@ -171,10 +239,11 @@ impl Estimate {
         };
         let needed = cost * solo;
         let done = history.work_done(self.parallelism);
-        self.error = ewma(self.error, (done / needed - 1.0).abs());
         if history.mean_in_flight() < ALONE {
+            self.alone.push(done / needed);
             self.solo = Some(ewma(solo, done / cost));
         } else {
+            self.shared.push(done / needed);
             let sample = solve_parallelism(history, needed);
             self.parallelism =
                 ewma(self.parallelism, sample).clamp(PARALLELISM_RANGE.0, PARALLELISM_RANGE.1);
@@ -267,28 +336,44 @@ mod tests {
         history
     }
 
-    fn estimate(solo: f64, parallelism: f64, error: f64) -> Estimate {
+    /// An estimate whose margin is its minimum (settled, every request as modelled).
+    fn estimate(solo: f64, parallelism: f64) -> Estimate {
         Estimate {
             solo: Some(solo),
             parallelism,
-            error,
+            alone: Misses::exact(SETTLED),
+            shared: Misses::exact(SETTLED),
         }
     }
 
     #[test]
     fn speed_shares_past_the_parallelism() {
-        let e = estimate(0.01, 1.6, 0.0);
+        let e = estimate(0.01, 1.6);
         assert!(close(e.speed(1), 1.0));
         assert!(close(e.speed(2), 0.8));
         assert!(close(e.speed(4), 0.4));
     }
 
     #[test]
-    fn the_margin_follows_the_error_within_bounds() {
-        assert!(close(estimate(1.0, 1.0, 0.0).margin(), 1.06), "MIN_ERROR");
-        assert!(close(estimate(1.0, 1.0, 0.1).margin(), 1.3));
-        assert!(close(estimate(1.0, 1.0, 5.0).margin(), MAX_MARGIN));
-        assert_eq!(Estimate::default().work(10), None);
+    fn the_margin_is_the_worst_recent_miss_within_bounds() {
+        let mut misses = Misses::default();
+        assert!(close(misses.margin(), INITIAL_MARGIN));
+        misses.push(1.1);
+        assert!(close(misses.margin(), INITIAL_MARGIN), "not settled yet");
+        let mut misses = Misses::exact(SETTLED);
+        assert!(close(misses.margin(), MIN_MARGIN));
+        misses.push(1.4);
+        misses.push(0.9);
+        misses.push(f64::NAN);
+        assert!(close(misses.margin(), 1.4));
+        misses.push(5.0);
+        assert!(close(misses.margin(), MAX_MARGIN));
+        // The worst is forgotten after a window of others.
+        for _ in 0..MISS_WINDOW {
+            misses.push(1.1);
+        }
+        assert!(close(misses.margin(), 1.1));
+        assert_eq!(Estimate::default().work(10, 1.0), None);
     }
 
     #[test]
@@ -303,29 +388,36 @@ mod tests {
     }
 
     /// The first request sets `solo`; alone it teaches `solo`, sharing it teaches the
-    /// parallelism; the error is the model's miss on each.
+    /// parallelism; each records the model's miss.
     #[test]
     fn learning_solo_and_parallelism() {
         let mut e = Estimate::default();
         e.learn(100, &history(&[(1, 1.0)]));
         assert_eq!(e.solo, Some(0.01));
-        assert!(close(e.error, INITIAL_ERROR), "nothing to compare yet");
+        assert_eq!(e.alone, Misses::default(), "nothing to compare yet");
 
         // Alone, 1.2 s: solo moves a fifth of the way to 0.012; the model missed by 20%.
         e.learn(100, &history(&[(1, 1.2)]));
         assert!(close(e.solo.unwrap(), 0.0104));
-        assert!(close(e.error, 0.1 + 0.2 * (0.2 - 0.1)));
+        let mut expected = Misses::default();
+        expected.push(1.2);
+        assert_eq!(e.alone, expected);
+        assert_eq!(e.shared, Misses::default());
 
         // Beside one other all along, 1.3 s for 1.04 s of solo work: parallelism 1.6.
-        let mut shared = estimate(0.0104, 2.0, 0.0);
+        let mut shared = estimate(0.0104, 2.0);
         shared.learn(100, &history(&[(2, 1.3)]));
         assert!(close(shared.parallelism, 2.0 + 0.2 * (1.6 - 2.0)));
         assert_eq!(shared.solo, Some(0.0104), "sharing does not teach solo");
         // The model (parallelism 2: no slowdown) said 1.3 s of work done for 1.04 needed.
-        assert!(close(shared.error, 0.2 * 0.25));
+        assert!(close(shared.margin(2), 1.25));
+        assert!(
+            close(shared.margin(1), MIN_MARGIN),
+            "the alone margin is apart"
+        );
 
         // Sharing and no slower than alone: the parallelism is at least the most in flight.
-        let mut quick = estimate(0.01, 1.0, 0.0);
+        let mut quick = estimate(0.01, 1.0);
         quick.learn(100, &history(&[(3, 0.9)]));
         assert!(close(quick.parallelism, 1.0 + 0.2 * (3.0 - 1.0)));
 
@@ -338,7 +430,7 @@ mod tests {
 
     #[test]
     fn a_machine_that_slowed_lowers_the_parallelism_below_one() {
-        let mut e = estimate(0.01, 1.0, 0.0);
+        let mut e = estimate(0.01, 1.0);
         // Two in flight all along, 4 s for 1 s of solo work: each at a quarter of solo pace.
         e.learn(100, &history(&[(2, 4.0)]));
         assert!(close(e.parallelism, 1.0 + 0.2 * (0.5 - 1.0)));
@@ -346,12 +438,12 @@ mod tests {
 
     #[test]
     fn work_left_and_overrun() {
-        let e = estimate(0.01, 2.0, 0.0); // margin 1.06
+        let e = estimate(0.01, 2.0);
         let h = history(&[(1, 0.5)]);
-        assert!(close(e.work_left(100, &h).unwrap(), 1.06 - 0.5));
+        assert!(close(e.work_left(100, &h, 1.06).unwrap(), 1.06 - 0.5));
         let late = history(&[(1, 2.0)]);
         assert!(close(
-            e.work_left(100, &late).unwrap(),
+            e.work_left(100, &late, 1.06).unwrap(),
             1.06 * LEFT_WHEN_OVERDUE
         ));
         assert!(e.overran(100, &late));
@@ -370,7 +462,7 @@ mod tests {
     /// finishes, the number in flight never growing.
     #[test]
     fn the_schedule_shares_the_stages() {
-        let e = estimate(0.01, 1.6, 0.0);
+        let e = estimate(0.01, 1.6);
         let t = e.schedule(&[0.4, 0.8], &[0.8]);
         // 0.4 at 0.8/s: 0.5 s. Then 0.4 and 0.8 left at 0.8/s: 0.5 s more, then 0.4 more
         // alone at 1.0/s: 0.4 s.

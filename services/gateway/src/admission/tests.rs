@@ -165,13 +165,14 @@ async fn leaving_the_queue() {
     assert!(admission.admit(&request(10, LONG)).await.is_ok());
 }
 
-/// An estimate of `solo` seconds per unit, `parallelism`, and no measured error (the margin
-/// is then its minimum, 1.06).
+/// An estimate of `solo` seconds per unit and `parallelism`, settled with every request as
+/// modelled (the margin is then its minimum, 1.06).
 fn estimate(solo: f64, parallelism: f64) -> Estimate {
     Estimate {
         solo: Some(solo),
         parallelism,
-        error: 0.0,
+        alone: Misses::exact(SETTLED),
+        shared: Misses::exact(SETTLED),
     }
 }
 

@@ -23,7 +23,7 @@ use unclip_proto::v1::{
 };
 use unclip_server::image_input::ImageLimits;
 
-use crate::admission::{Admission, AdmissionArgs, Estimate};
+use crate::admission::{Admission, AdmissionArgs, Estimate, Misses, SETTLED};
 use crate::error::RETRY_AFTER;
 use crate::layer::{Capability, Cost, Permit, Refusal, RequestContext, RequestLayer};
 use crate::pipeline::{Gateway, Limits};
@@ -577,7 +577,8 @@ async fn admission_control_over_grpc() {
     .with_estimate(Estimate {
         solo: Some(0.01),
         parallelism: 1.0,
-        error: 0.0,
+        alone: Misses::exact(SETTLED),
+        shared: Misses::exact(SETTLED),
     });
     let mut h = start_with(admission.clone()).await;
 
