@@ -535,6 +535,12 @@ pub struct BenchArgs {
     #[command(flatten)]
     pub decoder: DecoderArgs,
 
+    /// Send GenerateStream with previews instead of Generate, reading every progress and
+    /// preview event to the result (what streaming costs the stack, measured by a client that
+    /// adds little of its own). Closed loop only.
+    #[arg(long, conflicts_with = "rate")]
+    pub stream: bool,
+
     /// Print the report as one JSON object (for scripts).
     #[arg(long)]
     pub json: bool,

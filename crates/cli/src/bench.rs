@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use unclip_proto::v1::{GenerateRequest, ImagesResponse};
+use unclip_proto::v1::{GenerateRequest, ImagesResponse, images_event};
 
 use crate::args::BenchArgs;
 use crate::client::{Gateway, RpcError, code_name, with_deadline};
@@ -289,13 +289,16 @@ async fn send(
                     return samples;
                 }
                 let started = Instant::now();
-                let outcome = client
-                    .generate(with_deadline(request(&args, first + i), timeout))
-                    .await
-                    .map(tonic::Response::into_inner)
-                    .map_err(|status| {
-                        format!("{}: {}", code_name(status.code()), status.message())
-                    });
+                let request = request(&args, first + i);
+                let outcome = if args.stream {
+                    streamed(&mut client, request, timeout).await
+                } else {
+                    client
+                        .generate(with_deadline(request, timeout))
+                        .await
+                        .map(tonic::Response::into_inner)
+                }
+                .map_err(|status| format!("{}: {}", code_name(status.code()), status.message()));
                 samples.push(Sample {
                     latency: started.elapsed(),
                     outcome,
@@ -308,6 +311,25 @@ async fn send(
         samples.extend(worker.await?);
     }
     Ok(samples)
+}
+
+/// `request` as GenerateStream with previews: every event read, the result returned.
+async fn streamed(
+    client: &mut Gateway,
+    mut request: GenerateRequest,
+    timeout: Duration,
+) -> Result<ImagesResponse, tonic::Status> {
+    request.previews = true;
+    let mut events = client
+        .generate_stream(with_deadline(request, timeout))
+        .await?
+        .into_inner();
+    while let Some(event) = events.message().await? {
+        if let Some(images_event::Event::Result(response)) = event.event {
+            return Ok(response);
+        }
+    }
+    Err(tonic::Status::unknown("the stream ended without a result"))
 }
 
 /// Runs the benchmark against the gateway behind `client` and prints the report. Fails (after

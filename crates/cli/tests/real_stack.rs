@@ -203,6 +203,53 @@ async fn local_runs_one_command() {
     assert!(is_png(&dir.path().join("diff.apng")));
 }
 
+/// `bench --stream` sends GenerateStream with previews and reads each stream to its result:
+/// the same report, every image and stage call counted from the streamed results.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_streams_when_asked() {
+    let model = ready();
+    let dir = tempfile::tempdir().unwrap();
+    let bench = [
+        "bench",
+        "--json",
+        "--stream",
+        "--requests",
+        "2",
+        "--warmup",
+        "0",
+        "--num-images",
+        "2",
+        "--prior-steps",
+        "2",
+        "--decoder-steps",
+        "2",
+        "--upsampler-steps",
+        "2",
+    ];
+    let output = local(dir.path(), &model, &bench).await;
+    let stdout = succeeded(&output);
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["requests"], 2, "{report}");
+    assert_eq!(report["failures"], 0, "{report}");
+    assert_eq!(report["images"], 4, "{report}");
+    assert_eq!(
+        report["stages"]["decoder.upsample[1]"]["calls"], 2,
+        "{report}"
+    );
+
+    let output = unclip(dir.path())
+        .args(["bench", "--stream", "--rate", "1"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--stream") && stderr.contains("--rate"),
+        "{stderr}"
+    );
+}
+
 /// `bench` sends its requests through a local stack and reports them as JSON: every request
 /// answered, every stage call counted, latencies ordered; a bad count is refused by name.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
