@@ -262,6 +262,43 @@ async fn every_capability() {
         "the masked area moved towards green: {before:.1} -> {after:.1}"
     );
 
+    // A small object into a square mask (inpaint-eval's kind of case): the red circle stays in
+    // the top left, and a blue object appears inside the regenerated bottom-right square.
+    let (x0, y0, side) = (60u32, 60u32, 56u32);
+    let square = RgbaImage::from_fn(128, 128, |x, y| {
+        let inside = (x0..x0 + side).contains(&x) && (y0..y0 + side).contains(&y);
+        Rgba([0, 0, 0, if inside { 0 } else { 255 }])
+    });
+    let blue = client
+        .inpaint(InpaintRequest {
+            image: circle.clone(),
+            mask: png(&square),
+            prompt: "a small blue square in the bottom right on a white background".into(),
+            seed: Some(11),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let out = rgb(&blue.images[0].png);
+    let mut bluish = 0;
+    for y in 0..128 {
+        for x in 0..128 {
+            let p = out.get_pixel(x, y);
+            let inside = (x0..x0 + side).contains(&x) && (y0..y0 + side).contains(&y);
+            if !inside {
+                assert_eq!(p, original.get_pixel(x, y), "kept pixel ({x}, {y})");
+            } else if p[2] > 150 && p[0] < 110 && p[1] < 130 {
+                bluish += 1;
+            }
+        }
+    }
+    println!("inpainting a blue square: {bluish} blue pixels in the mask");
+    assert!(
+        bluish >= 40,
+        "a blue object in the mask: {bluish} blue pixels"
+    );
+
     // --- Streaming: progress per stage call, a preview after the decoder, then the result,
     // which equals the unary result for the same request.
     let (progress, previews, result) = generate_stream(

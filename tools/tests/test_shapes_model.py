@@ -69,7 +69,7 @@ def test_quality_report_text_is_what_its_generator_makes_of_its_figures() -> Non
     assert figures["model_version"] == load_manifest(MODEL)["version"]
     parser = argparse.ArgumentParser()
     quality.add_arguments(parser, "quality-report")
-    text = quality.markdown(figures, parser.parse_args([]), "shapes-quality.png")
+    text = quality.markdown(figures, parser.parse_args(["--split", figures["split"]]), "shapes-quality.png")
     assert (docs / "shapes-quality.md").read_text() == text
 
 

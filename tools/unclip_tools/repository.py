@@ -45,7 +45,9 @@ TOP_LEVEL_KEYS = (
 )
 OPTIONAL_TOP_LEVEL_KEYS = frozenset({"image_preprocess"})
 REQUIRED_COMPONENTS = ("text_encoder", "prior", "text_proj", "decoder", "upsamplers")
-OPTIONAL_COMPONENTS = ("image_encoder",)
+OPTIONAL_COMPONENTS = ("image_encoder", "decoder_inpaint")
+# Graph components in manifest order (upsamplers are listed per stage).
+GRAPH_COMPONENTS = ("text_encoder", "image_encoder", "prior", "text_proj", "decoder", "decoder_inpaint")
 SCHEDULER_STAGES = ("prior", "decoder", "upsampler")
 
 # onnxruntime's type strings -> manifest dtype names.
@@ -103,6 +105,20 @@ CONTRACTS: dict[str, _Contract] = {
             ("encoder_hidden_states", "float", ("batch", "N", "C")),
             ("class_labels", "float", ("batch", "T")),
             ("attention_mask", "bool", ("batch", "N")),
+        ],
+        "outputs": [("out_sample", "float", ("batch", 6, "H", "H"))],
+    },
+    # Optional: the decoder with GLIDE's inpainting inputs (the known image times the mask, and
+    # the mask, 1 = known), used for masked Decode calls when present.
+    "decoder_inpaint": {
+        "inputs": [
+            ("sample", "float", ("batch", 3, "H", "H")),
+            ("timestep", "int64", ("batch",)),
+            ("encoder_hidden_states", "float", ("batch", "N", "C")),
+            ("class_labels", "float", ("batch", "T")),
+            ("attention_mask", "bool", ("batch", "N")),
+            ("masked_image", "float", ("batch", 3, "H", "H")),
+            ("mask", "float", ("batch", 1, "H", "H")),
         ],
         "outputs": [("out_sample", "float", ("batch", 6, "H", "H"))],
     },
@@ -283,7 +299,7 @@ def iter_graphs(manifest: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """
     graphs = []
     components = manifest["components"]
-    for name in ("text_encoder", "image_encoder", "prior", "text_proj", "decoder"):
+    for name in GRAPH_COMPONENTS:
         if name in components:
             graphs.append((name, components[name]))
     for i, stage in enumerate(components["upsamplers"]):
@@ -350,7 +366,7 @@ def _check_structure(manifest: dict[str, Any]) -> dict[str, int]:
             _fail(f"components: missing component '{name}'")
 
     float_dtype: list[str] = []  # the first float dtype seen; all others must agree
-    for name in ("text_encoder", "image_encoder", "prior", "text_proj", "decoder"):
+    for name in GRAPH_COMPONENTS:
         if name in components:
             _check_component(name, name, components[name], sizes, float_dtype)
 

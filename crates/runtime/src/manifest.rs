@@ -130,6 +130,10 @@ pub struct Components {
     pub text_proj: ComponentSpec,
     /// The base-resolution decoder UNet (one denoising call).
     pub decoder: ComponentSpec,
+    /// Optional: the decoder with GLIDE's inpainting inputs (`masked_image`, `mask`), run in place
+    /// of `decoder` by masked Decode calls. Absent (as in Karlo): masked calls use `decoder`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decoder_inpaint: Option<ComponentSpec>,
     /// The super-resolution cascade, in order; at least one stage.
     pub upsamplers: Vec<UpsamplerStage>,
 }
@@ -369,6 +373,18 @@ fn contract(name: &str) -> (&'static [ContractTensor], &'static [ContractTensor]
             ],
             &[("out_sample", F, &[Batch, Is(6), Size('H'), Size('H')])],
         ),
+        "decoder_inpaint" => (
+            &[
+                ("sample", F, &[Batch, Is(3), Size('H'), Size('H')]),
+                ("timestep", I64, &[Batch]),
+                ("encoder_hidden_states", F, &[Batch, Size('N'), Size('C')]),
+                ("class_labels", F, &[Batch, Size('T')]),
+                ("attention_mask", BOOL, &[Batch, Size('N')]),
+                ("masked_image", F, &[Batch, Is(3), Size('H'), Size('H')]),
+                ("mask", F, &[Batch, Is(1), Size('H'), Size('H')]),
+            ],
+            &[("out_sample", F, &[Batch, Is(6), Size('H'), Size('H')])],
+        ),
         "upsampler" => (
             &[
                 ("sample", F, &[Batch, Is(6), Size('U'), Size('U')]),
@@ -544,6 +560,9 @@ impl Manifest {
         graphs.push(("prior".into(), &c.prior));
         graphs.push(("text_proj".into(), &c.text_proj));
         graphs.push(("decoder".into(), &c.decoder));
+        if let Some(inpaint) = &c.decoder_inpaint {
+            graphs.push(("decoder_inpaint".into(), inpaint));
+        }
         for (i, stage) in c.upsamplers.iter().enumerate() {
             graphs.push((format!("upsamplers[{i}].first"), &stage.first));
             if stage.last.file != stage.first.file {
@@ -588,6 +607,9 @@ impl Manifest {
         state.check("prior", "prior", &c.prior)?;
         state.check("text_proj", "text_proj", &c.text_proj)?;
         state.check("decoder", "decoder", &c.decoder)?;
+        if let Some(inpaint) = &c.decoder_inpaint {
+            state.check("decoder_inpaint", "decoder_inpaint", inpaint)?;
+        }
 
         if c.upsamplers.is_empty() {
             return fail("components.upsamplers: at least one upsampler stage is required");

@@ -243,6 +243,28 @@ fn malformed_manifests() {
             "defaults.prior_steps must be at least 2",
         ),
         (
+            "inpainting decoder without its mask",
+            Box::new(|m| {
+                let mut inpaint = m["components"]["decoder"].clone();
+                inpaint["file"] = "decoder.onnx".into();
+                let masked = serde_json::json!({"name": "masked_image", "dtype": "float32", "shape": ["batch", 3, 32, 32]});
+                inpaint["inputs"].as_array_mut().unwrap().push(masked);
+                m["components"]["decoder_inpaint"] = inpaint;
+            }),
+            "decoder_inpaint: input 'mask' is missing from the manifest",
+        ),
+        (
+            "inpainting decoder resolution",
+            Box::new(|m| {
+                let mut inpaint = m["components"]["decoder"].clone();
+                let inputs = inpaint["inputs"].as_array_mut().unwrap();
+                inputs.push(serde_json::json!({"name": "masked_image", "dtype": "float32", "shape": ["batch", 3, 64, 64]}));
+                inputs.push(serde_json::json!({"name": "mask", "dtype": "float32", "shape": ["batch", 1, 64, 64]}));
+                m["components"]["decoder_inpaint"] = inpaint;
+            }),
+            "decoder_inpaint: input 'masked_image' dim 2 is 64, but the decoder resolution is 32",
+        ),
+        (
             "scheduler value",
             Box::new(|m| m["schedulers"]["prior"]["variance_type"] = "learned".into()),
             "unknown variant `learned`",

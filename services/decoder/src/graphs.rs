@@ -1,6 +1,7 @@
 //! The service's ONNX graphs behind the loops' traits.
 //!
-//! [`Graphs`] owns one [`SessionExecutor`] per graph (text_proj, decoder, and each upsampler
+//! [`Graphs`] owns one [`SessionExecutor`] per graph (text_proj, decoder, the optional inpainting
+//! decoder, and each upsampler
 //! stage's `first` and `last`; a stage whose `last` names the same file as `first` shares one
 //! session). The loops are synchronous and run on a blocking thread, so [`GraphCalls`] submits each
 //! call with `run_blocking`: the graph itself still runs on its executor's own thread, behind the
@@ -36,6 +37,8 @@ pub struct Graphs {
     text_proj: SessionExecutor,
     /// decoder.onnx.
     decoder: SessionExecutor,
+    /// The optional `decoder_inpaint` graph, which masked Decode calls run instead.
+    decoder_inpaint: Option<SessionExecutor>,
     /// The cascade, in order.
     upsamplers: Vec<StageGraphs>,
 }
@@ -48,6 +51,9 @@ impl Graphs {
             ("text_proj".to_string(), self.text_proj.stats()),
             ("decoder".to_string(), self.decoder.stats()),
         ];
+        if let Some(inpaint) = &self.decoder_inpaint {
+            stats.push(("decoder_inpaint".to_string(), inpaint.stats()));
+        }
         for (i, stage) in self.upsamplers.iter().enumerate() {
             if Arc::ptr_eq(&stage.first, &stage.last) {
                 stats.push((format!("upsamplers[{i}]"), stage.first.stats()));
@@ -68,6 +74,11 @@ impl Graphs {
         let c = &repo.manifest().components;
         let text_proj = repo.load_executor(env, "text_proj", &c.text_proj, config)?;
         let decoder = repo.load_executor(env, "decoder", &c.decoder, config)?;
+        let decoder_inpaint = c
+            .decoder_inpaint
+            .as_ref()
+            .map(|spec| repo.load_executor(env, "decoder_inpaint", spec, config))
+            .transpose()?;
         let mut upsamplers = Vec::with_capacity(c.upsamplers.len());
         for (i, stage) in c.upsamplers.iter().enumerate() {
             let first = Arc::new(repo.load_executor(
@@ -91,14 +102,21 @@ impl Graphs {
         Ok(Self {
             text_proj,
             decoder,
+            decoder_inpaint,
             upsamplers,
         })
+    }
+
+    /// Whether the repository's `decoder_inpaint` graph is loaded.
+    pub fn has_decoder_inpaint(&self) -> bool {
+        self.decoder_inpaint.is_some()
     }
 
     /// The files these graphs are loaded from (for hashing before loading).
     pub fn files(repo: &ModelRepository) -> Vec<&str> {
         let c = &repo.manifest().components;
         let mut files = vec![c.text_proj.file.as_str(), c.decoder.file.as_str()];
+        files.extend(c.decoder_inpaint.as_ref().map(|spec| spec.file.as_str()));
         for stage in &c.upsamplers {
             files.push(&stage.first.file);
             files.push(&stage.last.file);
@@ -171,26 +189,44 @@ impl DecoderGraphs for GraphCalls<'_> {
     }
 
     fn decoder(&mut self, call: DecoderCall<'_>) -> Result<ArrayD<f32>, ServiceError> {
-        let mut out = self.run(
-            &self.graphs.decoder,
-            vec![
-                ("sample", TensorData::F32(call.sample.clone())),
-                (
-                    "timestep",
-                    TensorData::I64(call.timestep.clone().into_dyn()),
-                ),
-                (
-                    "encoder_hidden_states",
-                    TensorData::F32(call.encoder_hidden_states.clone()),
-                ),
-                ("class_labels", TensorData::F32(call.class_labels.clone())),
-                (
-                    "attention_mask",
-                    TensorData::Bool(call.attention_mask.clone().into_dyn()),
-                ),
-            ],
-        )?;
+        let executor = match (&call.inpaint, &self.graphs.decoder_inpaint) {
+            (None, _) => &self.graphs.decoder,
+            (Some(_), Some(inpaint)) => inpaint,
+            (Some(_), None) => {
+                return Err(ServiceError::Internal(
+                    "an inpainting decoder call, but no decoder_inpaint graph is loaded".into(),
+                ));
+            }
+        };
+        let mut inputs = vec![
+            ("sample", TensorData::F32(call.sample.clone())),
+            (
+                "timestep",
+                TensorData::I64(call.timestep.clone().into_dyn()),
+            ),
+            (
+                "encoder_hidden_states",
+                TensorData::F32(call.encoder_hidden_states.clone()),
+            ),
+            ("class_labels", TensorData::F32(call.class_labels.clone())),
+            (
+                "attention_mask",
+                TensorData::Bool(call.attention_mask.clone().into_dyn()),
+            ),
+        ];
+        if let Some(inpaint) = call.inpaint {
+            inputs.push((
+                "masked_image",
+                TensorData::F32(inpaint.masked_image.clone()),
+            ));
+            inputs.push(("mask", TensorData::F32(inpaint.mask.clone())));
+        }
+        let mut out = self.run(executor, inputs)?;
         Ok(out.take_f32("out_sample")?)
+    }
+
+    fn has_inpaint_decoder(&self) -> bool {
+        self.graphs.decoder_inpaint.is_some()
     }
 }
 

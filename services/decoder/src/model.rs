@@ -9,7 +9,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use anyhow::Context as _;
-use ndarray::{Array2, ArrayD, Ix4};
+use ndarray::{Array2, ArrayD, Axis, Ix4, IxDyn, Slice};
 use unclip_model_server::{ServiceError, StageModel, Steps};
 use unclip_proto::v1::{DecodeResponse, ImageFormat, InvertResponse, Tensor, UpsampleResponse};
 use unclip_runtime::{Device, ModelRepository};
@@ -21,7 +21,7 @@ use crate::graphs::Graphs;
 use crate::images::encode_pngs;
 use crate::noise::SeededNoise;
 use crate::request::{Context, DecodeJob, InvertJob, Limits, UpsampleJob};
-use crate::sampling::{self, LoopSettings, SamplerKind, Stepper};
+use crate::sampling::{self, Inpaint, LoopSettings, SamplerKind, Stepper};
 
 /// The decoder, its text projection and the super-resolution cascade, ready to serve.
 #[derive(Debug)]
@@ -52,6 +52,9 @@ impl DecoderModel {
     /// Labels of the loaded components.
     pub fn components(&self) -> Vec<String> {
         let mut c = vec!["text_proj".to_string(), "decoder".to_string()];
+        if self.graphs.has_decoder_inpaint() {
+            c.push("decoder_inpaint".to_string());
+        }
         c.extend((0..self.resizers.len()).map(|i| format!("upsamplers[{i}]")));
         c
     }
@@ -223,6 +226,30 @@ impl DecoderModel {
             inpaint: None,
             format: ImageFormat::PngAndTensor,
         };
+        if self.graphs.has_decoder_inpaint() {
+            // A masked Decode runs the inpainting decoder: warm it up (and check it) too.
+            let s = self.repo.sizes().decoder_image_size;
+            let mut mask = ArrayD::<f32>::ones(IxDyn(&[1, 1, s, s]));
+            mask.slice_axis_mut(Axis(3), Slice::from(s / 2..)).fill(0.0);
+            let masked = DecodeJob {
+                inpaint: Some(Inpaint {
+                    known: ArrayD::zeros(IxDyn(&[1, 3, s, s])),
+                    mask,
+                }),
+                format: ImageFormat::Tensor,
+                ..job.clone()
+            };
+            let out = self
+                .decode(masked, &never, &Steps::none())
+                .map_err(|e| anyhow::anyhow!("warm-up masked Decode failed: {e}"))?
+                .samples
+                .context("warm-up masked Decode returned no samples")?
+                .to_f32_array()?;
+            anyhow::ensure!(
+                out.iter().all(|v| v.is_finite()),
+                "warm-up masked Decode produced non-finite values"
+            );
+        }
         let decoded = self
             .decode(job, &never, &Steps::none())
             .map_err(|e| anyhow::anyhow!("warm-up Decode failed: {e}"))?;

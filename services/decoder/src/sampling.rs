@@ -15,6 +15,9 @@
 //!    half ([`guided_output`]), then the update ([`Stepper`]): the unCLIP step (learned-range
 //!    variance from the manifest) or DDIM with η (x̂₀ clipped and ε re-derived from it);
 //! 4. inpainting (optional): the known pixels re-imposed after every step, noised to level p;
+//!    when the repository has a `decoder_inpaint` graph ([`DecoderGraphs::has_inpaint_decoder`]),
+//!    every step runs it instead of the decoder, with GLIDE's extra inputs (the known image times
+//!    the mask, and the mask) for both halves of guidance;
 //! 5. clamp to [−1, 1].
 //!
 //! **Super-resolution stage** ([`upsample`], steps 9–10): the caller upsamples the low-resolution
@@ -59,14 +62,30 @@ pub struct DecoderCall<'a> {
     pub class_labels: &'a ArrayD<f32>,
     /// `attention_mask` `[M, N_ctx]`.
     pub attention_mask: &'a Array2<bool>,
+    /// The inpainting decoder's extra inputs; `None` runs the plain decoder.
+    pub inpaint: Option<InpaintInputs<'a>>,
+}
+
+/// The `decoder_inpaint` graph's inputs beyond the decoder's, doubled like `sample`.
+#[derive(Debug, Clone, Copy)]
+pub struct InpaintInputs<'a> {
+    /// `masked_image` `[M, 3, H, H]`: the known image times the mask (0 where generated).
+    pub masked_image: &'a ArrayD<f32>,
+    /// `mask` `[M, 1, H, H]`: 1 = known, 0 = generate.
+    pub mask: &'a ArrayD<f32>,
 }
 
 /// The base decoder's graphs as the loops call them.
 pub trait DecoderGraphs {
     /// Runs text_proj.onnx.
     fn text_proj(&mut self, inputs: &TextProjInputs) -> Result<TextProjOutputs, ServiceError>;
-    /// Runs decoder.onnx and returns `out_sample` `[M, 6, H, H]`.
+    /// Runs decoder.onnx (or, when `call.inpaint` is set, the inpainting decoder) and returns
+    /// `out_sample` `[M, 6, H, H]`.
     fn decoder(&mut self, call: DecoderCall<'_>) -> Result<ArrayD<f32>, ServiceError>;
+    /// Whether an inpainting decoder is loaded (masked Decode calls then run it).
+    fn has_inpaint_decoder(&self) -> bool {
+        false
+    }
 }
 
 /// Which of a super-resolution stage's two graphs a step runs.
@@ -278,12 +297,43 @@ pub fn guided_output(raw: ArrayD<f32>, guidance: Option<f32>) -> Result<ArrayD<f
     }
 }
 
+/// The inpainting decoder's `(masked_image, mask)` for `n` images, doubled when guiding (the
+/// unconditional half sees the same known image, as in GLIDE).
+pub fn inpaint_inputs(
+    inpaint: &Inpaint,
+    n: usize,
+    guided: bool,
+) -> Result<(ArrayD<f32>, ArrayD<f32>), ServiceError> {
+    let s = inpaint.known.shape();
+    let mask_shape = [n, 1, s[2], s[3]];
+    let mask = inpaint
+        .mask
+        .broadcast(mask_shape.as_slice())
+        .ok_or_else(|| {
+            ServiceError::Internal(format!(
+                "inpainting mask of shape {:?} for {n} images",
+                inpaint.mask.shape()
+            ))
+        })?
+        .to_owned();
+    let masked = &inpaint.known * &mask;
+    if !guided {
+        return Ok((masked, mask));
+    }
+    Ok((
+        duplicate_for_guidance(&masked.view()).map_err(internal)?,
+        duplicate_for_guidance(&mask.view()).map_err(internal)?,
+    ))
+}
+
 /// Runs the decoder on the latents `x` at timestep `t`: doubled when guiding, then guided.
+/// `inpaint` (already doubled) selects the inpainting decoder.
 fn decoder_output(
     graphs: &mut impl DecoderGraphs,
     cond: &DecoderConditioning,
     x: &ArrayD<f32>,
     t: i64,
+    inpaint: Option<&(ArrayD<f32>, ArrayD<f32>)>,
 ) -> Result<ArrayD<f32>, ServiceError> {
     let sample = match cond.guidance {
         Some(_) => duplicate_for_guidance(&x.view()).map_err(internal)?,
@@ -296,6 +346,7 @@ fn decoder_output(
         encoder_hidden_states: &cond.encoder_hidden_states,
         class_labels: &cond.class_labels,
         attention_mask: &cond.attention_mask,
+        inpaint: inpaint.map(|(masked_image, mask)| InpaintInputs { masked_image, mask }),
     })?;
     guided_output(raw, cond.guidance)
 }
@@ -384,11 +435,21 @@ pub fn decode(
 ) -> Result<ArrayD<f32>, ServiceError> {
     let shape = [cond.images(), LATENT_CHANNELS, image_size, image_size];
     let x = initial_latents(noise, &shape, settings.init_noise)?;
+    // With an inpainting decoder the model sees the known image too; the known pixels are still
+    // re-imposed after every step (below, in `denoise`), so they come back exactly.
+    let inpaint = match settings.inpaint {
+        Some(inpaint) if graphs.has_inpaint_decoder() => Some(inpaint_inputs(
+            inpaint,
+            cond.images(),
+            cond.guidance.is_some(),
+        )?),
+        _ => None,
+    };
     let x = denoise(
         x,
         settings,
         noise,
-        |_, t, x| decoder_output(graphs, cond, x, t),
+        |_, t, x| decoder_output(graphs, cond, x, t, inpaint.as_ref()),
         observer,
     )?;
     Ok(x.mapv_into(|v| v.clamp(-1.0, 1.0)))
@@ -452,7 +513,7 @@ pub fn invert(
     let n = image.shape()[0];
     let mut x = image.clone();
     for (k, (from, to, model_t)) in inversion_pairs(timesteps).into_iter().enumerate() {
-        let out = decoder_output(graphs, cond, &x, model_t)?;
+        let out = decoder_output(graphs, cond, &x, model_t, None)?;
         let eps = out.slice_axis(Axis(1), Slice::from(0..LATENT_CHANNELS));
         x = ddim
             .invert_step(&eps, &vec![from; n], &x.view(), &vec![to; n])
@@ -742,6 +803,123 @@ mod tests {
             out.slice_axis(Axis(3), Slice::from(2..4)),
             known.slice_axis(Axis(3), Slice::from(2..4))
         );
+    }
+
+    /// A fake with an inpainting decoder: records what each call's extra inputs were.
+    #[derive(Default)]
+    struct FakeInpaint {
+        inner: Fake,
+        /// Per call: (masked_image, mask), or None for a plain decoder call.
+        extra: Vec<Option<(ArrayD<f32>, ArrayD<f32>)>>,
+    }
+
+    impl DecoderGraphs for FakeInpaint {
+        fn text_proj(&mut self, inputs: &TextProjInputs) -> Result<TextProjOutputs, ServiceError> {
+            self.inner.text_proj(inputs)
+        }
+        fn decoder(&mut self, call: DecoderCall<'_>) -> Result<ArrayD<f32>, ServiceError> {
+            self.extra.push(
+                call.inpaint
+                    .map(|i| (i.masked_image.clone(), i.mask.clone())),
+            );
+            self.inner.decoder(call)
+        }
+        fn has_inpaint_decoder(&self) -> bool {
+            true
+        }
+    }
+
+    /// With an inpainting decoder, a masked decode feeds it the known image times the mask and
+    /// the mask at every step, doubled for guidance (both halves see the same known image), and
+    /// still returns the kept pixels exactly; an unmasked decode never passes them.
+    #[test]
+    fn inpainting_decoder_gets_masked_image_and_mask() {
+        let mut fake = FakeInpaint::default();
+        let cond = conditioning(&mut fake.inner, 2, 3.0);
+        let stepper = Stepper::new(SchedulerConfig::karlo_decoder(), SamplerKind::Unclip).unwrap();
+        let timesteps = stepper.timesteps(3).unwrap();
+        let known = ArrayD::from_shape_fn(IxDyn(&[2, 3, 4, 4]), |d| {
+            0.1 * d[0] as f32 + 0.2 * d[1] as f32 - 0.05 * d[3] as f32
+        });
+        let mut mask = ArrayD::zeros(IxDyn(&[1, 1, 4, 4]));
+        mask.slice_axis_mut(Axis(3), Slice::from(0..2)).fill(1.0);
+        let inpaint = Inpaint {
+            known: known.clone(),
+            mask,
+        };
+        let settings = LoopSettings {
+            stepper: &stepper,
+            timesteps: &timesteps,
+            init_noise: None,
+            inpaint: Some(&inpaint),
+        };
+        let out = decode(
+            &mut fake,
+            &cond,
+            4,
+            &mut Const(0.3, 0),
+            &settings,
+            &mut ignore_steps,
+        )
+        .unwrap();
+        assert_eq!(fake.extra.len(), 3);
+        for extra in &fake.extra {
+            let (masked, mask) = extra
+                .as_ref()
+                .expect("every step runs the inpainting decoder");
+            assert_eq!(masked.shape(), &[4, 3, 4, 4]);
+            assert_eq!(mask.shape(), &[4, 1, 4, 4]);
+            for row in 0..4 {
+                // [uncond; cond]: rows k and k + 2 belong to image k.
+                let image = row % 2;
+                let m = mask.index_axis(Axis(0), row);
+                assert!(
+                    m.slice_axis(Axis(2), Slice::from(0..2))
+                        .iter()
+                        .all(|&v| v == 1.0)
+                );
+                assert!(
+                    m.slice_axis(Axis(2), Slice::from(2..4))
+                        .iter()
+                        .all(|&v| v == 0.0)
+                );
+                let x = masked.index_axis(Axis(0), row);
+                assert_eq!(
+                    x.slice_axis(Axis(2), Slice::from(0..2)),
+                    known
+                        .index_axis(Axis(0), image)
+                        .slice_axis(Axis(2), Slice::from(0..2))
+                );
+                assert!(
+                    x.slice_axis(Axis(2), Slice::from(2..4))
+                        .iter()
+                        .all(|&v| v == 0.0)
+                );
+            }
+        }
+        let keep = Slice::from(0..2);
+        assert_eq!(
+            out.slice_axis(Axis(3), keep),
+            known.slice_axis(Axis(3), keep)
+        );
+
+        // Unmasked: the plain decoder.
+        let mut fake = FakeInpaint::default();
+        let cond = conditioning(&mut fake.inner, 1, 3.0);
+        let settings = LoopSettings {
+            inpaint: None,
+            ..settings
+        };
+        decode(
+            &mut fake,
+            &cond,
+            4,
+            &mut Const(0.3, 0),
+            &settings,
+            &mut ignore_steps,
+        )
+        .unwrap();
+        assert!(fake.extra.iter().all(Option::is_none));
     }
 
     /// The upsampler loop concatenates [x, upscaled] and runs `last` on the final step only.

@@ -14,25 +14,22 @@ prompts for an object of another colour there. Per case it measures, on the retu
   by the renderer), so a jump the scene itself has is not counted as a seam.
 
 Counts come with Wilson 95% intervals. numpy, scipy, PIL and grpcio (stubs compiled from proto/).
+Without --gateway it starts a local stack over --model (`unclip stack`) for the run.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
-import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from .checker import wilson
+from .gateway import ROOT, Gateway, connect
 from .render import BACKGROUNDS, COLORS, POSITIONS, SHAPES, render, scene_from_caption, single_caption
 
-ROOT = Path(__file__).resolve().parents[3]
 SIDE = 128
 
 
@@ -106,12 +103,6 @@ def judge_case(case: Case, out: np.ndarray) -> dict:
     }
 
 
-def png_bytes(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def proportion(hits: int, n: int) -> dict:
     """A share with its count and 95% Wilson interval, as the report prints it."""
     return {"hits": hits, "share": hits / n, "ci95": list(wilson(hits, n))}
@@ -130,41 +121,33 @@ def summarise(results: list[dict]) -> dict:
     }
 
 
+def evaluate(gateway: Gateway, n: int, seed: int, first: int = 0) -> list[dict]:
+    """Cases first…first+n−1 through `gateway`, one result per case."""
+    results = []
+    for i in range(first, first + n):
+        case = make_case(i)
+        out = gateway.inpaint(case.image, case.keep, case.prompt, seed)
+        r = judge_case(case, out) | {"case": i, "prompt": case.prompt, "masked_pixels": int((~case.keep).sum())}
+        results.append(r)
+        print(json.dumps(r), flush=True)
+    return results
+
+
 def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
-    parser.add_argument("--gateway", required=True, help="host:port of a running unclip-gateway")
+    parser.add_argument("--gateway", default=None, help="host:port of a running unclip-gateway (default: start a local stack)")
+    parser.add_argument("--model", type=Path, default=ROOT / "models" / "shapes", help="model of the local stack")
+    parser.add_argument("--unclip", type=Path, default=ROOT / "target" / "release" / "unclip", help="the unclip binary")
     parser.add_argument("--n", type=int, default=50, help="cases")
+    parser.add_argument("--first", type=int, default=0, help="first case")
     parser.add_argument("--seed", type=int, default=11, help="sampling seed of every request")
     parser.add_argument("--out", type=Path, default=None, help="write the per-case and summary JSON here")
 
 
 def run(args: argparse.Namespace, name: str) -> int:
-    import grpc
-
-    sys.path.insert(0, str(ROOT / "tests" / "python"))
-    from gateway_client import compile_stubs
-
-    cases = [make_case(i) for i in range(args.n)]
-    results = []
-    with tempfile.TemporaryDirectory() as tmp:
-        compile_stubs(Path(tmp))
-        sys.path.insert(0, tmp)
-        from unclip.v1 import gateway_pb2, gateway_pb2_grpc
-
-        channel = grpc.insecure_channel(args.gateway)
-        grpc.channel_ready_future(channel).result(timeout=30)
-        gateway = gateway_pb2_grpc.GatewayStub(channel)
-        for i, case in enumerate(cases):
-            alpha = np.where(case.keep, 255, 0).astype(np.uint8)
-            mask = np.dstack([np.zeros((SIDE, SIDE, 3), np.uint8), alpha])
-            response = gateway.Inpaint(
-                gateway_pb2.InpaintRequest(image=png_bytes(case.image), mask=png_bytes(mask), prompt=case.prompt, seed=args.seed),
-                timeout=300,
-            )
-            out = np.asarray(Image.open(io.BytesIO(response.images[0].png)).convert("RGB"))
-            r = judge_case(case, out) | {"case": i, "prompt": case.prompt, "masked_pixels": int((~case.keep).sum())}
-            results.append(r)
-            print(json.dumps(r), flush=True)
-    summary = summarise(results)
+    with connect(args.gateway, args.model, args.unclip) as gateway:
+        info = gateway.info()
+        results = evaluate(gateway, args.n, args.seed, args.first)
+    summary = summarise(results) | {"model_version": info.model.version}
     print(json.dumps(summary, indent=2))
     if args.out is not None:
         args.out.write_text(json.dumps({"summary": summary, "cases": results}, indent=2) + "\n")

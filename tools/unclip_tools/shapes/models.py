@@ -296,6 +296,38 @@ class Decoder(nn.Module):
         return self.out(u)
 
 
+class InpaintDecoder(Decoder):
+    """The decoder with GLIDE's inpainting inputs: (sample, timestep, encoder_hidden_states,
+    class_labels, attention_mask, masked_image [B,3,H,W], mask [B,1,H,W]) -> out_sample.
+
+    `mask` is 1 where the pixel is known (kept) and 0 where it is to be generated; `masked_image`
+    is the known image times the mask (0 where generated). Both enter through four extra input
+    channels of the first convolution, concatenated after the sample's three.
+    """
+
+    EXTRA_CHANNELS = 4
+
+    def __init__(self, cfg: ShapesConfig):
+        super().__init__(cfg)
+        c1 = cfg.dec_channels[0]
+        self.conv_in = nn.Conv2d(3 + self.EXTRA_CHANNELS, c1, 3, padding=1)
+
+    @classmethod
+    def from_decoder_state(cls, cfg: ShapesConfig, state: dict) -> "InpaintDecoder":
+        """The plain decoder's weights with the extra input channels zero-initialised, so that
+        the new network starts out computing exactly what the plain decoder does."""
+        net = cls(cfg)
+        state = dict(state)
+        w = state["conv_in.weight"]
+        state["conv_in.weight"] = torch.cat([w, torch.zeros(w.shape[0], cls.EXTRA_CHANNELS, *w.shape[2:], dtype=w.dtype)], 1)
+        net.load_state_dict(state)
+        return net
+
+    def forward(self, sample, timestep, encoder_hidden_states, class_labels, attention_mask, masked_image, mask):
+        x = torch.cat([sample, masked_image, mask], 1)
+        return super().forward(x, timestep, encoder_hidden_states, class_labels, attention_mask)
+
+
 class Upsampler(nn.Module):
     """Super-resolution UNet: sample [B,6,H,W] (noisy image ++ upsampled low-res) -> epsilon."""
 

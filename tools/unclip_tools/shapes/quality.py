@@ -1,19 +1,21 @@
 """Quality report for the shapes model: generated images checked against their captions.
 
-    python -m unclip_tools quality-report --model models/shapes --work runs/shapes --out docs
+    python -m unclip_tools quality-report --model models/shapes --split report --out docs
 
-Generates one image per held-out caption (fully specified single-object captions whose attribute
-combination never appears in training) through the reference sampler, then scores it with
+One command, nothing outside the repository: it starts a local stack (`unclip stack`, the release
+binary; or uses `--gateway`), and for each held-out caption of the split (fully specified
+single-object captions whose attribute combination never appears in training; `tune` and
+`report` halves share no caption and no seed) generates images through the gateway's gRPC API,
+the path users take, and with the Python reference sampler over the same graphs as a second
+column. Both are scored by the model-free checker (`checker.py`: background, colour, position,
+size, shape; "no object" is wrong for everything), each figure with its count and Wilson 95%
+interval. The same checks run on the renderer's own images, which measures the checker itself.
+It also runs two-object captions, `inpaint-eval`'s inpainting cases and captions outside the
+grammar through the gateway, reports CLIP zero-shot retrieval and the cosine between prior
+samples and CLIP embeddings of true renders, and draws a contact sheet.
 
-- a model-free checker written for the renderer: background colour from the border, the object
-  as the pixels far from it, its colour (median, nearest palette entry), its position (bounding-box
-  centre, nearest named position) and size (bounding-box extent);
-- a small CNN shape classifier trained only on renderer ground truth (never on CLIP or on model
-  outputs), trained by `train-shapes` (phase `classifier`).
-
-The same checks run on the renderer's own images first, which measures the checker itself. It
-also reports CLIP zero-shot retrieval on the held-out captions and the cosine between prior
-samples and the CLIP embeddings of true renders, and draws a contact sheet.
+`ShapeClassifier` (a CNN trained by `train-shapes --phase classifier`) is what the report used
+before the checker read shapes itself; other tools may still load it.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from torch import nn
 
 from .. import UserError
 from ..scheduler import BACKENDS
-from .checker import check_two, judge, read_image, wilson
+from .checker import check_two, judge, read_image, read_shape, wilson
 from .render import SHAPES, held_out_combos, parse_caption, random_scene, render, scene_from_caption, single_caption
 
 
@@ -116,19 +118,17 @@ def two_object_captions(n: int = 50, split: str | None = None) -> list[str]:
     return out
 
 
-def score(images: list[np.ndarray], captions: list[str], classifier: ShapeClassifier) -> dict[str, float]:
-    """Fraction of images right per attribute, all together, and with no object found."""
+def score(images: list[np.ndarray], captions: list[str]) -> dict[str, int]:
+    """Images right per attribute, all together, and with no object found (counts), by the
+    model-free checker (`checker.judge`, shape by `checker.read_shape`)."""
     keys = ("color", "background", "position", "size", "shape")
     hits = {k: 0 for k in (*keys, "all", "no_object")}
-    with torch.no_grad():
-        shapes = classifier(classifier_input(np.stack(images))).argmax(1).numpy()
-    for img, cap, sh in zip(images, captions, shapes):
-        ok = judge(img, cap, SHAPES[int(sh)])
+    for img, cap in zip(images, captions):
+        ok = judge(img, cap)
         for k in (*keys, "no_object"):
             hits[k] += ok[k]
         hits["all"] += all(ok[k] for k in keys)
-    n = len(captions)
-    return {k: v / n for k, v in hits.items()}
+    return hits
 
 
 def contact_sheet(images: list[np.ndarray], captions: list[str], path: Path, cols: int = 6) -> None:
@@ -153,82 +153,107 @@ def contact_sheet(images: list[np.ndarray], captions: list[str], path: Path, col
     sheet.save(path)
 
 
+OUT_OF_GRAMMAR = (
+    "a magenta circle on a white background",
+    "a red hexagon on a white background",
+    "a blue circle on a green background",
+    "a red circle next to a blue square",
+    "a cat",
+)
+"""Captions outside the grammar (unknown colour, shape, background, relation; no shapes word at
+all): the stack must still answer with an image; the report says what the checker finds."""
+
+
 def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
+    from .gateway import ROOT
+
     parser.add_argument("--model", type=Path, default=Path("models/shapes"), help="model repository")
-    parser.add_argument("--work", type=Path, default=Path("runs/shapes"), help="training folder holding classifier.pt")
-    parser.add_argument("--out", type=Path, default=Path("docs"), help="folder for shapes-quality.md and the contact sheet")
+    parser.add_argument("--gateway", default=None, help="host:port of a running gateway serving --model (default: start a local stack)")
+    parser.add_argument("--unclip", type=Path, default=ROOT / "target" / "release" / "unclip", help="the unclip binary for the local stack")
+    parser.add_argument("--out", type=Path, default=Path("docs"), help="folder for shapes-quality.md, .json and the contact sheet")
     parser.add_argument("--n", type=int, default=200, help="held-out single-object captions (at most the split's)")
     parser.add_argument("--seeds-per-caption", type=int, default=2, help="images per single-object caption, each its own seed")
     parser.add_argument("--n-two", type=int, default=50, help="two-object captions")
+    parser.add_argument("--n-inpaint", type=int, default=50, help="inpainting cases (inpaint-eval's), 0 to skip")
     parser.add_argument("--split", choices=SPLITS, default="report", help="caption set: `tune` for choosing settings, `report` for published figures")
-    parser.add_argument("--seed", type=int, default=None, help="first seed (caption i uses seed + i); default the split's")
-    parser.add_argument("--prior-guidance", type=float, default=None)
-    parser.add_argument("--decoder-guidance", type=float, default=None)
+    parser.add_argument("--seed", type=int, default=None, help="first seed (image i uses seed + i); default the split's")
+    parser.add_argument("--no-reference", action="store_true", help="skip the reference sampler's column")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
         "--scheduler", choices=BACKENDS, default="auto",
-        help="who computes scheduler steps (auto: diffusers if installed, as in the reference sampler)",
+        help="who computes the reference sampler's scheduler steps (auto: diffusers if installed)",
     )
+
+
+def counts(hits: dict[str, int], n: int) -> dict[str, dict]:
+    """Each count as {hits, n, share, ci95}."""
+    return {k: {"hits": int(v), "n": n, "share": v / n, "ci95": list(wilson(int(v), n))} for k, v in hits.items()}
 
 
 def run(args: argparse.Namespace, name: str) -> int:
     from ..sampler import UnclipSampler
+    from .gateway import connect
+    from .inpaint_eval import evaluate, summarise
 
     torch.set_num_threads(args.threads)
-    classifier = load_classifier(args.work)
     sampler = UnclipSampler(args.model, threads=args.threads, scheduler_backend=args.scheduler)
     defaults = sampler.manifest["defaults"]
-    pg = args.prior_guidance if args.prior_guidance is not None else defaults["prior_guidance_scale"]
-    dg = args.decoder_guidance if args.decoder_guidance is not None else defaults["decoder_guidance_scale"]
+    pg, dg = defaults["prior_guidance_scale"], defaults["decoder_guidance_scale"]
     if args.seed is None:
-        args.seed = SPLITS[args.split][1]
+        args.seed = SPLITS[args.split]
     unique = held_out_captions(args.n, args.split)
-    caps = [c for c in unique for _ in range(args.seeds_per_caption)]
+    k = args.seeds_per_caption
+    caps = [c for c in unique for _ in range(k)]
     twos = two_object_captions(args.n_two, args.split)
+    seeds = [args.seed + i for i in range(len(caps) + len(twos))]
 
     # The checker on the renderer's own images: how far the measurements themselves can be trusted.
-    truth = [np.asarray(render(scene_from_caption(c, args.seed + i))) for i, c in enumerate(caps)]
-    truth_scores = score(truth, caps, classifier)
-
-    t0 = time.time()
-    gen = []
-    for i, c in enumerate(caps + twos):
-        img = sampler.text_to_image(c, num_images=1, seed=args.seed + i, prior_guidance_scale=pg, decoder_guidance_scale=dg)[0]
-        gen.append(np.asarray(img.convert("RGB")))
-    gen_seconds = time.time() - t0
-    gen_single, gen_two = gen[: len(caps)], gen[len(caps) :]
-    model_scores = score(gen_single, caps, classifier)
-    two_ok = float(np.mean([check_two(read_image(img), parse_caption(c)) for img, c in zip(gen_two, twos)]))
+    truth = [np.asarray(render(scene_from_caption(c, s))) for c, s in zip(caps, seeds)]
     two_renders = [render(scene_from_caption(c, i)) for i, c in enumerate(twos)]
-    two_truth = float(np.mean([check_two(read_image(np.asarray(t)), parse_caption(c)) for t, c in zip(two_renders, twos)]))
+
+    def two_hits(images: list[np.ndarray]) -> int:
+        return sum(check_two(read_image(img), parse_caption(c)) for img, c in zip(images, twos))
+
+    # Through the serving stack, as users get them.
+    t0 = time.time()
+    with connect(args.gateway, args.model, args.unclip) as gateway:
+        served_version = gateway.info().model.version
+        if served_version != sampler.manifest["version"]:
+            raise UserError(f"the gateway serves {served_version}, --model is {sampler.manifest['version']}")
+        gen = [gateway.generate(c, s) for c, s in zip(caps + twos, seeds)]
+        gateway_seconds = (time.time() - t0) / len(gen)
+        odd = [(c, j, gateway.generate(c, args.seed + j)) for c in OUT_OF_GRAMMAR for j in range(2)]
+        inpainting = summarise(evaluate(gateway, args.n_inpaint, seed=11)) if args.n_inpaint else None
+    gen_single, gen_two = gen[: len(caps)], gen[len(caps) :]
+
+    # The reference sampler (Python over the same ONNX graphs): the same captions and seeds.
+    reference = None
+    if not args.no_reference:
+        t0 = time.time()
+        ref = [np.asarray(sampler.text_to_image(c, num_images=1, seed=s, prior_guidance_scale=pg, decoder_guidance_scale=dg)[0].convert("RGB"))
+               for c, s in zip(caps + twos, seeds)]
+        reference = {"single": counts(score(ref[: len(caps)], caps), len(caps)), "two": counts({"both": two_hits(ref[len(caps) :])}, len(twos)),
+                     "seconds_per_image": (time.time() - t0) / len(ref)}
+
     # Where two-object scenes are lost: decoding the true render's own CLIP image embedding (a
     # variation) skips the text encoder and the prior; and CLIP's preference for the caption
     # over the same caption with the relation reversed.
-    two_variation = float(
-        np.mean(
-            [
-                check_two(read_image(np.asarray(sampler.variation(t, seed=args.seed + i, decoder_guidance_scale=dg)[0].convert("RGB"))), parse_caption(c))
-                for i, (t, c) in enumerate(zip(two_renders, twos))
-            ]
-        )
-    )
+    variations = [np.asarray(sampler.variation(t, seed=s, decoder_guidance_scale=dg)[0].convert("RGB")) for t, s in zip(two_renders, seeds[len(caps) :])]
     two_img = unit(sampler.encode_images(two_renders))
     true_sim = np.sum(two_img * unit(sampler.encode_text(twos).text_embeds), axis=1)
     swapped_sim = np.sum(two_img * unit(sampler.encode_text([reverse_relation(c) for c in twos]).text_embeds), axis=1)
-    clip_relation = float(np.mean(true_sim > swapped_sim))
 
     # CLIP zero-shot retrieval among the held-out captions, on true renders.
-    k = args.seeds_per_caption
     tn = unit(sampler.encode_text(unique).text_embeds)
     inn = unit(sampler.encode_images([Image.fromarray(t) for t in truth[::k]]))
     sim = inn @ tn.T
-    i2t = float(np.mean(sim.argmax(1) == np.arange(len(unique))))
-    t2i = float(np.mean(sim.argmax(0) == np.arange(len(unique))))
     # Prior samples against the embeddings of true renders of the same captions.
     prior = np.concatenate([sampler.sample_prior([c], num_images=1, seed=args.seed + i * k, guidance_scale=pg) for i, c in enumerate(unique)])
     pn = unit(prior)
-    cos_true = float(np.mean(np.sum(pn * inn, axis=1)))
-    cos_shuffled = float(np.mean(np.sum(pn * np.roll(inn, 1, axis=0), axis=1)))
+
+    def odd_reading(img: np.ndarray) -> str:
+        r = read_image(img)
+        return "no object" if r.color is None else f"{r.color} {read_shape(img)} on {r.background}"
 
     args.out.mkdir(parents=True, exist_ok=True)
     sheet = args.out / "shapes-quality.png"
@@ -236,24 +261,28 @@ def run(args: argparse.Namespace, name: str) -> int:
     contact_sheet([gen[i] for i in show], [(caps + twos)[i] for i in show], sheet)
     result = {
         "model_version": sampler.manifest["version"],
-        "split": args.split or "legacy",
+        "split": args.split,
         "seed": args.seed,
         "captions": len(unique),
         "seeds_per_caption": k,
         "two_object_captions": len(twos),
         "guidance": {"prior": pg, "decoder": dg},
-        "steps": {k: defaults[k] for k in ("prior_steps", "decoder_steps", "upsampler_steps")},
-        "generated": model_scores,
-        "checker_on_ground_truth": truth_scores,
+        "steps": {key: defaults[key] for key in ("prior_steps", "decoder_steps", "upsampler_steps")},
+        "gateway": {"single": counts(score(gen_single, caps), len(caps)), "two": counts({"both": two_hits(gen_two)}, len(twos)),
+                    "seconds_per_image": gateway_seconds},
+        "reference": reference,
+        "checker_on_ground_truth": {"single": counts(score(truth, caps), len(caps)),
+                                    "two": counts({"both": two_hits([np.asarray(t) for t in two_renders])}, len(twos))},
         "two_object_relation": {
-            "generated": two_ok,
-            "ground_truth": two_truth,
-            "variation_of_true_render": two_variation,
-            "clip_prefers_stated_over_reversed_relation": clip_relation,
+            "variation_of_true_render": counts({"both": two_hits(variations)}, len(twos))["both"],
+            "clip_prefers_stated_over_reversed_relation": float(np.mean(true_sim > swapped_sim)),
         },
-        "clip_zero_shot": {"image_to_text_top1": i2t, "text_to_image_top1": t2i, "chance": 1 / len(unique)},
-        "prior_cosine": {"with_true_render": cos_true, "with_other_caption_render": cos_shuffled},
-        "seconds_per_image": gen_seconds / len(gen),
+        "clip_zero_shot": {"image_to_text_top1": float(np.mean(sim.argmax(1) == np.arange(len(unique)))),
+                           "text_to_image_top1": float(np.mean(sim.argmax(0) == np.arange(len(unique)))), "chance": 1 / len(unique)},
+        "prior_cosine": {"with_true_render": float(np.mean(np.sum(pn * inn, axis=1))),
+                         "with_other_caption_render": float(np.mean(np.sum(pn * np.roll(inn, 1, axis=0), axis=1)))},
+        "out_of_grammar": [{"caption": c, "seed": args.seed + j, "checker_reads": odd_reading(img)} for c, j, img in odd],
+        "inpainting": inpainting,
         "scheduler": sampler.scheduler_backend,
     }
     (args.out / "shapes-quality.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -263,106 +292,106 @@ def run(args: argparse.Namespace, name: str) -> int:
 
 
 SCHEDULER_WORDS = {
-    "diffusers": "diffusers' UnCLIPScheduler. Its per-step torch conversions cost about\n"
-    "0.2 s of each image: with `--scheduler numpy` (this package's port; the same images, at most one\n"
-    "8-bit level apart) an image takes about 0.39 s.",
-    "numpy": "this package's numpy port of UnCLIPScheduler.",
+    "diffusers": "diffusers' UnCLIPScheduler",
+    "numpy": "this package's numpy port of UnCLIPScheduler",
 }
 
 SPLIT_WORDS = {
-    "legacy": "**Not a held-out figure**: measured on the captions and seeds the guidance scales were chosen on,\n"
-    "so optimistic; `--split report` measures the held-out report split.",
     "tune": "Tuning split (`--split tune`), where settings are chosen: not a held-out figure.",
-    "report": "Report split: captions and seeds disjoint from the tuning split (`--split tune`).",
+    "report": "Report split: captions and seeds disjoint from the tuning split (`--split tune`), where the guidance\nscales and other settings are chosen.",
 }
 
 TARGETS = {"color": 0.95, "background": 0.95, "position": 0.85, "shape": 0.85}
 
 
+def ci(c: dict) -> str:
+    """"93.5% (187/200; 89.2%–96.2%)"."""
+    return f"{c['share']:.1%} ({c['hits']}/{c['n']}; {c['ci95'][0]:.1%}–{c['ci95'][1]:.1%})"
+
+
 def inpainting_words(r: dict) -> str:
-    """The inpainting paragraph, from `inpaint-eval`'s summary when the figures carry one."""
+    """The inpainting paragraph, from `inpaint-eval`'s summary."""
     i = r.get("inpainting")
     if i is None:
         return ""
     o, k = i["object_right_colour"], i["kept_exact"]
-    return f"""Inpainting through the gateway (`inpaint-eval`, {i['cases']} held-out cases, masks 40…88 px squares):
-an object of the prompt's colour in the mask in {o['share']:.1%} ({o['hits']}/{i['cases']}; {o['ci95'][0]:.1%}–{o['ci95'][1]:.1%}),
+    return f"""Inpainting through the gateway (`inpaint-eval`'s {i['cases']} held-out cases: a scene with one small object, a square
+mask of 40…88 px around another named position, a prompt naming an object of another colour there):
+an object of the prompt's colour in the mask in {o['share']:.1%} ({o['hits']}/{i['cases']}; {o['ci95'][0]:.1%}–{o['ci95'][1]:.1%}) (target ≥ 90%),
 the kept area exact in {k['share']:.1%} ({k['hits']}/{i['cases']}), mean colour jump across the mask edge {i['seam_mean']:.2f}
-(the renderer's finished scene: {i['seam_truth_mean']:.2f}). {i.get('note', '')}
+(the renderer's finished scene: {i['seam_truth_mean']:.2f}).
 
 """
 
 
 def markdown(r: dict, args: argparse.Namespace, sheet: str) -> str:
     """The human-readable report (docs/shapes-quality.md)."""
-    g, t = r["generated"], r["checker_on_ground_truth"]
-    split, seed, per = r.get("split", "legacy"), r.get("seed", 1000), r.get("seeds_per_caption", 1)
+    g, ref, t = r["gateway"], r["reference"], r["checker_on_ground_truth"]
+    split, seed, per = r["split"], r["seed"], r["seeds_per_caption"]
     n = r["captions"] * per
-
-    def ci(frac: float, count: int) -> str:
-        hits = round(frac * count)
-        lo, hi = wilson(hits, count)
-        return f"{frac:.1%} ({hits}/{count}; {lo:.1%}–{hi:.1%})"
-
     rows = []
-    for k, label in (("color", "object colour"), ("background", "background colour"), ("position", "position"), ("shape", "shape (classifier)"), ("size", "size"), ("all", "all of the above")):
-        target = TARGETS.get(k)
-        verdict = "" if target is None else ("met" if g[k] >= target else "**missed**")
-        rows.append(f"| {label} | {ci(g[k], n)} | {'' if target is None else f'≥ {target:.0%}'} | {verdict} | {t[k]:.1%} |")
-    cmd = f"python -m unclip_tools quality-report --model {args.model} --work {args.work} --out {args.out}"
+    for key, label in (("color", "object colour"), ("background", "background colour"), ("position", "position"), ("shape", "shape"),
+                       ("size", "size"), ("all", "all of the above"), ("no_object", "no object found")):
+        target = TARGETS.get(key)
+        verdict = "" if target is None else ("met" if g["single"][key]["share"] >= target else "**missed**")
+        ref_cell = ci(ref["single"][key]) if ref else "—"
+        rows.append(f"| {label} | {ci(g['single'][key])} | {ref_cell} | {'' if target is None else f'≥ {target:.0%}'} | {verdict} | {t['single'][key]['share']:.1%} |")
+    odd = "\n".join(f"| {o['caption']} | {o['seed']} | {o['checker_reads']} |" for o in r["out_of_grammar"])
+    rel = r["two_object_relation"]
+    ref_speed = f"; reference sampler {ref['seconds_per_image']:.2f} s" if ref else ""
     return f"""# Shapes model: quality report
 
 Model `shapes` {r['model_version']}; {r['captions']} held-out captions (fully specified single-object
-combinations never shown in training), split `{split}`, {per} image(s) each, {n} images, seeds {seed}…{seed + n - 1};
-steps prior/decoder/upsamplers {r['steps']['prior_steps']}/{r['steps']['decoder_steps']}/{r['steps']['upsampler_steps']},
-guidance prior {r['guidance']['prior']}, decoder {r['guidance']['decoder']}; reference sampler (Python over the ONNX graphs).
+combinations never shown in training), split `{split}`, {per} images each (one seed per image), {n} images,
+seeds {seed}…{seed + n - 1}; steps prior/decoder/upsamplers {r['steps']['prior_steps']}/{r['steps']['decoder_steps']}/{r['steps']['upsampler_steps']},
+guidance prior {r['guidance']['prior']}, decoder {r['guidance']['decoder']} (the model's defaults).
 
 {SPLIT_WORDS[split]}
 
-Figures: share right, (count/images; Wilson 95% interval). A generated image with no object found is
-wrong for every attribute{f" (none found in {ci(g['no_object'], n)})" if "no_object" in g else " (this run predates that rule; its figures counted the background of a blank image as right)"}.
+**Gateway**: images from the running stack's gRPC `Generate`, the path users take. **Reference**: the
+Python reference sampler over the same ONNX graphs ({SCHEDULER_WORDS[r['scheduler']]}), same captions and seeds.
+Figures: share right (count/images; Wilson 95% interval). An image in which the checker finds no object is
+wrong for every attribute, background included.
 
-| attribute | generated | target | | checker on true renders |
-|---|---|---|---|---|
+| attribute | gateway | reference | target | | checker on true renders |
+|---|---|---|---|---|---|
 {chr(10).join(rows)}
 
-The last column runs the same checks on the renderer's own pictures of the same captions: it
-measures the checker (and the shape classifier), not the model.
+The last column runs the same checks on the renderer's own pictures of the same captions and seeds:
+it measures the checker, not the model. The checker is model-free (`checker.py`): background = median border
+colour, object = pixels far from it, colour = nearest palette entry to the median of the eroded object,
+position = named position nearest the bounding-box centre, size from the bounding-box extent, shape = the
+renderer's outline (at a few tilts, fitted to the bounding box) with the largest overlap.
 
-Two-object captions ({r['two_object_captions']}, "a red square above a blue circle on a gray background"): both
-colours found as separate objects in the stated relation in {ci(r['two_object_relation']['generated'], r['two_object_captions'])} of generated
-images ({r['two_object_relation']['ground_truth']:.1%} on true renders). Decoding the true render's own CLIP image
-embedding (a variation, no prior) helps little: {r['two_object_relation']['variation_of_true_render']:.1%}. The
-two objects land in the right places but take one colour and shape, because the embedding does not say which
-attributes belong to which object. CLIP itself prefers the caption to the same caption with the relation
-reversed for only {r['two_object_relation']['clip_prefers_stated_over_reversed_relation']:.1%} of the renders. This is the attribute-binding
-failure the DALL·E 2 paper reports for unCLIP (§7).
+Two-object captions ({r['two_object_captions']}, e.g. "{'a red square above a blue circle on a gray background'}"): both colours found as
+separate objects in the stated relation in {ci(g['two']['both'])} through the gateway{f", {ci(ref['two']['both'])} with the reference sampler" if ref else ""}
+({t['two']['both']['share']:.1%} on true renders). Decoding the true render's own CLIP image embedding (a variation, no
+prior): {ci(rel['variation_of_true_render'])}. CLIP prefers the caption to the same caption with the relation
+reversed for {rel['clip_prefers_stated_over_reversed_relation']:.1%} of the renders: the image embedding does not say which attributes
+belong to which object, the attribute-binding failure the DALL·E 2 paper reports for unCLIP (§7).
 
-CLIP zero-shot retrieval among the {r['captions']} held-out captions, on true renders: image → caption top-1
+{inpainting_words(r)}CLIP zero-shot retrieval among the {r['captions']} held-out captions, on true renders: image → caption top-1
 {r['clip_zero_shot']['image_to_text_top1']:.1%}, caption → image top-1 {r['clip_zero_shot']['text_to_image_top1']:.1%}
-(chance {r['clip_zero_shot']['chance']:.1%}).
-
-Prior: mean cosine between a prior sample for a caption and the CLIP image embedding of a true render
-of that caption {r['prior_cosine']['with_true_render']:.3f}; with the render of another caption
+(chance {r['clip_zero_shot']['chance']:.1%}). Prior: mean cosine between a prior sample for a caption and the CLIP image
+embedding of a true render of that caption {r['prior_cosine']['with_true_render']:.3f}; with the render of another caption
 {r['prior_cosine']['with_other_caption_render']:.3f}.
 
-Generation took {r['seconds_per_image']:.2f} s per image (reference sampler, Python + ONNX Runtime on this
-machine's CPU, {args.threads} threads).
-Scheduler steps: {SCHEDULER_WORDS[r['scheduler']]}
+Captions outside the grammar still get an image (the model's best effort; the tokenizer knows every
+CLIP word, the model never saw these). What the checker reads in it:
 
-{inpainting_words(r)}![contact sheet]({sheet})
+| caption | seed | checker reads |
+|---|---|---|
+{odd}
 
-Reproduce (needs the training folder for the shape classifier; about 4 + 3 minutes here):
+Time per image: gateway {g['seconds_per_image']:.2f} s{ref_speed} (wall time on a shared machine, not a benchmark).
+
+![contact sheet]({sheet})
+
+Reproduce (builds nothing, needs no file outside the repository; starts a local stack from
+`target/release/unclip` unless `--gateway` names a running one):
 
 ```sh
-PYTHONPATH=tools .venv-tools/bin/python -m unclip_tools train-shapes --work runs/shapes --phase classifier
-PYTHONPATH=tools .venv-tools/bin/{cmd}
-# inpainting, against a running stack (`target/release/unclip stack --model models/shapes --listen-info stack.info`):
-PYTHONPATH=tools .venv/bin/python -m unclip_tools inpaint-eval --gateway HOST:PORT --n 50 --out docs/shapes-inpainting.json
+cargo build --release -p unclip-cli
+PYTHONPATH=tools .venv-tools/bin/python -m unclip_tools quality-report --model {args.model} --split {split} --out {args.out}
 ```
-
-How the checks work: `tools/unclip_tools/shapes/checker.py` (background = median border colour,
-object = pixels far from it, colour = nearest palette entry to the median of the eroded object,
-position = named position nearest the bounding-box centre); the shape classifier is a small CNN
-trained only on renderer ground truth (`train-shapes --phase classifier`).
 """

@@ -214,7 +214,8 @@ class Phase:
                 m.load_state_dict(ck["modules"][k])
             for k, e in self.emas.items():
                 e.model.load_state_dict(ck["ema"][k])
-            self.opt.load_state_dict(ck["opt"])
+            if ck.get("opt") is not None:  # None in checkpoints rebuilt by recover-shapes
+                self.opt.load_state_dict(ck["opt"])
             self.step = ck["step"]
             torch.set_rng_state(ck["torch_rng"])
             print(f"[{name}] resumed at step {self.step}", flush=True)
