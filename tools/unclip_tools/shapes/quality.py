@@ -387,11 +387,11 @@ Time per image: gateway {g['seconds_per_image']:.2f} s{ref_speed} (wall time on 
 
 ![contact sheet]({sheet})
 
-Reproduce (builds nothing, needs no file outside the repository; starts a local stack from
-`target/release/unclip` unless `--gateway` names a running one):
+Reproduce (needs no file outside the repository; starts a local stack from the release binaries
+unless `--gateway` names a running one; about 20 minutes on this 2-core machine):
 
 ```sh
-cargo build --release -p unclip-cli
+cargo build --release -p unclip-cli -p unclip-clip -p unclip-prior -p unclip-decoder -p unclip-gateway
 PYTHONPATH=tools .venv-tools/bin/python -m unclip_tools quality-report --model {args.model} --split {split} --out {args.out}
 ```
 """
