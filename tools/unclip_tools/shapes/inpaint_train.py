@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import tempfile
 import time
@@ -136,7 +135,7 @@ def train(work: Path, steps: int, threads: int) -> None:
     import torch
 
     from .models import InpaintDecoder, TextProjGraph, make_text_proj
-    from .train import (OFFSET_NOISE, Phase, alphas_cumprod, clip_pixels, encode_text, load_clip, load_config, normal_kl,
+    from .train import (OFFSET_NOISE, DecoderSchedule, Phase, clip_pixels, encode_text, load_clip, load_config,
                         to_signed)
 
     torch.set_num_threads(threads)
@@ -165,13 +164,7 @@ def train(work: Path, steps: int, threads: int) -> None:
         p.requires_grad_(False)
     dec = InpaintDecoder.from_decoder_state(cfg, base["ema"]["decoder"])
     ph = Phase(work, "decoder_inpaint", {"decoder_inpaint": dec}, steps, LR)
-    betas, abar = alphas_cumprod()
-    abar_prev = torch.cat([torch.ones(1, dtype=torch.float64), abar[:-1]])
-    post_var = betas * (1 - abar_prev) / (1 - abar)
-    post_logvar_clipped = torch.log(torch.cat([post_var[1:2], post_var[1:]]))
-    c0 = betas * abar_prev.sqrt() / (1 - abar)
-    ct = (1 - abar_prev) * (1 - betas).sqrt() / (1 - abar)
-    f = lambda v, t: v[t].float()[:, None, None, None]  # noqa: E731
+    schedule = DecoderSchedule()
     cfg_emb = tp.text_proj.learned_classifier_free_guidance_embeddings.detach()
     rng = np.random.default_rng([7, ph.step])
     while ph.step < ph.steps:
@@ -192,17 +185,9 @@ def train(work: Path, steps: int, threads: int) -> None:
         masked = x0 * keep
         t = torch.from_numpy(rng.integers(0, 1000, b))
         noise = torch.randn_like(x0) + OFFSET_NOISE * torch.randn(b, 3, 1, 1)
-        xt = f(abar, t).sqrt() * x0 + (1 - f(abar, t)).sqrt() * noise
+        xt = schedule.noised(x0, noise, t)
         out = dec(xt, t, ehs, add_emb, dmask, masked, keep)
-        eps, v = out[:, :3], out[:, 3:]
-        mse = ((eps - noise) ** 2).mean()
-        frac = (v + 1) / 2
-        logvar = frac * torch.log(f(betas, t)) + (1 - frac) * f(post_logvar_clipped, t)
-        x0_pred = ((xt - (1 - f(abar, t)).sqrt() * eps.detach()) / f(abar, t).sqrt()).clamp(-1, 1)
-        mean_pred = f(c0, t) * x0_pred + f(ct, t) * xt
-        mean_true = f(c0, t) * x0 + f(ct, t) * xt
-        kl = normal_kl(mean_true, f(post_logvar_clipped, t), mean_pred, logvar).mean(dim=(1, 2, 3)) / math.log(2.0)
-        ph.update(mse + kl.mean())
+        ph.update(schedule.hybrid_loss(out, noise, xt, x0, t))
         if ph.step - ph._start == 10:
             print(f"[decoder_inpaint] first 10 steps: {(time.time() - ph.t0) / 10:.2f}s/step", flush=True)
     ph.save()

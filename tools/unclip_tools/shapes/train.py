@@ -456,6 +456,47 @@ def train_prior(work: Path, ds: Dataset, cfg, steps: int) -> None:
     ph.save()
 
 
+
+class DecoderSchedule:
+    """The decoders' training schedule: noising and guided-diffusion's hybrid loss (the noise MSE
+    plus the variational bound on the learned variance range, with the mean frozen so that only
+    the variance head learns from it). Shared by the decoder and the inpainting decoder."""
+
+    def __init__(self) -> None:
+        import torch
+
+        self.betas, self.abar = alphas_cumprod()
+        abar_prev = torch.cat([torch.ones(1, dtype=torch.float64), self.abar[:-1]])
+        post_var = self.betas * (1 - abar_prev) / (1 - self.abar)
+        self.post_logvar_clipped = torch.log(torch.cat([post_var[1:2], post_var[1:]]))
+        self.c0 = self.betas * abar_prev.sqrt() / (1 - self.abar)
+        self.ct = (1 - abar_prev) * (1 - self.betas).sqrt() / (1 - self.abar)
+
+    @staticmethod
+    def _at(v, t):
+        return v[t].float()[:, None, None, None]
+
+    def noised(self, x0, noise, t):
+        """`x0` noised with `noise` to steps `t`."""
+        a = self._at(self.abar, t)
+        return a.sqrt() * x0 + (1 - a).sqrt() * noise
+
+    def hybrid_loss(self, out, noise, xt, x0, t):
+        """The loss of a decoder output `out` (noise, variance range) for `xt`, noised from `x0`."""
+        import torch
+
+        f = self._at
+        eps, v = out[:, :3], out[:, 3:]
+        mse = ((eps - noise) ** 2).mean()
+        frac = (v + 1) / 2
+        logvar = frac * torch.log(f(self.betas, t)) + (1 - frac) * f(self.post_logvar_clipped, t)
+        abar = f(self.abar, t)
+        x0_pred = ((xt - (1 - abar).sqrt() * eps.detach()) / abar.sqrt()).clamp(-1, 1)
+        mean_pred = f(self.c0, t) * x0_pred + f(self.ct, t) * xt
+        mean_true = f(self.c0, t) * x0 + f(self.ct, t) * xt
+        kl = normal_kl(mean_true, f(self.post_logvar_clipped, t), mean_pred, logvar).mean(dim=(1, 2, 3)) / math.log(2.0)
+        return mse + kl.mean()
+
 def train_decoder(work: Path, ds: Dataset, cfg, steps: int) -> None:
     import torch
 
@@ -467,13 +508,7 @@ def train_decoder(work: Path, ds: Dataset, cfg, steps: int) -> None:
     dec = Decoder(cfg)
     tp = TextProjGraph(make_text_proj(cfg))
     ph = Phase(work, "decoder", {"decoder": dec, "text_proj": tp}, steps, LR["decoder"])
-    betas, abar = alphas_cumprod()
-    abar_prev = torch.cat([torch.ones(1, dtype=torch.float64), abar[:-1]])
-    post_var = betas * (1 - abar_prev) / (1 - abar)
-    post_logvar_clipped = torch.log(torch.cat([post_var[1:2], post_var[1:]]))
-    c0 = betas * abar_prev.sqrt() / (1 - abar)
-    ct = (1 - abar_prev) * (1 - betas).sqrt() / (1 - abar)
-    f = lambda v, t: v[t].float()[:, None, None, None]  # noqa: E731
+    schedule = DecoderSchedule()
     rng = np.random.default_rng([3, ph.step])
     cfg_emb = tp.text_proj.learned_classifier_free_guidance_embeddings
     while ph.step < ph.steps:
@@ -496,19 +531,9 @@ def train_decoder(work: Path, ds: Dataset, cfg, steps: int) -> None:
         # pure noise paints random backgrounds. Predicting the offset requires knowing the true
         # mean colour, i.e. using the CLIP embedding and the text.
         noise = torch.randn_like(x0) + OFFSET_NOISE * torch.randn(b, 3, 1, 1)
-        xt = f(abar, t).sqrt() * x0 + (1 - f(abar, t)).sqrt() * noise
+        xt = schedule.noised(x0, noise, t)
         out = dec(xt, t, ehs, add_emb, dmask)
-        eps, v = out[:, :3], out[:, 3:]
-        mse = ((eps - noise) ** 2).mean()
-        # Variational bound term for the learned range (as guided-diffusion's hybrid loss): the
-        # mean is frozen so that only the variance head learns from it.
-        frac = (v + 1) / 2
-        logvar = frac * torch.log(f(betas, t)) + (1 - frac) * f(post_logvar_clipped, t)
-        x0_pred = ((xt - (1 - f(abar, t)).sqrt() * eps.detach()) / f(abar, t).sqrt()).clamp(-1, 1)
-        mean_pred = f(c0, t) * x0_pred + f(ct, t) * xt
-        mean_true = f(c0, t) * x0 + f(ct, t) * xt
-        kl = normal_kl(mean_true, f(post_logvar_clipped, t), mean_pred, logvar).mean(dim=(1, 2, 3)) / math.log(2.0)
-        ph.update(mse + kl.mean())
+        ph.update(schedule.hybrid_loss(out, noise, xt, x0, t))
     ph.save()
 
 
