@@ -203,6 +203,16 @@ async fn local_runs_one_command() {
     assert!(is_png(&dir.path().join("diff.apng")));
 }
 
+/// Two steps in every stage: quick requests for the bench tests.
+const TWO_STEPS: [&str; 6] = [
+    "--prior-steps",
+    "2",
+    "--decoder-steps",
+    "2",
+    "--upsampler-steps",
+    "2",
+];
+
 /// `bench --stream` sends GenerateStream with previews and reads each stream to its result:
 /// the same report, every image and stage call counted from the streamed results.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -219,14 +229,8 @@ async fn bench_streams_when_asked() {
         "0",
         "--num-images",
         "2",
-        "--prior-steps",
-        "2",
-        "--decoder-steps",
-        "2",
-        "--upsampler-steps",
-        "2",
     ];
-    let output = local(dir.path(), &model, &bench).await;
+    let output = local(dir.path(), &model, &[&bench[..], &TWO_STEPS].concat()).await;
     let stdout = succeeded(&output);
     let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(report["requests"], 2, "{report}");
@@ -270,15 +274,7 @@ async fn bench_reports_every_request() {
         "--prompt",
         "a small red circle in the center on a white background",
     ];
-    let steps = [
-        "--prior-steps",
-        "2",
-        "--decoder-steps",
-        "2",
-        "--upsampler-steps",
-        "2",
-    ];
-    let output = local(dir.path(), &model, &[&bench[..], &steps].concat()).await;
+    let output = local(dir.path(), &model, &[&bench[..], &TWO_STEPS].concat()).await;
     let stdout = succeeded(&output);
     let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert!(
